@@ -1,0 +1,262 @@
+"""Agent lifecycle: store, broker session, availability, routing, replies and dead letters.
+
+An agent module provides an `AgentApp` (its name, route table and migrations); `Agent` runs it.
+The constructor does nothing; `start()` opens the store, migrates, connects (durable session,
+Last Will), publishes `online`, subscribes, and starts the group committer and outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from mesh import codec, dlq, inbox, outbox
+from mesh.contract import Contract, default_contract
+from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
+from mesh.inbox import Delivery, GroupCommitter, Route
+from mesh.logs import trace_id_var
+from mesh.metrics import Metrics
+from mesh.outbox import OutboxRecord, OutboxRelay
+from mesh.rpc import TRACE_PROPERTY, Requester
+from mesh.schemas import ErrorInfo, ErrorReply, Reply
+from mesh.settings import Settings
+from mesh.store import Migration, Store, open_store
+from mesh.transport import Inbound, Transport, Will
+
+log = logging.getLogger("mesh.agent")
+
+RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
+    "mesh_inbox": inbox.MIGRATIONS,
+    "mesh_outbox": outbox.MIGRATIONS,
+    "mesh_dlq": dlq.MIGRATIONS,
+}
+
+
+class AgentApp(msgspec.Struct, kw_only=True):
+    """What an agent package provides to the runtime."""
+
+    name: str
+    routes: list[Route]
+    migrations: Sequence[Migration] = ()
+    on_start: Callable[[Agent], Awaitable[None]] | None = None
+    on_stop: Callable[[Agent], Awaitable[None]] | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        app: AgentApp,
+        *,
+        contract: Contract | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.name = app.name
+        self.contract = contract or default_contract()
+        self.metrics = metrics or Metrics()
+        self.principal = settings.broker.username or self.name
+        self.store: Store = open_store(settings.db_url)
+        self.transport = Transport(
+            client_id=settings.client_id,
+            host=settings.broker.host,
+            port=settings.broker.port,
+            username=settings.broker.username,
+            password=settings.broker.password,
+            will=Will(topic=self.status_topic, payload=b"offline", qos=1, retain=True),
+        )
+        self.relay = OutboxRelay(self.store, self._publish_record)
+        self.committer = GroupCommitter(
+            agent=self.name,
+            store=self.store,
+            contract=self.contract,
+            relay=self.relay,
+            metrics=self.metrics,
+            batch_max=settings.batch_max,
+        )
+        self.requester = Requester(
+            principal=self.principal,
+            client_id=settings.client_id,
+            transport=self.transport,
+            contract=self.contract,
+            metrics=self.metrics,
+        )
+        self.dead_letters = dlq.DeadLetterSink(self.name, self.store, self._publish_dlq, self.metrics)
+        self._routes = {r.key: r for r in app.routes}
+        self._check_routes()
+        self._started = False
+
+    @property
+    def status_topic(self) -> str:
+        return self.contract.topic("status", agent=self.name)
+
+    def _check_routes(self) -> None:
+        for key in self._routes:
+            entry = self.contract.entry(key)
+            if self.name not in entry.subscribers:
+                raise ContractError(f"{self.name} routes {key!r} but is not one of its subscribers")
+
+    def subscriptions(self) -> list[str]:
+        filters = []
+        for key in self._routes:
+            entry = self.contract.entry(key)
+            f = self.contract.subscription(key, agent=self.name)
+            if self.settings.share_group and entry.kind in ("event", "request"):
+                f = f"$share/{self.settings.share_group}/{f}"
+            filters.append(f)
+        filters.append(self.requester.reply_filter)
+        return filters
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self.store.open()
+            for component, migrations in RUNTIME_MIGRATIONS.items():
+                await self.store.migrate(component, migrations)
+            if self.app.migrations:
+                await self.store.migrate(self.name, self.app.migrations)
+            self.transport.on_message = self._on_message
+            self.transport.on_connect = self._on_connect
+            await self.committer.start()
+            await self.transport.subscribe(self.subscriptions())
+            await self.transport.connect(timeout=timeout)
+            await self.relay.start()
+            if self.app.on_start is not None:
+                await self.app.on_start(self)
+        self._started = True
+        log.info("%s started (broker %s, db %s)", self.name, self.settings.broker,
+                 self.store.dialect)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                if self.app.on_stop is not None:
+                    await self.app.on_stop(self)
+                await self.relay.stop(timeout=timeout / 2)
+                if self.transport.connected:
+                    try:
+                        await self.transport.publish(
+                            self.status_topic, b"offline", qos=1, retain=True, timeout=2
+                        )
+                    except TransportError as exc:
+                        log.warning("could not publish offline: %s", exc)
+        except TimeoutError:
+            log.warning("%s: clean stop timed out", self.name)
+        await self.committer.stop()
+        await self.transport.disconnect()
+        await self.store.close()
+        self.metrics.connected.set(0)
+        log.info("%s stopped", self.name)
+
+    async def _on_connect(self, session_present: bool) -> None:
+        self.metrics.connected.set(1)
+        if self.transport.reconnects:
+            self.metrics.reconnects.inc()
+        try:
+            await self.transport.publish(self.status_topic, b"online", qos=1, retain=True, timeout=5)
+        except TransportError as exc:
+            log.warning("could not publish online: %s", exc)
+        if self._started:
+            asyncio.ensure_future(self.relay.sweep())
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, key: str, payload: Any, *, trace_id: str | None = None,
+                      **params: str) -> None:
+        """Publish an event by contract key right away (not through the outbox)."""
+        entry = self.contract.entry(key)
+        if self.name not in entry.publishers:
+            raise ContractError(f"{self.name} may not publish {key!r} ({entry.topic})")
+        topic = self.contract.topic(key, agent=self.name, **params)
+        props = {TRACE_PROPERTY: trace_id} if trace_id else None
+        await self.transport.publish(
+            topic, codec.encode_value(payload, entry.format), qos=entry.qos, retain=entry.retain,
+            user_properties=props,
+        )
+        self.metrics.published.labels(key).inc()
+
+    async def _publish_record(self, rec: OutboxRecord) -> None:
+        if not self.contract.publisher_allowed(self.name, rec.topic):
+            raise ContractError(f"{self.name} may not publish to {rec.topic!r}")
+        props = {TRACE_PROPERTY: rec.trace_id} if rec.trace_id else None
+        await self.transport.publish(
+            rec.topic, rec.payload, qos=rec.qos, retain=rec.retain, user_properties=props
+        )
+        self.metrics.published.labels(rec.topic_key).inc()
+
+    async def _publish_dlq(self, body: bytes) -> None:
+        await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)
+        self.metrics.published.labels("dlq").inc()
+
+    async def _reply(self, msg: Inbound, reply: Reply, request: Any, trace_id: str) -> None:
+        if not msg.response_topic:
+            return
+        transaction = getattr(request, "transaction", None)
+        if transaction is not None and reply.transaction is None:
+            reply = msgspec.structs.replace(reply, transaction=transaction)
+        try:
+            await self.transport.publish(
+                msg.response_topic,
+                codec.encode(reply),
+                qos=1,
+                correlation_data=msg.correlation_data,
+                user_properties={TRACE_PROPERTY: trace_id},
+                timeout=10,
+            )
+            self.metrics.published.labels("reply").inc()
+        except PublishRefused as exc:
+            log.warning("reply to %s refused by the broker (reason %d): response topics must be "
+                        "under reply/<username>/", msg.response_topic, exc.reason_code)
+        except TransportError as exc:
+            log.warning("reply to %s not delivered: %s", msg.response_topic, exc)
+
+    async def _fail(self, msg: Inbound, code: str, message: str, trace_id: str,
+                    request: Any = None) -> None:
+        """A message that retrying cannot fix: dead letter, then an error reply if one was asked."""
+        await self.dead_letters.send(msg, code, message, trace_id)
+        await self._reply(msg, ErrorReply(error=ErrorInfo(code=code, message=message)), request,
+                          trace_id)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Inbound) -> int:
+        if msg.topic == self.requester.reply_topic:
+            if not self.requester.deliver(msg):
+                log.info("late or unknown reply on %s dropped", msg.topic)
+            return 0
+        trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
+        token = trace_id_var.set(trace_id)
+        try:
+            return await self._dispatch(msg, trace_id)
+        finally:
+            trace_id_var.reset(token)
+
+    async def _dispatch(self, msg: Inbound, trace_id: str) -> int:
+        found = self.contract.match(msg.topic)
+        route = self._routes.get(found[0].key) if found else None
+        if found is None or route is None:
+            await self._fail(msg, "undeclared_topic",
+                             f"{self.name} has no route for topic {msg.topic!r}", trace_id)
+            return 0
+        entry, params = found
+        self.metrics.received.labels(entry.key).inc()
+        try:
+            payload = codec.decode(msg.payload, entry.schema_type, entry.format)
+        except DecodeError as exc:
+            await self._fail(msg, exc.code, f"{entry.topic}: {exc.message}", trace_id)
+            return 0
+        delivery = Delivery(msg=msg, entry=entry, params=params, route=route, payload=payload,
+                            trace_id=trace_id)
+        outcome = await self.committer.process(delivery)
+        if outcome.error is not None:
+            await self._fail(msg, outcome.error.code, outcome.error.message, trace_id, payload)
+        elif outcome.reply is not None:
+            await self._reply(msg, outcome.reply, payload, trace_id)
+        return 0

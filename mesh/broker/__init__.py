@@ -1,0 +1,1 @@
+"""Everything about the Mosquitto broker: config rendering, ACL generation, accounts, process."""

@@ -1,0 +1,31 @@
+"""Render the project's broker/mosquitto.conf for a local run (port and paths only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BROKER_DIR = Path(__file__).resolve().parent.parent.parent / "broker"
+
+
+def render_local_config(
+    *, port: int, run_dir: Path, acl_file: Path, password_file: Path,
+    base: Path | None = None, bind: str = "127.0.0.1",
+) -> str:
+    """broker/mosquitto.conf with the listener and file paths pointed at `run_dir`."""
+    text = (base or BROKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")
+    out: list[str] = []
+    for line in text.splitlines():
+        key = line.split(" ", 1)[0]
+        if key == "listener":
+            out.append(f"listener {port} {bind}")
+        elif key == "password_file":
+            out.append(f"password_file {password_file}")
+        elif key == "acl_file":
+            out.append(f"acl_file {acl_file}")
+        elif key == "persistence_location":
+            out.append(f"persistence_location {run_dir / 'persistence'}/")
+        elif key == "log_dest":
+            out.append(f"log_dest file {run_dir / 'mosquitto.log'}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,135 @@
+"""Run a Mosquitto from the project's broker/ config: used by `lifeops-mesh up` and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from mesh.broker.accounts import PASSWD, ensure_accounts
+from mesh.broker.config import BROKER_DIR, render_local_config
+from mesh.contract import Contract, default_contract
+from mesh.errors import ConfigError
+
+INSTALL_HINT = (
+    "mosquitto not found on PATH: install the Debian packages 'mosquitto' and "
+    "'mosquitto-clients' (apt-get install mosquitto mosquitto-clients)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _hand_to_mosquitto_user(path: Path) -> None:
+    """Running as root, Mosquitto drops to user `mosquitto`: it must read and write run_dir."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pw = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    for root, dirs, files in os.walk(path):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        for name in (*dirs, *files):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+class MosquittoProcess:
+    """A Mosquitto on 127.0.0.1:`port` whose state lives in `run_dir`."""
+
+    def __init__(self, run_dir: Path, port: int | None = None,
+                 contract: Contract | None = None) -> None:
+        self.run_dir = run_dir
+        self.port = port or free_port()
+        self.contract = contract or default_contract()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.credentials: dict[str, str] = {}
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "mosquitto.log"
+
+    def url(self, user: str) -> str:
+        return f"mqtt://{user}:{self.credentials[user]}@127.0.0.1:{self.port}"
+
+    def prepare(self) -> None:
+        binary = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if binary is None:
+            raise ConfigError(INSTALL_HINT)
+        self._binary = binary
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "persistence").mkdir(exist_ok=True)
+        self.credentials = ensure_accounts(self.run_dir, list(self.contract.meta.principals))
+        acl = self.run_dir / "acl"
+        shutil.copyfile(BROKER_DIR / "acl", acl)
+        conf = render_local_config(
+            port=self.port, run_dir=self.run_dir, acl_file=acl,
+            password_file=self.run_dir / PASSWD,
+        )
+        (self.run_dir / "mosquitto.conf").write_text(conf, encoding="utf-8")
+        _hand_to_mosquitto_user(self.run_dir)
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.prepare()
+        self.proc = subprocess.Popen(
+            [self._binary, "-c", str(self.run_dir / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+                raise ConfigError(f"mosquitto exited with {self.proc.returncode}: {err}{log[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise ConfigError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Clean stop (SIGTERM): Mosquitto saves its persistence file."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: whatever came after the last autosave is lost."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> MosquittoProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

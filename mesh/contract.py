@@ -1,0 +1,210 @@
+"""topics.toml loaded into typed entries: topic rendering, subscription filters, matching, checks."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from mesh import codec
+from mesh.errors import ContractError, DecodeError
+from mesh.schemas import SCHEMAS
+
+DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent.parent / "topics.toml"
+
+Kind = Literal["event", "request", "state", "availability", "dlq", "reply"]
+_PARAM = re.compile(r"^\{([a-z_]+)\}$")
+_SAFE_LEVEL = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class Meta(msgspec.Struct, forbid_unknown_fields=True):
+    version: int
+    agents: list[str]
+    principals: list[str]
+
+
+class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    topic: str
+    kind: Kind
+    schema: str
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    publishers: list[str]
+    subscribers: list[str]
+    description: str
+    example: str
+    format: codec.PayloadFormat = "json"
+    reply_schema: str | None = None
+    timeout_s: float | None = None
+    dedup: str | None = None
+    key: str = ""
+
+    @property
+    def levels(self) -> list[str]:
+        return self.topic.split("/")
+
+    @property
+    def params(self) -> list[str]:
+        return [m.group(1) for lvl in self.levels if (m := _PARAM.match(lvl))]
+
+    @property
+    def schema_type(self) -> Any:
+        return SCHEMAS[self.schema]
+
+    @property
+    def reply_type(self) -> Any:
+        return SCHEMAS[self.reply_schema] if self.reply_schema else None
+
+
+class Contract(msgspec.Struct, forbid_unknown_fields=True):
+    meta: Meta
+    topics: dict[str, TopicEntry]
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Contract:
+        path = Path(path) if path else DEFAULT_CONTRACT_PATH
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ContractError(f"{path}: {exc}") from exc
+        try:
+            contract = msgspec.convert(raw, cls)
+        except msgspec.ValidationError as exc:
+            raise ContractError(f"{path}: {exc}") from exc
+        for key, entry in contract.topics.items():
+            entry.key = key
+        problems = contract.problems()
+        if problems:
+            raise ContractError(f"{path}: " + "; ".join(problems))
+        return contract
+
+    def problems(self) -> list[str]:
+        """Every inconsistency in the contract, as readable sentences (empty when sound)."""
+        out: list[str] = []
+        principals = set(self.meta.principals)
+        seen_topics: dict[str, str] = {}
+        for key, e in self.topics.items():
+            where = f"topics.{key}"
+            if e.schema not in SCHEMAS:
+                out.append(f"{where}: schema {e.schema!r} is not in mesh.schemas")
+                continue
+            if e.reply_schema is not None:
+                if e.reply_schema not in SCHEMAS:
+                    out.append(f"{where}: reply_schema {e.reply_schema!r} is not in mesh.schemas")
+                if e.timeout_s is None or e.timeout_s <= 0:
+                    out.append(f"{where}: a request/response pair needs a positive timeout_s")
+            if e.kind == "request" and e.reply_schema is None:
+                out.append(f"{where}: kind request needs reply_schema and timeout_s")
+            for who in (*e.publishers, *e.subscribers):
+                if who not in principals:
+                    out.append(f"{where}: unknown principal {who!r}")
+            if "{agent}" in e.topic and not set(e.publishers) <= set(self.meta.agents):
+                out.append(f"{where}: only agents may publish to an {{agent}} topic")
+            for lvl in e.levels:
+                if not lvl or ("{" in lvl and not _PARAM.match(lvl)) or lvl in ("+", "#"):
+                    out.append(f"{where}: bad topic level {lvl!r} in {e.topic!r}")
+            if e.topic in seen_topics:
+                out.append(f"{where}: topic {e.topic!r} is also declared by {seen_topics[e.topic]}")
+            seen_topics[e.topic] = key
+            try:
+                codec.decode(e.example.encode(), e.schema_type, e.format)
+            except DecodeError as exc:
+                out.append(f"{where}: example does not match {e.schema}: {exc}")
+        return out
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def entry(self, key: str) -> TopicEntry:
+        try:
+            return self.topics[key]
+        except KeyError:
+            raise ContractError(f"topic key {key!r} is not declared in topics.toml") from None
+
+    def topic(self, key: str, *, agent: str | None = None, **params: str) -> str:
+        """The concrete topic for `key`; every parameter must be one safe topic level."""
+        e = self.entry(key)
+        levels: list[str] = []
+        for lvl in e.levels:
+            m = _PARAM.match(lvl)
+            if not m:
+                levels.append(lvl)
+                continue
+            name = m.group(1)
+            value = agent if name == "agent" else params.get(name)
+            if value is None:
+                raise ContractError(f"topic {key!r} needs parameter {name!r}")
+            check_level(value, name)
+            levels.append(value)
+        return "/".join(levels)
+
+    def subscription(self, key: str, *, agent: str | None = None) -> str:
+        """The subscription filter for `key` (free parameters become `+`)."""
+        e = self.entry(key)
+        levels = []
+        for lvl in e.levels:
+            m = _PARAM.match(lvl)
+            if m and m.group(1) == "agent" and agent is not None:
+                levels.append(agent)
+            elif m:
+                levels.append("+")
+            else:
+                levels.append(lvl)
+        return "/".join(levels)
+
+    def match(self, topic: str) -> tuple[TopicEntry, dict[str, str]] | None:
+        """The entry a concrete topic belongs to, with its parameters; None when undeclared."""
+        levels = topic.split("/")
+        # Literal topics win over patterns (stats/character/get before stats/character/{user_id}).
+        for e in sorted(self.topics.values(), key=lambda e: len(e.params)):
+            pattern = e.levels
+            if len(pattern) != len(levels):
+                continue
+            params: dict[str, str] = {}
+            for p, actual in zip(pattern, levels, strict=True):
+                m = _PARAM.match(p)
+                if m:
+                    params[m.group(1)] = actual
+                elif p != actual:
+                    break
+            else:
+                return e, params
+        return None
+
+    def publisher_allowed(self, principal: str, topic: str) -> bool:
+        found = self.match(topic)
+        if found is None:
+            return False
+        e, params = found
+        if principal not in e.publishers:
+            return False
+        return "agent" not in params or params["agent"] == principal
+
+    def for_agent(self, agent: str) -> Mapping[str, TopicEntry]:
+        return {
+            k: e for k, e in self.topics.items() if agent in e.publishers or agent in e.subscribers
+        }
+
+
+def check_level(value: str, name: str = "value") -> None:
+    """Refuse anything that cannot be one plain topic level (wildcards, '/', NUL, '$', empty)."""
+    if not _SAFE_LEVEL.match(value):
+        raise ContractError(
+            f"{name} {value!r} cannot be a topic level: use 1-128 of [A-Za-z0-9_.:-]"
+        )
+
+
+_default: Contract | None = None
+
+
+def default_contract() -> Contract:
+    """The repository's topics.toml, loaded once."""
+    global _default
+    if _default is None:
+        _default = Contract.load()
+    return _default

@@ -1,0 +1,72 @@
+"""The one error tree of the mesh runtime.
+
+    MeshError
+    ├── ContractError          topics.toml is malformed, or code breaks it
+    ├── ConfigError            settings, URLs or rules files are invalid
+    ├── DecodeError            a payload is not valid JSON or does not match its schema
+    ├── HandlerError           a handler refuses a message with a code (becomes an error reply)
+    │   └── NotFound
+    ├── TransportError         the broker connection failed or refused something
+    │   └── PublishRefused     a QoS 1 publish was answered with a failure reason code
+    ├── RequestTimeout         no reply within the contract's timeout
+    └── StoreError             the database failed
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every error raised by the mesh runtime."""
+
+
+class ContractError(MeshError):
+    """topics.toml is malformed, or code tried to do something it does not declare."""
+
+
+class ConfigError(MeshError):
+    """Settings, URLs or rules files are invalid."""
+
+
+class DecodeError(MeshError):
+    """A payload could not be decoded into its schema; `code` is machine readable."""
+
+    def __init__(self, message: str, code: str = "validation_error") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HandlerError(MeshError):
+    """Raised by a handler to refuse a message with an error code and a message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFound(HandlerError):
+    def __init__(self, message: str) -> None:
+        super().__init__("not_found", message)
+
+
+class TransportError(MeshError):
+    """The broker connection failed or refused something."""
+
+
+class PublishRefused(TransportError):
+    def __init__(self, topic: str, reason_code: int) -> None:
+        super().__init__(f"broker refused publish to {topic!r} with reason code {reason_code}")
+        self.topic = topic
+        self.reason_code = reason_code
+
+
+class RequestTimeout(MeshError):
+    def __init__(self, topic: str, timeout: float) -> None:
+        super().__init__(f"no reply on request {topic!r} within {timeout:.1f}s")
+        self.topic = topic
+        self.timeout = timeout
+
+
+class StoreError(MeshError):
+    """The database failed."""

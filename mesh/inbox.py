@@ -1,0 +1,276 @@
+"""Idempotent consumer with group commit.
+
+Decoded messages queue up; one writer takes everything that queued while the previous commit ran
+(no fixed wait), handles each message in a savepoint of one transaction, and commits once. Only
+then are the messages' futures resolved, so the MQTT acknowledgement and the reply follow the
+commit. A message whose dedup key is already in `mesh_inbox` is answered with the stored reply
+and changes nothing.
+
+Failures: a handler's refusal (HandlerError) or a bug rolls back that message's savepoint alone
+and becomes an error outcome (dead letter + error reply). A database outage keeps the batch
+un-acknowledged and retries it with backoff for as long as it lasts; other transient errors
+(deadlock, busy) retry the batch, then each message alone, then give up on that message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from mesh import codec
+from mesh.contract import Contract, TopicEntry
+from mesh.errors import DecodeError, HandlerError
+from mesh.metrics import Metrics
+from mesh.outbox import OutboxRecord, OutboxRelay, stage
+from mesh.schemas import ErrorInfo, Reply
+from mesh.store import Migration, Store, Tx
+from mesh.store.errors import is_connection_error, is_transient
+from mesh.transport import Inbound
+
+log = logging.getLogger("mesh.inbox")
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS mesh_inbox ("
+            " key TEXT PRIMARY KEY, topic_key TEXT NOT NULL, reply TEXT,"
+            " created_at TEXT NOT NULL)",
+        ),
+    ),
+)
+
+
+class Context:
+    """What a handler gets: the open transaction, the message, and a way to emit events."""
+
+    def __init__(
+        self,
+        *,
+        tx: Tx,
+        agent: str,
+        contract: Contract,
+        msg: Inbound,
+        params: dict[str, str],
+        trace_id: str,
+        relay: OutboxRelay,
+    ) -> None:
+        self.tx = tx
+        self.agent = agent
+        self.msg = msg
+        self.params = params
+        self.trace_id = trace_id
+        self.now = dt.datetime.now(dt.UTC)
+        self._contract = contract
+        self._relay = relay
+        self.staged: list[OutboxRecord] = []
+
+    async def emit(self, key: str, payload: Any, **params: str) -> None:
+        """Stage an event in this transaction; it is published after the commit."""
+        entry = self._contract.entry(key)
+        if self.agent not in entry.publishers:
+            from mesh.errors import ContractError
+
+            raise ContractError(f"{self.agent} may not publish {key!r} ({entry.topic})")
+        topic = self._contract.topic(key, agent=self.agent, **params)
+        rec = await stage(
+            self.tx,
+            topic_key=key,
+            topic=topic,
+            payload=codec.encode_value(payload, entry.format),
+            qos=entry.qos,
+            retain=entry.retain,
+            trace_id=self.trace_id,
+            seq=self._relay.next_seq(),
+        )
+        self.staged.append(rec)
+
+
+Handler = Callable[[Context, Any], Awaitable[Reply | None]]
+DedupKey = Callable[[Any], str | None]
+
+
+class Route(msgspec.Struct, frozen=True):
+    """How an agent handles one contract key."""
+
+    key: str
+    handler: Handler
+    dedup: DedupKey | None = None
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    reply: Reply | None = None
+    duplicate: bool = False
+    error: ErrorInfo | None = None
+
+
+class Delivery:
+    __slots__ = ("entry", "future", "msg", "params", "payload", "received", "route", "trace_id")
+
+    def __init__(
+        self,
+        *,
+        msg: Inbound,
+        entry: TopicEntry,
+        params: dict[str, str],
+        route: Route,
+        payload: Any,
+        trace_id: str,
+    ) -> None:
+        self.msg = msg
+        self.entry = entry
+        self.params = params
+        self.route = route
+        self.payload = payload
+        self.trace_id = trace_id
+        self.received = time.perf_counter()
+        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        *,
+        agent: str,
+        store: Store,
+        contract: Contract,
+        relay: OutboxRelay,
+        metrics: Metrics,
+        batch_max: int = 512,
+    ) -> None:
+        self._agent = agent
+        self._store = store
+        self._contract = contract
+        self._relay = relay
+        self._metrics = metrics
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        while not self._queue.empty():
+            d = self._queue.get_nowait()
+            if not d.future.done():
+                d.future.cancel()
+
+    async def process(self, delivery: Delivery) -> Outcome:
+        self._queue.put_nowait(delivery)
+        return await delivery.future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < self._batch_max:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit_with_retries(batch)
+            except asyncio.CancelledError:
+                for d in batch:
+                    if not d.future.done():
+                        d.future.cancel()
+                raise
+
+    async def _commit_with_retries(self, batch: list[Delivery]) -> None:
+        attempt = 0
+        backoff = 0.05
+        while True:
+            try:
+                outcomes, records = await self._commit(batch)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if is_connection_error(exc):
+                    log.warning("database unavailable (%s); holding %d messages", exc, len(batch))
+                else:
+                    attempt += 1
+                    if attempt >= 3 and len(batch) > 1:
+                        for d in batch:
+                            await self._commit_with_retries([d])
+                        return
+                    if attempt >= 5:
+                        err = ErrorInfo(code="internal_error", message=f"database error: {exc}")
+                        outcomes, records = [Outcome(error=err)], []
+                        break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._metrics.batch_size.observe(len(batch))
+        now = time.perf_counter()
+        for d, outcome in zip(batch, outcomes, strict=True):
+            self._metrics.handler_seconds.labels(d.entry.key).observe(now - d.received)
+            if not d.future.done():
+                d.future.set_result(outcome)
+        self._relay.submit(records)
+
+    async def _commit(self, batch: list[Delivery]) -> tuple[list[Outcome], list[OutboxRecord]]:
+        outcomes: list[Outcome] = []
+        records: list[OutboxRecord] = []
+        async with self._store.transaction() as tx:
+            for d in batch:
+                ctx = Context(
+                    tx=tx,
+                    agent=self._agent,
+                    contract=self._contract,
+                    msg=d.msg,
+                    params=d.params,
+                    trace_id=d.trace_id,
+                    relay=self._relay,
+                )
+                try:
+                    async with tx.savepoint():
+                        outcome = await self._handle(ctx, d)
+                except (HandlerError, DecodeError) as exc:
+                    outcome = Outcome(error=ErrorInfo(code=exc.code, message=exc.message))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.exception("handler for %s failed", d.entry.key)
+                    outcome = Outcome(
+                        error=ErrorInfo(
+                            code="internal_error", message=f"{type(exc).__name__}: {exc}"
+                        )
+                    )
+                else:
+                    records.extend(ctx.staged)
+                outcomes.append(outcome)
+        return outcomes, records
+
+    async def _handle(self, ctx: Context, d: Delivery) -> Outcome:
+        key = d.route.dedup(d.payload) if d.route.dedup else None
+        reply_type = d.entry.reply_type
+        if key is not None:
+            claimed = await ctx.tx.execute(
+                "INSERT INTO mesh_inbox (key, topic_key, reply, created_at) VALUES (?, ?, NULL, ?)"
+                " ON CONFLICT DO NOTHING",
+                key,
+                d.entry.key,
+                ctx.now.isoformat(),
+            )
+            if claimed == 0:
+                self._metrics.duplicates.labels(d.entry.key).inc()
+                row = await ctx.tx.fetchone("SELECT reply FROM mesh_inbox WHERE key = ?", key)
+                reply = None
+                if row and row[0] and reply_type is not None:
+                    reply = codec.decode(row[0].encode("utf-8"), reply_type)
+                    if "duplicate" in reply_type.__struct_fields__:
+                        reply = msgspec.structs.replace(reply, duplicate=True)
+                return Outcome(reply=reply, duplicate=True)
+        reply = await d.route.handler(ctx, d.payload)
+        if key is not None and reply is not None:
+            await ctx.tx.execute(
+                "UPDATE mesh_inbox SET reply = ? WHERE key = ?",
+                codec.encode(reply).decode("utf-8"),
+                key,
+            )
+        return Outcome(reply=reply)

@@ -1,0 +1,207 @@
+"""Transactional outbox: events are written in the handler's transaction, published after commit.
+
+A record is marked sent only after the broker's PUBACK; records left unsent by a crash or an
+outage are published again by the sweep (at startup and periodically). Consumers deduplicate by
+the payload's event id, so a record published twice has one effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from mesh.store import Migration, Store, Tx
+
+log = logging.getLogger("mesh.outbox")
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS mesh_outbox ("
+            " id TEXT PRIMARY KEY, seq BIGINT NOT NULL, topic_key TEXT NOT NULL,"
+            " topic TEXT NOT NULL, payload TEXT NOT NULL, qos INTEGER NOT NULL,"
+            " retain INTEGER NOT NULL, trace_id TEXT, created_at TEXT NOT NULL,"
+            " sent_at TEXT, attempts INTEGER NOT NULL DEFAULT 0)",
+            "CREATE INDEX IF NOT EXISTS mesh_outbox_unsent ON mesh_outbox (sent_at, seq)",
+        ),
+    ),
+)
+
+
+class OutboxRecord(msgspec.Struct, kw_only=True):
+    id: str
+    seq: int
+    topic_key: str
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    trace_id: str | None
+    created_at: str
+
+
+Publisher = Callable[[OutboxRecord], Awaitable[None]]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+async def stage(
+    tx: Tx,
+    *,
+    topic_key: str,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    trace_id: str | None,
+    seq: int,
+) -> OutboxRecord:
+    rec = OutboxRecord(
+        id=uuid.uuid4().hex,
+        seq=seq,
+        topic_key=topic_key,
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        retain=retain,
+        trace_id=trace_id,
+        created_at=_now(),
+    )
+    await tx.execute(
+        "INSERT INTO mesh_outbox (id, seq, topic_key, topic, payload, qos, retain, trace_id,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rec.id,
+        rec.seq,
+        rec.topic_key,
+        rec.topic,
+        payload.decode("utf-8"),
+        qos,
+        int(retain),
+        trace_id,
+        rec.created_at,
+    )
+    return rec
+
+
+class OutboxRelay:
+    """Publishes committed records in order and marks them sent after PUBACK."""
+
+    def __init__(self, store: Store, publish: Publisher, *, sweep_interval_s: float = 5.0) -> None:
+        self._store = store
+        self._publish = publish
+        self._sweep_interval = sweep_interval_s
+        self._queue: asyncio.Queue[OutboxRecord] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._inflight: set[str] = set()
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        # Monotonic per process; ties across processes are broken by id, which is fine for
+        # independent events and for retained state (latest write wins within one agent).
+        self._seq = max(self._seq + 1, int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000))
+        return self._seq
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox-sweep")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("outbox: %d records left for the next start", self._queue.qsize())
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+
+    def submit(self, records: list[OutboxRecord]) -> None:
+        """Hand over records that were just committed."""
+        for rec in records:
+            if rec.id not in self._inflight:
+                self._inflight.add(rec.id)
+                self._queue.put_nowait(rec)
+
+    async def pending(self) -> tuple[int, float]:
+        """(records not yet sent, age in seconds of the oldest)."""
+        async with self._store.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT COUNT(*), MIN(created_at) FROM mesh_outbox WHERE sent_at IS NULL"
+            )
+        count, oldest = (row or (0, None))
+        if not count or oldest is None:
+            return 0, 0.0
+        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
+        return int(count), age.total_seconds()
+
+    async def sweep(self) -> int:
+        """Queue every unsent record (after a crash or an outage); returns how many."""
+        async with self._store.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT id, seq, topic_key, topic, payload, qos, retain, trace_id, created_at"
+                " FROM mesh_outbox WHERE sent_at IS NULL ORDER BY seq, id LIMIT 5000"
+            )
+        records = [
+            OutboxRecord(
+                id=r[0], seq=int(r[1]), topic_key=r[2], topic=r[3], payload=r[4].encode("utf-8"),
+                qos=int(r[5]), retain=bool(r[6]), trace_id=r[7], created_at=r[8],
+            )
+            for r in rows
+        ]
+        self.submit(records)
+        return len(records)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("outbox sweep failed; retrying")
+            await asyncio.sleep(self._sweep_interval)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 256:
+                batch.append(self._queue.get_nowait())
+            while batch:
+                # Published in order, PUBACKs awaited together; only acknowledged ones are marked.
+                results = await asyncio.gather(
+                    *(self._publish(rec) for rec in batch), return_exceptions=True
+                )
+                done = [rec for rec, res in zip(batch, results, strict=True) if res is None]
+                failed = [rec for rec, res in zip(batch, results, strict=True) if res is not None]
+                try:
+                    if done:
+                        async with self._store.transaction() as tx:
+                            now = _now()
+                            await tx.executemany(
+                                "UPDATE mesh_outbox SET sent_at = ?, attempts = attempts + 1"
+                                " WHERE id = ?",
+                                [(now, rec.id) for rec in done],
+                            )
+                except Exception as exc:
+                    # Published but not marked: the sweep publishes them again (harmless).
+                    log.warning("outbox: marking %d records sent failed: %s", len(done), exc)
+                for rec in done:
+                    self._inflight.discard(rec.id)
+                    self._queue.task_done()
+                if failed:
+                    err = next(r for r in results if r is not None)
+                    log.warning("outbox: %d publishes failed (%s); retry in %.1fs",
+                                len(failed), err, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                else:
+                    backoff = 0.2
+                batch = failed

@@ -1,0 +1,174 @@
+"""Every payload that crosses the mesh, as msgspec Structs; topics.toml names them.
+
+Wire messages do not reject unknown fields (a newer peer may add some); new fields always get
+defaults and a field's type never changes. Every reply carries `success` and an optional `error`,
+so the runtime's generic error reply decodes as any reply schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import msgspec
+
+Availability = Literal["online", "offline"]
+ActivitySource = Literal["lifeops", "challengemode", "manual"]
+
+
+class Payload(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Base of every JSON payload."""
+
+
+# --- errors and dead letters ---------------------------------------------------------------
+
+
+class ErrorInfo(Payload, kw_only=True):
+    code: str
+    message: str
+
+
+class Reply(Payload, kw_only=True):
+    """Base of every reply: `success`, an `error` when it is false, the request's `transaction`."""
+
+    success: bool = True
+    error: ErrorInfo | None = None
+    transaction: str | int | None = None
+
+
+class ErrorReply(Reply, kw_only=True):
+    success: bool = False
+
+
+class DeadLetter(Payload, kw_only=True):
+    agent: str
+    topic: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    error: ErrorInfo
+    received_at: dt.datetime
+    response_topic: str | None = None
+    correlation_data: str | None = None  # hex
+    trace_id: str | None = None
+
+
+# --- stats: activities ---------------------------------------------------------------------
+
+
+class ActivityLogRequest(Payload, kw_only=True):
+    """The seed's "log activity and grant XP" body."""
+
+    user_id: str
+    activity_type: str
+    activity_data: dict[str, Any] = {}
+    source: ActivitySource = "manual"
+    source_ref: str | None = None
+    activity_time: dt.datetime | None = None
+    custom_xp: dict[str, int] | None = None
+    activity_id: str | None = None
+    streak: int | None = None
+    transaction: str | int | None = None
+
+
+class ActivityCompleted(ActivityLogRequest, kw_only=True):
+    """LifeOps tells Stats that a timeline item was completed."""
+
+    activity_id: str
+    source: ActivitySource = "lifeops"
+    item_code: str | None = None
+
+
+class ActivityLogReply(Reply, kw_only=True):
+    activity_id: str | None = None
+    xp_granted: dict[str, int] = {}
+    stat_level_ups: dict[str, int] = {}
+    character_level_up: bool = False
+    new_level: int | None = None
+    total_xp: int | None = None
+    achievements: list[str] = []
+    duplicate: bool = False
+    message: str = ""
+
+
+class OuraScores(Payload, kw_only=True):
+    sleep: int | None = None
+    readiness: int | None = None
+    activity: int | None = None
+
+
+class OuraSynced(Payload, kw_only=True):
+    user_id: str
+    date: dt.date
+    scores: OuraScores
+
+
+# --- stats: characters and events ----------------------------------------------------------
+
+
+class StatSheet(Payload, kw_only=True):
+    xp: int = 0
+    level: int = 1
+    xp_into_level: int = 0
+    xp_to_next_level: int = 0
+
+
+class CharacterSheet(Payload, kw_only=True):
+    user_id: str = ""
+    level: int = 1
+    total_xp: int = 0
+    xp_into_level: int = 0
+    xp_to_next_level: int = 0
+    stats: dict[str, StatSheet] = {}
+    achievements: list[str] = []
+    latest_achievement: str | None = None
+    activities: int = 0
+    updated_at: dt.datetime | None = None
+
+
+class CharacterGetRequest(Payload, kw_only=True):
+    user_id: str
+    transaction: str | int | None = None
+
+
+class CharacterReply(Reply, kw_only=True):
+    character: CharacterSheet | None = None
+    total_xp: int | None = None
+    level: int | None = None
+
+
+class LevelUp(Payload, kw_only=True):
+    event_id: str
+    user_id: str
+    new_level: int
+    previous_level: int
+    total_xp: int
+    activity_id: str
+    stat: str | None = None  # None: the character level
+    occurred_at: dt.datetime
+
+
+class AchievementUnlocked(Payload, kw_only=True):
+    event_id: str
+    user_id: str
+    achievement_code: str
+    title: str
+    activity_id: str
+    awarded_at: dt.datetime
+
+
+SCHEMAS: dict[str, Any] = {
+    "Availability": Availability,
+    "Reply": Reply,
+    "ErrorReply": ErrorReply,
+    "DeadLetter": DeadLetter,
+    "ActivityLogRequest": ActivityLogRequest,
+    "ActivityCompleted": ActivityCompleted,
+    "ActivityLogReply": ActivityLogReply,
+    "OuraSynced": OuraSynced,
+    "CharacterSheet": CharacterSheet,
+    "CharacterGetRequest": CharacterGetRequest,
+    "CharacterReply": CharacterReply,
+    "LevelUp": LevelUp,
+    "AchievementUnlocked": AchievementUnlocked,
+}
+"""Schema name (as written in topics.toml) -> type."""

@@ -1,0 +1,99 @@
+"""Settings decoded once from CLI flags and an injected environment mapping."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+from mesh.errors import ConfigError
+
+AGENTS = ("lifeops", "stats", "ha_bridge")
+
+
+class BrokerURL(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"mqtt://{auth}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerURL:
+    """mqtt://[user:pass@]host[:port]; the port defaults to 1883."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ConfigError(f"broker URL {url!r}: use mqtt://[user:pass@]host:port")
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+    return BrokerURL(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    agent: str
+    broker: BrokerURL
+    db_url: str
+    instance: str = "0"
+    share_group: str | None = None
+    data_dir: Path = Path("data")
+    rules_file: Path | None = None
+    batch_max: int = 512
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def client_id(self) -> str:
+        return f"lifeops-mesh-{self.agent}-{self.instance}"
+
+
+def build_settings(
+    agent: str,
+    *,
+    broker_url: str | None = None,
+    db_url: str | None = None,
+    data_dir: str | Path | None = None,
+    instance: str | None = None,
+    share_group: str | None = None,
+    rules_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """CLI values win over environment variables (LIFEOPS_*), which win over defaults."""
+    env = os.environ if env is None else env
+    if agent not in AGENTS:
+        raise ConfigError(f"unknown agent {agent!r}: choose one of {', '.join(AGENTS)}")
+    data = Path(data_dir or env.get("LIFEOPS_DATA_DIR", "data"))
+    broker = broker_url or env.get("LIFEOPS_BROKER_URL")
+    if not broker:
+        raise ConfigError("no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL")
+    db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
+    rules = rules_file or env.get("LIFEOPS_RULES_FILE")
+    return Settings(
+        agent=agent,
+        broker=parse_broker_url(broker),
+        db_url=db,
+        instance=instance or env.get("LIFEOPS_INSTANCE") or "0",
+        share_group=share_group or env.get("LIFEOPS_SHARE_GROUP") or None,
+        data_dir=data,
+        rules_file=Path(rules) if rules else None,
+        log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
+    )
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,6 @@
+"""Async storage: SQLite (aiosqlite, WAL) by default, PostgreSQL (asyncpg) for a postgresql:// URL."""
+
+from mesh.store.base import Migration, Store, Tx
+from mesh.store.url import DatabaseURL, open_store, parse_db_url
+
+__all__ = ["DatabaseURL", "Migration", "Store", "Tx", "open_store", "parse_db_url"]

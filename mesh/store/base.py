@@ -1,0 +1,107 @@
+"""The store interface every backend implements; SQL is written once with `?` placeholders."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal
+
+import msgspec
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = tuple[Any, ...]
+
+
+class Migration(msgspec.Struct, frozen=True):
+    """One schema step; `postgresql` overrides `sql` where the dialects differ."""
+
+    version: int
+    sql: tuple[str, ...]
+    postgresql: tuple[str, ...] | None = None
+
+    def statements(self, dialect: Dialect) -> tuple[str, ...]:
+        if dialect == "postgresql" and self.postgresql is not None:
+            return self.postgresql
+        return self.sql
+
+
+class Tx(abc.ABC):
+    """One open transaction."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; returns the number of rows it changed where the backend knows."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]: ...
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested transaction: rolled back alone when its block raises."""
+
+
+class Store(abc.ABC):
+    dialect: Dialect
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """Commit when the block ends, roll back when it raises."""
+
+    async def ping(self) -> None:
+        async with self.transaction() as tx:
+            await tx.fetchone("SELECT 1")
+
+    async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
+        """Apply the migrations of `component` not applied yet; returns the schema version."""
+        async with self.transaction() as tx:
+            await self._migration_lock(tx)
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " component TEXT NOT NULL, version INTEGER NOT NULL,"
+                " PRIMARY KEY (component, version))"
+            )
+        version = 0
+        for m in sorted(migrations, key=lambda m: m.version):
+            async with self.transaction() as tx:
+                await self._migration_lock(tx)
+                done = await tx.fetchone(
+                    "SELECT 1 FROM schema_migrations WHERE component = ? AND version = ?",
+                    component,
+                    m.version,
+                )
+                if done is None:
+                    for stmt in m.statements(self.dialect):
+                        await tx.execute(stmt)
+                    await tx.execute(
+                        "INSERT INTO schema_migrations (component, version) VALUES (?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                        component,
+                        m.version,
+                    )
+            version = m.version
+        return version
+
+    async def _migration_lock(self, tx: Tx) -> None:
+        """Serialise migrations of agents sharing one database (no-op where one writer exists)."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+

@@ -1,0 +1,85 @@
+"""PostgreSQL backend on asyncpg: a pool, `?` placeholders rewritten to `$n`."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+
+from mesh.errors import StoreError
+from mesh.store.base import Row, Store, Tx
+
+_QMARK = re.compile(r"\?")
+
+
+@lru_cache(maxsize=512)
+def to_pg(sql: str) -> str:
+    counter = itertools.count(1)
+    return _QMARK.sub(lambda _m: f"${next(counter)}", sql)
+
+
+class PostgresTx(Tx):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._conn.execute(to_pg(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(to_pg(sql), rows)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(to_pg(sql), *args)
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return [tuple(r) for r in await self._conn.fetch(to_pg(sql), *args)]
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():
+            yield
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self.url = url
+        self._min = min_size
+        self._max = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self._min, max_size=self._max, timeout=10, command_timeout=30
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        try:
+            async with self._pool.acquire(timeout=30) as conn, conn.transaction():
+                yield PostgresTx(conn)
+        except (OSError, asyncpg.exceptions.PostgresConnectionError) as exc:
+            raise StoreError(f"PostgreSQL connection failed: {exc}") from exc
+
+    async def _migration_lock(self, tx: Tx) -> None:
+        await tx.fetchone("SELECT pg_advisory_xact_lock(7130)")

@@ -1,0 +1,331 @@
+"""MQTT v5 transport on gmqtt: the only module that imports gmqtt.
+
+What it adds to gmqtt:
+- `publish()` is awaitable and returns when the broker has answered a QoS 1 PUBLISH with PUBACK;
+  a failure reason code (e.g. 135 Not authorized) raises PublishRefused.
+- in-flight publishes are bounded by the broker's receive maximum (gmqtt raises OverflowError
+  past it);
+- inbound QoS 1 messages are acknowledged only when the async handler returns (manual acks), with
+  the reason code it returns;
+- durable session (fixed client id, clean start off, session expiry), Last Will, and a resubscribe
+  whenever the broker has lost the session; endless reconnect with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import gmqtt
+import msgspec
+from gmqtt.storage import PersistentStorage
+
+from mesh.errors import PublishRefused, TransportError
+
+log = logging.getLogger("mesh.transport")
+
+MQTT_V5 = gmqtt.constants.MQTTv50
+_DEFAULT_WINDOW = 19
+
+
+class Inbound(msgspec.Struct, kw_only=True):
+    """A message received from the broker."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    dup: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: dict[str, str] = {}
+
+
+class Will(msgspec.Struct, kw_only=True):
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+MessageHandler = Callable[[Inbound], Awaitable[int]]
+ConnectHandler = Callable[[bool], Awaitable[None]]
+
+
+class _AckTrackingStorage(PersistentStorage):
+    """gmqtt's in-flight store, extended to resolve one future per message id on PUBACK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_mid: int | None = None
+        self.waiters: dict[int, asyncio.Future[int]] = {}
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        super().push_message(mid, raw_package)
+        self.last_mid = mid
+
+    def acked(self, mid: int, reason_code: int) -> None:
+        fut = self.waiters.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reason_code)
+
+    def clear(self) -> None:
+        # The broker started a new session: un-acknowledged publishes are gone for good.
+        super().clear()
+        for fut in self.waiters.values():
+            if not fut.done():
+                fut.set_exception(TransportError("broker session lost before PUBACK"))
+        self.waiters.clear()
+
+
+class _Window:
+    """Bounds in-flight QoS>0 publishes to the broker's receive maximum."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used < self.limit)
+            self.used += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.used -= 1
+            self._cond.notify()
+
+    async def resize(self, limit: int) -> None:
+        async with self._cond:
+            self.limit = limit
+            self._cond.notify_all()
+
+
+class Transport:
+    """One MQTT v5 connection. Construct, set handlers, then `await connect()`."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        host: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        clean_start: bool = False,
+        session_expiry_s: int = 7 * 24 * 3600,
+        will: Will | None = None,
+        receive_maximum: int = 1000,
+        max_inflight: int = 1000,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self._keepalive = keepalive_s
+        self._max_inflight = max_inflight
+        self._storage = _AckTrackingStorage()
+        will_message = (
+            gmqtt.Message(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            if will
+            else None
+        )
+        self._client = gmqtt.Client(
+            client_id,
+            clean_session=clean_start,
+            optimistic_acknowledgement=False,
+            will_message=will_message,
+            persistent_storage=self._storage,
+            session_expiry_interval=session_expiry_s,
+            receive_maximum=receive_maximum,
+        )
+        self._client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        if username is not None:
+            self._client.set_auth_credentials(username, password)
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._handler = self._client._package_handler
+        self._handler._handle_puback_packet = self._handle_puback  # type: ignore[attr-defined]
+        self._window = _Window(_DEFAULT_WINDOW)
+        self._connected = asyncio.Event()
+        self._subscriptions: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_message: MessageHandler | None = None
+        self.on_connect: ConnectHandler | None = None
+        self.reconnects = 0
+        self._ever_connected = False
+
+    # -- connection ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect once; the transport then reconnects by itself until `disconnect()`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._client.connect(
+                    self.host, self.port, version=MQTT_V5, keepalive=self._keepalive
+                )
+                await self._connected.wait()
+        except TimeoutError as exc:
+            raise TransportError(
+                f"no connection to mqtt://{self.host}:{self.port} within {timeout}s"
+            ) from exc
+        except OSError as exc:
+            raise TransportError(f"cannot connect to mqtt://{self.host}:{self.port}: {exc}") from exc
+        except gmqtt.mqtt.handler.MQTTConnectError as exc:
+            raise TransportError(f"broker refused {self.client_id!r}: {exc}") from exc
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError as exc:
+            raise TransportError(f"broker not connected within {timeout}s") from exc
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        self._connected.clear()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await self._client.disconnect()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: dict[str, Any]) -> None:
+        session_present = bool(flags)
+        values = self._handler._connack_properties.get("receive_maximum")
+        broker_max = values[0] if values else 65535
+        limit = max(1, min(self._max_inflight, broker_max - 1))
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
+        self._spawn(self._after_connect(session_present, limit))
+
+    async def _after_connect(self, session_present: bool, limit: int) -> None:
+        await self._window.resize(limit)
+        if self._subscriptions and not session_present:
+            log.info("broker has no session for %s: resubscribing", self.client_id)
+            self._send_subscribe(self._subscriptions)
+        self._connected.set()
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(session_present)
+            except Exception:
+                log.exception("on_connect handler failed")
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if self._connected.is_set():
+            log.warning("lost broker connection (%s); reconnecting", self.client_id)
+        self._connected.clear()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- publish -------------------------------------------------------------------------------
+
+    def _handle_puback(self, cmd: int, packet: bytes) -> None:
+        (mid,) = struct.unpack("!H", packet[:2])
+        reason_code = packet[2] if len(packet) > 2 else 0
+        self._handler.id_generator.free_id(mid)
+        self._client._remove_message_from_queue(mid)
+        self._storage.acked(mid, reason_code)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Publish and, for QoS 1, wait for the broker's PUBACK (raising on a failure code)."""
+        props: dict[str, Any] = {}
+        if response_topic is not None:
+            props["response_topic"] = response_topic
+        if correlation_data is not None:
+            props["correlation_data"] = correlation_data
+        if user_properties:
+            props["user_property"] = list(user_properties.items())
+        try:
+            async with asyncio.timeout(timeout):
+                if qos == 0:
+                    await self._connected.wait()
+                    self._client.publish(topic, payload, qos=0, retain=retain, **props)
+                    return
+                await self._window.acquire()
+                try:
+                    await self._connected.wait()
+                    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                    self._client.publish(topic, payload, qos=qos, retain=retain, **props)
+                    mid = self._storage.last_mid
+                    assert mid is not None
+                    self._storage.waiters[mid] = fut
+                    reason = await fut
+                finally:
+                    await self._window.release()
+        except TimeoutError as exc:
+            raise TransportError(f"no PUBACK for {topic!r} within {timeout}s") from exc
+        if reason >= 0x80:
+            raise PublishRefused(topic, reason)
+
+    # -- subscribe -----------------------------------------------------------------------------
+
+    def _send_subscribe(self, filters: list[str]) -> None:
+        subs = [gmqtt.Subscription(f, qos=1) for f in filters]
+        self._client.subscribe(subs)
+
+    async def subscribe(self, filters: list[str]) -> None:
+        new = [f for f in filters if f not in self._subscriptions]
+        self._subscriptions.extend(new)
+        if new and self.connected:
+            self._send_subscribe(new)
+
+    # -- receive -------------------------------------------------------------------------------
+
+    async def _on_message(
+        self, client: Any, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        if isinstance(topic, bytes):
+            topic = topic.decode("utf-8", "replace")
+        msg = Inbound(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=bool(properties.get("retain")),
+            dup=bool(properties.get("dup")),
+            response_topic=_first(properties.get("response_topic")),
+            correlation_data=_first(properties.get("correlation_data")),
+            user_properties=dict(properties.get("user_property") or []),
+        )
+        if self.on_message is None:
+            return 0
+        try:
+            return await self.on_message(msg)
+        except Exception:
+            # 0x80 Unspecified error: the broker will not redeliver in this session, so the
+            # caller must have dead-lettered the message already; we only log here.
+            log.exception("message handler crashed on %s", topic)
+            return 0x80
+
+
+def _first(values: Any) -> Any:
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, bytes | bytearray) and not value:
+        return None
+    return value
