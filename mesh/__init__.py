@@ -1,3 +1,3 @@
-"""LifeOps Mesh shared runtime: contract, codecs, transport, request/response, inbox, outbox, store."""
+"""LifeOps Mesh runtime: contract, codecs, transport, request/response, inbox, outbox, store."""
 
 __version__ = "0.1.0"

@@ -87,10 +87,13 @@ class Agent:
             contract=self.contract,
             metrics=self.metrics,
         )
-        self.dead_letters = dlq.DeadLetterSink(self.name, self.store, self._publish_dlq, self.metrics)
+        self.dead_letters = dlq.DeadLetterSink(
+            self.name, self.store, self._publish_dlq, self.metrics
+        )
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self._started = False
+        self._sweep_task: asyncio.Future[int] | None = None
 
     @property
     def status_topic(self) -> str:
@@ -131,8 +134,9 @@ class Agent:
             if self.app.on_start is not None:
                 await self.app.on_start(self)
         self._started = True
-        log.info("%s started (broker %s, db %s)", self.name, self.settings.broker,
-                 self.store.dialect)
+        log.info(
+            "%s started (broker %s, db %s)", self.name, self.settings.broker, self.store.dialect
+        )
 
     async def stop(self, timeout: float = 10.0) -> None:
         try:
@@ -160,16 +164,19 @@ class Agent:
         if self.transport.reconnects:
             self.metrics.reconnects.inc()
         try:
-            await self.transport.publish(self.status_topic, b"online", qos=1, retain=True, timeout=5)
+            await self.transport.publish(
+                self.status_topic, b"online", qos=1, retain=True, timeout=5
+            )
         except TransportError as exc:
             log.warning("could not publish online: %s", exc)
         if self._started:
-            asyncio.ensure_future(self.relay.sweep())
+            self._sweep_task = asyncio.ensure_future(self.relay.sweep())
 
     # -- publishing ----------------------------------------------------------------------------
 
-    async def publish(self, key: str, payload: Any, *, trace_id: str | None = None,
-                      **params: str) -> None:
+    async def publish(
+        self, key: str, payload: Any, *, trace_id: str | None = None, **params: str
+    ) -> None:
         """Publish an event by contract key right away (not through the outbox)."""
         entry = self.contract.entry(key)
         if self.name not in entry.publishers:
@@ -177,7 +184,10 @@ class Agent:
         topic = self.contract.topic(key, agent=self.name, **params)
         props = {TRACE_PROPERTY: trace_id} if trace_id else None
         await self.transport.publish(
-            topic, codec.encode_value(payload, entry.format), qos=entry.qos, retain=entry.retain,
+            topic,
+            codec.encode_value(payload, entry.format),
+            qos=entry.qos,
+            retain=entry.retain,
             user_properties=props,
         )
         self.metrics.published.labels(key).inc()
@@ -212,17 +222,23 @@ class Agent:
             )
             self.metrics.published.labels("reply").inc()
         except PublishRefused as exc:
-            log.warning("reply to %s refused by the broker (reason %d): response topics must be "
-                        "under reply/<username>/", msg.response_topic, exc.reason_code)
+            log.warning(
+                "reply to %s refused by the broker (reason %d): response topics must be "
+                "under reply/<username>/",
+                msg.response_topic,
+                exc.reason_code,
+            )
         except TransportError as exc:
             log.warning("reply to %s not delivered: %s", msg.response_topic, exc)
 
-    async def _fail(self, msg: Inbound, code: str, message: str, trace_id: str,
-                    request: Any = None) -> None:
+    async def _fail(
+        self, msg: Inbound, code: str, message: str, trace_id: str, request: Any = None
+    ) -> None:
         """A message that retrying cannot fix: dead letter, then an error reply if one was asked."""
         await self.dead_letters.send(msg, code, message, trace_id)
-        await self._reply(msg, ErrorReply(error=ErrorInfo(code=code, message=message)), request,
-                          trace_id)
+        await self._reply(
+            msg, ErrorReply(error=ErrorInfo(code=code, message=message)), request, trace_id
+        )
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -242,8 +258,12 @@ class Agent:
         found = self.contract.match(msg.topic)
         route = self._routes.get(found[0].key) if found else None
         if found is None or route is None:
-            await self._fail(msg, "undeclared_topic",
-                             f"{self.name} has no route for topic {msg.topic!r}", trace_id)
+            await self._fail(
+                msg,
+                "undeclared_topic",
+                f"{self.name} has no route for topic {msg.topic!r}",
+                trace_id,
+            )
             return 0
         entry, params = found
         self.metrics.received.labels(entry.key).inc()
@@ -252,8 +272,9 @@ class Agent:
         except DecodeError as exc:
             await self._fail(msg, exc.code, f"{entry.topic}: {exc.message}", trace_id)
             return 0
-        delivery = Delivery(msg=msg, entry=entry, params=params, route=route, payload=payload,
-                            trace_id=trace_id)
+        delivery = Delivery(
+            msg=msg, entry=entry, params=params, route=route, payload=payload, trace_id=trace_id
+        )
         outcome = await self.committer.process(delivery)
         if outcome.error is not None:
             await self._fail(msg, outcome.error.code, outcome.error.message, trace_id, payload)

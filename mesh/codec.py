@@ -26,7 +26,7 @@ def _decoder(schema: Any) -> msgspec.json.Decoder[Any]:
 
 
 def decode(payload: bytes, schema: Any, fmt: PayloadFormat = "json") -> Any:
-    """Decode `payload` into `schema`, raising DecodeError with a machine code and a clear message."""
+    """Decode `payload` into `schema`; DecodeError carries a machine code and a clear message."""
     if fmt == "text":
         try:
             text = payload.decode("utf-8")

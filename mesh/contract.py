@@ -1,4 +1,4 @@
-"""topics.toml loaded into typed entries: topic rendering, subscription filters, matching, checks."""
+"""topics.toml as typed entries: topic rendering, subscription filters, matching, checks."""
 
 from __future__ import annotations
 

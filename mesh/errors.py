@@ -1,15 +1,15 @@
 """The one error tree of the mesh runtime.
 
-    MeshError
-    ├── ContractError          topics.toml is malformed, or code breaks it
-    ├── ConfigError            settings, URLs or rules files are invalid
-    ├── DecodeError            a payload is not valid JSON or does not match its schema
-    ├── HandlerError           a handler refuses a message with a code (becomes an error reply)
-    │   └── NotFound
-    ├── TransportError         the broker connection failed or refused something
-    │   └── PublishRefused     a QoS 1 publish was answered with a failure reason code
-    ├── RequestTimeout         no reply within the contract's timeout
-    └── StoreError             the database failed
+MeshError
+├── ContractError          topics.toml is malformed, or code breaks it
+├── ConfigError            settings, URLs or rules files are invalid
+├── DecodeError            a payload is not valid JSON or does not match its schema
+├── HandlerError           a handler refuses a message with a code (becomes an error reply)
+│   └── NotFound
+├── TransportError         the broker connection failed or refused something
+│   └── PublishRefused     a QoS 1 publish was answered with a failure reason code
+├── RequestTimeout         no reply within the contract's timeout
+└── StoreError             the database failed
 """
 
 from __future__ import annotations

@@ -10,29 +10,49 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.received = Counter(
-            "mesh_messages_received_total", "Messages received, by contract key", ["key"], registry=r
+            "mesh_messages_received_total",
+            "Messages received, by contract key",
+            ["key"],
+            registry=r,
         )
         self.published = Counter(
-            "mesh_messages_published_total", "Messages published, by contract key", ["key"], registry=r
+            "mesh_messages_published_total",
+            "Messages published, by contract key",
+            ["key"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            "mesh_dead_letters_total", "Messages sent to the dead-letter topic", ["code"], registry=r
+            "mesh_dead_letters_total",
+            "Messages sent to the dead-letter topic",
+            ["code"],
+            registry=r,
         )
         self.duplicates = Counter(
-            "mesh_duplicates_skipped_total", "Redelivered or repeated messages answered from the inbox",
-            ["key"], registry=r,
+            "mesh_duplicates_skipped_total",
+            "Redelivered or repeated messages answered from the inbox",
+            ["key"],
+            registry=r,
         )
         self.handler_seconds = Histogram(
-            "mesh_handler_duration_seconds", "Time from receipt to commit", ["key"], registry=r,
+            "mesh_handler_duration_seconds",
+            "Time from receipt to commit",
+            ["key"],
+            registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.request_timeouts = Counter(
             "mesh_request_timeouts_total", "Requests without a reply in time", ["key"], registry=r
         )
         self.batch_size = Histogram(
-            "mesh_commit_batch_size", "Messages per group commit", registry=r,
+            "mesh_commit_batch_size",
+            "Messages per group commit",
+            registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
-        self.connected = Gauge("mesh_broker_connected", "1 while connected to the broker", registry=r)
+        self.connected = Gauge(
+            "mesh_broker_connected", "1 while connected to the broker", registry=r
+        )
         self.reconnects = Counter("mesh_broker_reconnects_total", "Broker reconnects", registry=r)
-        self.outbox_depth = Gauge("mesh_outbox_pending", "Outbox records not yet published", registry=r)
+        self.outbox_depth = Gauge(
+            "mesh_outbox_pending", "Outbox records not yet published", registry=r
+        )

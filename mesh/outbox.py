@@ -137,7 +137,7 @@ class OutboxRelay:
             row = await tx.fetchone(
                 "SELECT COUNT(*), MIN(created_at) FROM mesh_outbox WHERE sent_at IS NULL"
             )
-        count, oldest = (row or (0, None))
+        count, oldest = row or (0, None)
         if not count or oldest is None:
             return 0, 0.0
         age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
@@ -152,8 +152,15 @@ class OutboxRelay:
             )
         records = [
             OutboxRecord(
-                id=r[0], seq=int(r[1]), topic_key=r[2], topic=r[3], payload=r[4].encode("utf-8"),
-                qos=int(r[5]), retain=bool(r[6]), trace_id=r[7], created_at=r[8],
+                id=r[0],
+                seq=int(r[1]),
+                topic_key=r[2],
+                topic=r[3],
+                payload=r[4].encode("utf-8"),
+                qos=int(r[5]),
+                retain=bool(r[6]),
+                trace_id=r[7],
+                created_at=r[8],
             )
             for r in rows
         ]
@@ -198,8 +205,12 @@ class OutboxRelay:
                     self._queue.task_done()
                 if failed:
                     err = next(r for r in results if r is not None)
-                    log.warning("outbox: %d publishes failed (%s); retry in %.1fs",
-                                len(failed), err, backoff)
+                    log.warning(
+                        "outbox: %d publishes failed (%s); retry in %.1fs",
+                        len(failed),
+                        err,
+                        backoff,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                 else:

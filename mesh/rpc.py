@@ -98,4 +98,6 @@ class Requester:
         try:
             return codec.decode(msg.payload, entry.reply_type)
         except DecodeError as exc:
-            raise DecodeError(f"reply to {key!r} does not match {entry.reply_schema}: {exc}") from exc
+            raise DecodeError(
+                f"reply to {key!r} does not match {entry.reply_schema}: {exc}"
+            ) from exc

@@ -80,7 +80,9 @@ def build_settings(
     data = Path(data_dir or env.get("LIFEOPS_DATA_DIR", "data"))
     broker = broker_url or env.get("LIFEOPS_BROKER_URL")
     if not broker:
-        raise ConfigError("no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL")
+        raise ConfigError(
+            "no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL"
+        )
     db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
     rules = rules_file or env.get("LIFEOPS_RULES_FILE")
     return Settings(

@@ -180,7 +180,9 @@ class Transport:
                 f"no connection to mqtt://{self.host}:{self.port} within {timeout}s"
             ) from exc
         except OSError as exc:
-            raise TransportError(f"cannot connect to mqtt://{self.host}:{self.port}: {exc}") from exc
+            raise TransportError(
+                f"cannot connect to mqtt://{self.host}:{self.port}: {exc}"
+            ) from exc
         except gmqtt.mqtt.handler.MQTTConnectError as exc:
             raise TransportError(f"broker refused {self.client_id!r}: {exc}") from exc
 

@@ -29,8 +29,10 @@ def load_credentials(directory: Path) -> dict[str, str]:
     return dict(users)
 
 
-def ensure_accounts(directory: Path, principals: list[str], *, rotate: bool = False) -> dict[str, str]:
-    """Create (or complete, or with `rotate` renew) credentials.toml and the Mosquitto passwd file."""
+def ensure_accounts(
+    directory: Path, principals: list[str], *, rotate: bool = False
+) -> dict[str, str]:
+    """Create, complete or (`rotate`) renew credentials.toml and the Mosquitto passwd file."""
     passwd_tool = shutil.which("mosquitto_passwd")
     if passwd_tool is None:
         raise ConfigError("mosquitto_passwd not found: install the Debian package 'mosquitto'")
@@ -53,7 +55,8 @@ def ensure_accounts(directory: Path, principals: list[str], *, rotate: bool = Fa
         tmp.unlink(missing_ok=True)
         tmp.touch(mode=0o600)
         for name, pw in sorted(creds.items()):
-            subprocess.run([passwd_tool, "-b", str(tmp), name, pw], check=True,
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                [passwd_tool, "-b", str(tmp), name, pw], check=True, capture_output=True, timeout=30
+            )
         tmp.replace(passwd)
     return creds

@@ -1,4 +1,4 @@
-"""The Mosquitto ACL, generated from topics.toml: each principal gets exactly its entries' rights."""
+"""The Mosquitto ACL generated from topics.toml: each principal gets exactly its rights."""
 
 from __future__ import annotations
 

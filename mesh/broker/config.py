@@ -8,8 +8,13 @@ BROKER_DIR = Path(__file__).resolve().parent.parent.parent / "broker"
 
 
 def render_local_config(
-    *, port: int, run_dir: Path, acl_file: Path, password_file: Path,
-    base: Path | None = None, bind: str = "127.0.0.1",
+    *,
+    port: int,
+    run_dir: Path,
+    acl_file: Path,
+    password_file: Path,
+    base: Path | None = None,
+    bind: str = "127.0.0.1",
 ) -> str:
     """broker/mosquitto.conf with the listener and file paths pointed at `run_dir`."""
     text = (base or BROKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")

@@ -47,8 +47,9 @@ def _hand_to_mosquitto_user(path: Path) -> None:
 class MosquittoProcess:
     """A Mosquitto on 127.0.0.1:`port` whose state lives in `run_dir`."""
 
-    def __init__(self, run_dir: Path, port: int | None = None,
-                 contract: Contract | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, port: int | None = None, contract: Contract | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.port = port or free_port()
         self.contract = contract or default_contract()
@@ -75,7 +76,9 @@ class MosquittoProcess:
         acl = self.run_dir / "acl"
         shutil.copyfile(BROKER_DIR / "acl", acl)
         conf = render_local_config(
-            port=self.port, run_dir=self.run_dir, acl_file=acl,
+            port=self.port,
+            run_dir=self.run_dir,
+            acl_file=acl,
             password_file=self.run_dir / PASSWD,
         )
         (self.run_dir / "mosquitto.conf").write_text(conf, encoding="utf-8")
@@ -96,9 +99,12 @@ class MosquittoProcess:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-                raise ConfigError(f"mosquitto exited with {self.proc.returncode}: {err}{log[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+                raise ConfigError(
+                    f"mosquitto exited with {self.proc.returncode}: {err}{log[-2000:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.05)

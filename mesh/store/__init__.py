@@ -1,4 +1,4 @@
-"""Async storage: SQLite (aiosqlite, WAL) by default, PostgreSQL (asyncpg) for a postgresql:// URL."""
+"""Async storage: SQLite (aiosqlite, WAL) by default, PostgreSQL (asyncpg) for postgresql://."""
 
 from mesh.store.base import Migration, Store, Tx
 from mesh.store.url import DatabaseURL, open_store, parse_db_url

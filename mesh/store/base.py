@@ -95,7 +95,7 @@ class Store(abc.ABC):
             version = m.version
         return version
 
-    async def _migration_lock(self, tx: Tx) -> None:
+    async def _migration_lock(self, tx: Tx) -> None:  # noqa: B027 - optional hook
         """Serialise migrations of agents sharing one database (no-op where one writer exists)."""
 
     async def __aenter__(self) -> Store:
@@ -104,4 +104,3 @@ class Store(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-

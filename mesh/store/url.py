@@ -22,7 +22,9 @@ def parse_db_url(url: str) -> DatabaseURL:
         if rest in ("", "/", "/:memory:"):
             return DatabaseURL("sqlite", ":memory:", url)
         if not rest.startswith("/"):
-            raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+            raise ConfigError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
+            )
         return DatabaseURL("sqlite", rest[1:], url)
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):

@@ -1,0 +1,262 @@
+"""`lifeops-mesh`: run the mesh, one agent, or the broker tooling."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mesh.agent import Agent, AgentApp
+from mesh.client import MeshClient
+from mesh.contract import default_contract
+from mesh.errors import ConfigError, MeshError
+from mesh.logs import setup_logging
+from mesh.settings import AGENTS, Settings, build_settings
+
+log = logging.getLogger("mesh.cli")
+
+
+def _build_stats(settings: Settings) -> AgentApp:
+    from stats_agent.agent import build
+
+    return build(settings)
+
+
+# The agents that exist in this version; `up` starts all of them.
+BUILDERS: dict[str, Callable[[Settings], AgentApp]] = {"stats": _build_stats}
+
+
+def build_agent(settings: Settings) -> Agent:
+    builder = BUILDERS.get(settings.agent)
+    if builder is None:
+        raise ConfigError(
+            f"agent {settings.agent!r} is not part of this version yet "
+            f"(available: {', '.join(BUILDERS)})"
+        )
+    return Agent(settings, builder(settings))
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+async def _run_agent(settings: Settings) -> None:
+    agent = build_agent(settings)
+    await agent.start()
+    try:
+        await _wait_for_signal()
+    finally:
+        await agent.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = build_settings(
+        args.agent,
+        broker_url=args.broker,
+        db_url=args.db,
+        data_dir=args.data,
+        instance=args.instance,
+        share_group=args.shared,
+        rules_file=args.rules,
+    )
+    setup_logging(settings.agent, settings.log_level, json=not args.plain_logs)
+    asyncio.run(_run_agent(settings))
+    return 0
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+
+async def _demo(broker_url: str) -> None:
+    """Log a few activities for user `demo` (idempotent per day) and print what Stats answers."""
+    async with MeshClient(broker_url) as client:
+        await _demo_requests(client)
+
+
+async def _demo_requests(client: MeshClient) -> None:
+    from mesh.schemas import ActivityLogRequest, CharacterGetRequest
+
+    today = dt.date.today().isoformat()
+    for activity in ("gym_session", "reading", "meditation"):
+        req = ActivityLogRequest(
+            user_id="demo",
+            activity_type=activity,
+            source="manual",
+            source_ref=f"demo:{activity}:{today}",
+        )
+        reply = await client.request("activities_log", req)
+        note = " (already logged today)" if reply.duplicate else ""
+        print(f"  demo: {activity:<12} -> {reply.message}{note}")
+    sheet = await client.request("character_get", CharacterGetRequest(user_id="demo"))
+    c = sheet.character
+    print(
+        f"  demo: character level {c.level}, total XP {c.total_xp}, "
+        f"achievements {', '.join(c.achievements) or '-'}"
+    )
+
+
+async def _up(args: argparse.Namespace, data: Path) -> int:
+    from mesh.broker.process import MosquittoProcess
+
+    broker = None
+    if args.broker:
+        urls = {name: args.broker for name in BUILDERS}
+    else:
+        broker = MosquittoProcess(data / "broker", port=args.port)
+        await asyncio.to_thread(broker.start)
+        urls = {name: broker.url(name) for name in BUILDERS}
+        print(
+            f"mosquitto: 127.0.0.1:{broker.port} (config {data / 'broker' / 'mosquitto.conf'}, "
+            f"passwords in {data / 'broker' / 'credentials.toml'})"
+        )
+    agents: list[Agent] = []
+    try:
+        for name in BUILDERS:
+            settings = build_settings(name, broker_url=urls[name], data_dir=data)
+            agent = build_agent(settings)
+            await agent.start()
+            agents.append(agent)
+            print(f"agent {name}: online (db {settings.db_url})")
+        if broker is not None:
+            pw = broker.credentials["tester"]
+            print(
+                "try it:\n"
+                f"  mosquitto_rr -V mqttv5 -p {broker.port} -u tester -P '{pw}' "
+                "-t stats/activities/log -e reply/tester/1 "
+                '-m \'{"user_id":"alice","activity_type":"gym_session"}\' -W 5'
+            )
+        if args.demo:
+            if broker is None:
+                print("  (--demo needs the embedded broker's tester account; skipped)")
+            else:
+                await _demo(broker.url("tester"))
+        if not args.once:
+            print("mesh is up; Ctrl-C stops it")
+            await _wait_for_signal()
+    finally:
+        for agent in reversed(agents):
+            await agent.stop()
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+        print("mesh stopped")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    # Structured logs go to a file; the console keeps the readable summary above.
+    setup_logging("mesh", "INFO", json=True)
+    handler = logging.FileHandler(data / "mesh.log")
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().handlers[:] = [handler]
+    return asyncio.run(_up(args, data))
+
+
+# -- broker ------------------------------------------------------------------------------------
+
+
+def cmd_broker_acl(args: argparse.Namespace) -> int:
+    from mesh.broker.acl import generate_acl
+
+    sys.stdout.write(generate_acl(default_contract()))
+    return 0
+
+
+def cmd_broker_passwords(args: argparse.Namespace) -> int:
+    from mesh.broker.accounts import ensure_accounts
+
+    directory = Path(args.dir)
+    creds = ensure_accounts(directory, list(default_contract().meta.principals), rotate=args.rotate)
+    print(
+        f"{directory / 'passwd'}: {len(creds)} accounts ({', '.join(sorted(creds))}); "
+        f"passwords in {directory / 'credentials.toml'}"
+    )
+    return 0
+
+
+def cmd_contract_check(args: argparse.Namespace) -> int:
+    contract = default_contract()
+    print(f"topics.toml: {len(contract.topics)} entries, sound")
+    for key, e in contract.topics.items():
+        print(
+            f"  {key:<20} {e.topic:<32} {e.kind:<12} qos {e.qos} "
+            f"{'retained ' if e.retain else ''}{e.schema}"
+        )
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifeops-mesh", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start a Mosquitto from broker/ and every agent")
+    up.add_argument("--data", default="data", help="directory for SQLite files and broker state")
+    up.add_argument("--port", type=int, default=1884, help="port of the embedded Mosquitto")
+    up.add_argument("--broker", help="use this broker instead: mqtt://user:pass@host:port")
+    up.add_argument("--demo", action="store_true", help="log a few activities for user demo")
+    up.add_argument("--once", action="store_true", help="stop after start-up (and the demo)")
+    up.set_defaults(func=cmd_up)
+
+    run = sub.add_parser("run", help="run one agent as its own process")
+    run.add_argument("agent", choices=AGENTS)
+    run.add_argument("--broker", help="mqtt://[user:pass@]host:port (or LIFEOPS_BROKER_URL)")
+    run.add_argument("--db", help="sqlite:///file.db or postgresql://... (or LIFEOPS_DB_URL)")
+    run.add_argument("--data", help="directory for the default SQLite file")
+    run.add_argument("--instance", help="instance name, part of the MQTT client id")
+    run.add_argument(
+        "--shared",
+        metavar="GROUP",
+        help="consume through the MQTT v5 shared subscription $share/GROUP/...",
+    )
+    run.add_argument("--rules", help="rules file (stats)")
+    run.add_argument("--plain-logs", action="store_true", help="human-readable logs, not JSON")
+    run.set_defaults(func=cmd_run)
+
+    broker = sub.add_parser("broker", help="broker tooling").add_subparsers(
+        dest="what", required=True
+    )
+    acl = broker.add_parser("acl", help="print the ACL generated from topics.toml")
+    acl.set_defaults(func=cmd_broker_acl)
+    pw = broker.add_parser("passwords", help="create the passwd file and credentials.toml")
+    pw.add_argument("--dir", default="broker/local", help="where to write them")
+    pw.add_argument("--rotate", action="store_true", help="generate new passwords for everyone")
+    pw.set_defaults(func=cmd_broker_passwords)
+
+    contract = sub.add_parser("contract", help="contract tooling").add_subparsers(
+        dest="what", required=True
+    )
+    check = contract.add_parser("check", help="load and check topics.toml")
+    check.set_defaults(func=cmd_contract_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MeshError as exc:
+        print(f"lifeops-mesh: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main"]

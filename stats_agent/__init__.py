@@ -1,0 +1,1 @@
+"""Stats agent: characters, XP, levels and achievements, exactly once over MQTT."""

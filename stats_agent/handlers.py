@@ -1,0 +1,198 @@
+"""Message handlers of the Stats agent; each runs inside the group commit's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import msgspec
+
+from mesh import codec
+from mesh.errors import NotFound
+from mesh.inbox import Context
+from mesh.schemas import (
+    AchievementUnlocked,
+    ActivityCompleted,
+    ActivityLogReply,
+    ActivityLogRequest,
+    CharacterGetRequest,
+    CharacterReply,
+    LevelUp,
+    OuraSynced,
+)
+from stats_agent import game, repository
+from stats_agent.rules import Rules
+
+_NS = uuid.UUID("6f1d3c2e-8a4b-4f6e-9c1d-2b3a4c5d6e7f")
+
+
+def activity_identity(req: ActivityLogRequest) -> str | None:
+    """The dedup key: activity_id when given, else (source, source_ref); None when neither."""
+    if req.activity_id:
+        return f"activity:{req.activity_id}"
+    if req.source_ref:
+        return f"activity:{req.source}:{req.source_ref}"
+    return None
+
+
+def oura_identity(ev: OuraSynced) -> str:
+    return f"oura:{ev.user_id}:{ev.date.isoformat()}"
+
+
+class StatsHandlers:
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+
+    async def log_activity(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
+        user_id = game.check_user_id(req.user_id)
+        # Already logged under this activity_id, or the same (source, source_ref) under another
+        # id: answer with the original result, grant nothing.
+        prior = (
+            await repository.activity_by_id(ctx.tx, req.activity_id) if req.activity_id else None
+        )
+        if prior is None and req.source_ref:
+            prior = await repository.activity_by_source(ctx.tx, req.source, req.source_ref)
+        if prior is not None:
+            reply = codec.decode(prior.encode(), ActivityLogReply)
+            return msgspec.structs.replace(reply, duplicate=True)
+        grants = game.grants_for(self.rules, req.activity_type, req.custom_xp)
+        activity_id = req.activity_id or (
+            str(uuid.uuid5(_NS, f"{req.source}:{req.source_ref}"))
+            if req.source_ref
+            else str(uuid.uuid4())
+        )
+        reply = await self._grant(ctx, user_id, activity_id, grants, streak=req.streak or 0)
+        await repository.insert_activity(
+            ctx.tx,
+            activity_id=activity_id,
+            user_id=user_id,
+            activity_type=req.activity_type,
+            source=req.source,
+            source_ref=req.source_ref,
+            activity_time=req.activity_time,
+            xp=codec.encode(grants).decode(),
+            reply=codec.encode(reply).decode(),
+            now=ctx.now,
+        )
+        return reply
+
+    async def activity_completed(self, ctx: Context, ev: ActivityCompleted) -> ActivityLogReply:
+        return await self.log_activity(ctx, ev)
+
+    async def oura_synced(self, ctx: Context, ev: OuraSynced) -> None:
+        user_id = game.check_user_id(ev.user_id)
+        scores = {
+            "sleep": ev.scores.sleep,
+            "readiness": ev.scores.readiness,
+            "activity": ev.scores.activity,
+        }
+        grants = game.oura_grants(self.rules, scores)
+        if not grants:
+            return None
+        activity_id = str(uuid.uuid5(_NS, oura_identity(ev)))
+        reply = await self._grant(ctx, user_id, activity_id, grants, streak=0)
+        await repository.insert_activity(
+            ctx.tx,
+            activity_id=activity_id,
+            user_id=user_id,
+            activity_type="oura_daily",
+            source="lifeops",
+            source_ref=oura_identity(ev),
+            activity_time=dt.datetime.combine(ev.date, dt.time(), dt.UTC),
+            xp=codec.encode(grants).decode(),
+            reply=codec.encode(reply).decode(),
+            now=ctx.now,
+        )
+        return None
+
+    async def character_get(self, ctx: Context, req: CharacterGetRequest) -> CharacterReply:
+        user_id = game.check_user_id(req.user_id)
+        sheet = await repository.character_sheet(ctx.tx, user_id, self.rules.game.stats)
+        if sheet is None:
+            raise NotFound(f"no character for user {user_id!r}")
+        return CharacterReply(character=sheet, total_xp=sheet.total_xp, level=sheet.level)
+
+    async def _grant(
+        self, ctx: Context, user_id: str, activity_id: str, grants: dict[str, int], streak: int
+    ) -> ActivityLogReply:
+        gained = sum(grants.values())
+        total, activities = await repository.add_character_xp(ctx.tx, user_id, gained, ctx.now)
+        before, after = game.level_for(total - gained), game.level_for(total)
+        stat_level_ups: dict[str, int] = {}
+        stat_xp: dict[str, int] = {}
+        for stat, xp in grants.items():
+            new_xp = await repository.add_stat_xp(ctx.tx, user_id, stat, xp)
+            stat_xp[stat] = new_xp
+            old_lvl, new_lvl = game.level_for(new_xp - xp).level, game.level_for(new_xp).level
+            if new_lvl > old_lvl:
+                stat_level_ups[stat] = new_lvl
+                await ctx.emit(
+                    "levelup",
+                    LevelUp(
+                        event_id=f"lvl:{user_id}:{stat}:{new_lvl}",
+                        user_id=user_id,
+                        new_level=new_lvl,
+                        previous_level=old_lvl,
+                        total_xp=new_xp,
+                        activity_id=activity_id,
+                        stat=stat,
+                        occurred_at=ctx.now,
+                    ),
+                )
+        if after.level > before.level:
+            await ctx.emit(
+                "levelup",
+                LevelUp(
+                    event_id=f"lvl:{user_id}:character:{after.level}",
+                    user_id=user_id,
+                    new_level=after.level,
+                    previous_level=before.level,
+                    total_xp=total,
+                    activity_id=activity_id,
+                    stat=None,
+                    occurred_at=ctx.now,
+                ),
+            )
+        # Achievements: the whole stat picture, not only the stats this activity touched.
+        sheet = await repository.character_sheet(ctx.tx, user_id, self.rules.game.stats)
+        assert sheet is not None
+        progress = game.Progress(
+            activities=activities,
+            level=after.level,
+            stat_xp={s: st.xp for s, st in sheet.stats.items()},
+            streak=streak,
+        )
+        new_achievements: list[str] = []
+        for rule in self.rules.achievements:
+            if rule.code in sheet.achievements or not game.earned(rule, progress):
+                continue
+            if await repository.award(ctx.tx, user_id, rule.code, rule.title, activity_id, ctx.now):
+                new_achievements.append(rule.code)
+                await ctx.emit(
+                    "achievement",
+                    AchievementUnlocked(
+                        event_id=f"ach:{user_id}:{rule.code}",
+                        user_id=user_id,
+                        achievement_code=rule.code,
+                        title=rule.title,
+                        activity_id=activity_id,
+                        awarded_at=ctx.now,
+                    ),
+                )
+        if new_achievements:
+            sheet = msgspec.structs.replace(
+                sheet,
+                achievements=[*sheet.achievements, *new_achievements],
+                latest_achievement=new_achievements[-1],
+            )
+        await ctx.emit("character_state", sheet, user_id=user_id)
+        return ActivityLogReply(
+            activity_id=activity_id,
+            xp_granted=grants,
+            stat_level_ups=stat_level_ups,
+            character_level_up=after.level > before.level,
+            new_level=after.level,
+            total_xp=total,
+            achievements=new_achievements,
+            message=game.gained_message(grants),
+        )

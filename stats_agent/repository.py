@@ -1,0 +1,163 @@
+"""SQL of the Stats agent: characters, per-stat XP, activities, achievements."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mesh.schemas import CharacterSheet, StatSheet
+from mesh.store import Migration, Tx
+from stats_agent.game import level_for
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS stats_characters ("
+            " user_id TEXT PRIMARY KEY, total_xp BIGINT NOT NULL DEFAULT 0,"
+            " activities BIGINT NOT NULL DEFAULT 0, created_at TEXT NOT NULL,"
+            " updated_at TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS stats_stat_xp ("
+            " user_id TEXT NOT NULL, stat TEXT NOT NULL, xp BIGINT NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (user_id, stat))",
+            "CREATE TABLE IF NOT EXISTS stats_activities ("
+            " activity_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, activity_type TEXT NOT NULL,"
+            " source TEXT NOT NULL, source_ref TEXT, activity_time TEXT, xp TEXT NOT NULL,"
+            " reply TEXT NOT NULL, created_at TEXT NOT NULL)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS stats_activities_source"
+            " ON stats_activities (source, source_ref)",
+            "CREATE INDEX IF NOT EXISTS stats_activities_user ON stats_activities (user_id)",
+            "CREATE TABLE IF NOT EXISTS stats_achievements ("
+            " user_id TEXT NOT NULL, code TEXT NOT NULL, title TEXT NOT NULL,"
+            " activity_id TEXT NOT NULL, awarded_at TEXT NOT NULL, PRIMARY KEY (user_id, code))",
+        ),
+    ),
+)
+
+
+async def add_character_xp(tx: Tx, user_id: str, xp: int, now: dt.datetime) -> tuple[int, int]:
+    """Add XP and one activity; returns (total XP after, activities after). Locks the row."""
+    await tx.execute(
+        "INSERT INTO stats_characters (user_id, total_xp, activities, created_at, updated_at)"
+        " VALUES (?, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
+        user_id,
+        now.isoformat(),
+        now.isoformat(),
+    )
+    row = await tx.fetchone(
+        "UPDATE stats_characters SET total_xp = total_xp + ?, activities = activities + 1,"
+        " updated_at = ? WHERE user_id = ? RETURNING total_xp, activities",
+        xp,
+        now.isoformat(),
+        user_id,
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def add_stat_xp(tx: Tx, user_id: str, stat: str, xp: int) -> int:
+    row = await tx.fetchone(
+        "INSERT INTO stats_stat_xp (user_id, stat, xp) VALUES (?, ?, ?)"
+        " ON CONFLICT (user_id, stat) DO UPDATE SET xp = stats_stat_xp.xp + excluded.xp"
+        " RETURNING xp",
+        user_id,
+        stat,
+        xp,
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def activity_by_source(tx: Tx, source: str, source_ref: str) -> str | None:
+    row = await tx.fetchone(
+        "SELECT reply FROM stats_activities WHERE source = ? AND source_ref = ?", source, source_ref
+    )
+    return row[0] if row else None
+
+
+async def activity_by_id(tx: Tx, activity_id: str) -> str | None:
+    row = await tx.fetchone("SELECT reply FROM stats_activities WHERE activity_id = ?", activity_id)
+    return row[0] if row else None
+
+
+async def insert_activity(
+    tx: Tx,
+    *,
+    activity_id: str,
+    user_id: str,
+    activity_type: str,
+    source: str,
+    source_ref: str | None,
+    activity_time: dt.datetime | None,
+    xp: str,
+    reply: str,
+    now: dt.datetime,
+) -> None:
+    await tx.execute(
+        "INSERT INTO stats_activities (activity_id, user_id, activity_type, source, source_ref,"
+        " activity_time, xp, reply, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        activity_id,
+        user_id,
+        activity_type,
+        source,
+        source_ref,
+        activity_time.isoformat() if activity_time else None,
+        xp,
+        reply,
+        now.isoformat(),
+    )
+
+
+async def award(
+    tx: Tx, user_id: str, code: str, title: str, activity_id: str, now: dt.datetime
+) -> bool:
+    """True when the achievement is new for this user."""
+    n = await tx.execute(
+        "INSERT INTO stats_achievements (user_id, code, title, activity_id, awarded_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        user_id,
+        code,
+        title,
+        activity_id,
+        now.isoformat(),
+    )
+    return n == 1
+
+
+async def character_sheet(tx: Tx, user_id: str, stats: list[str]) -> CharacterSheet | None:
+    row = await tx.fetchone(
+        "SELECT total_xp, activities, updated_at FROM stats_characters WHERE user_id = ?", user_id
+    )
+    if row is None:
+        return None
+    total, activities, updated = int(row[0]), int(row[1]), row[2]
+    xp = {s: 0 for s in stats}
+    for stat, value in await tx.fetchall(
+        "SELECT stat, xp FROM stats_stat_xp WHERE user_id = ?", user_id
+    ):
+        xp[stat] = int(value)
+    achievements = await tx.fetchall(
+        "SELECT code FROM stats_achievements WHERE user_id = ? ORDER BY awarded_at, code", user_id
+    )
+    codes = [a[0] for a in achievements]
+    char = level_for(total)
+    sheets = {}
+    for stat, value in xp.items():
+        info = level_for(value)
+        sheets[stat] = StatSheet(
+            xp=value,
+            level=info.level,
+            xp_into_level=info.xp_into_level,
+            xp_to_next_level=info.xp_to_next_level,
+        )
+    return CharacterSheet(
+        user_id=user_id,
+        level=char.level,
+        total_xp=total,
+        xp_into_level=char.xp_into_level,
+        xp_to_next_level=char.xp_to_next_level,
+        stats=sheets,
+        achievements=codes,
+        latest_achievement=codes[-1] if codes else None,
+        activities=activities,
+        updated_at=dt.datetime.fromisoformat(updated),
+    )
