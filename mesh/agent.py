@@ -69,6 +69,7 @@ class Agent:
             port=settings.broker.port,
             username=settings.broker.username,
             password=settings.broker.password,
+            session_expiry_s=settings.session_expiry_s,
             will=Will(topic=self.status_topic, payload=b"offline", qos=1, retain=True),
         )
         self.relay = OutboxRelay(self.store, self._publish_record)

@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     data_dir: Path = Path("data")
     rules_file: Path | None = None
     batch_max: int = 512
+    session_expiry_s: int = 7 * 24 * 3600
     log_level: str = "INFO"
     log_json: bool = True
 

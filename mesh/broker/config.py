@@ -15,6 +15,7 @@ def render_local_config(
     password_file: Path,
     base: Path | None = None,
     bind: str = "127.0.0.1",
+    run_as_root: bool = False,
 ) -> str:
     """broker/mosquitto.conf with the listener and file paths pointed at `run_dir`."""
     text = (base or BROKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")
@@ -33,4 +34,6 @@ def render_local_config(
             out.append(f"log_dest file {run_dir / 'mosquitto.log'}")
         else:
             out.append(line)
+    if run_as_root:
+        out.append("user root")
     return "\n".join(out) + "\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -27,21 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _hand_to_mosquitto_user(path: Path) -> None:
-    """Running as root, Mosquitto drops to user `mosquitto`: it must read and write run_dir."""
-    if os.geteuid() != 0:
-        return
-    try:
-        pw = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return
-    for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in (*dirs, *files):
-            with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
 
 
 class MosquittoProcess:
@@ -80,9 +64,12 @@ class MosquittoProcess:
             run_dir=self.run_dir,
             acl_file=acl,
             password_file=self.run_dir / PASSWD,
+            # As root, Mosquitto drops to user `mosquitto`, which cannot reach files under a
+            # private home or temp dir (persistence then fails silently). This broker belongs to
+            # the user who started it, so it keeps that user's rights.
+            run_as_root=os.geteuid() == 0,
         )
         (self.run_dir / "mosquitto.conf").write_text(conf, encoding="utf-8")
-        _hand_to_mosquitto_user(self.run_dir)
 
     def start(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

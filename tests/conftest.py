@@ -1,0 +1,134 @@
+"""Shared fixtures: a real Mosquitto from broker/, clean PostgreSQL databases, running agents."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from mesh.agent import Agent
+from mesh.broker.process import MosquittoProcess
+from mesh.client import MeshClient
+from mesh.settings import Settings, parse_broker_url
+from tests.support.postgres import PostgresServer, postgres_server, run_sync
+from tests.support.wait import eventually
+
+for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "mosquitto_passwd"):
+    if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+        raise pytest.UsageError(
+            f"{tool} not found: install the Debian packages 'mosquitto' and 'mosquitto-clients' "
+            "(scripts/test.sh does this when run as root)"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    """One Mosquitto for the session, started from the project's broker/ config on a free port."""
+    proc = MosquittoProcess(tmp_path_factory.mktemp("broker"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A Mosquitto of this test's own, for tests that restart or kill it."""
+    proc = MosquittoProcess(tmp_path / "broker")
+    proc.start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test."""
+    url = run_sync(pg_server.create_database())
+    yield url
+    run_sync(pg_server.drop_database(url))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite and on PostgreSQL."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'agent.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_settings(
+    agent: str, broker: MosquittoProcess, db_url: str, tmp: Path, **kw: Any
+) -> Settings:
+    return Settings(
+        agent=agent,
+        broker=parse_broker_url(broker.url(agent)),
+        db_url=db_url,
+        instance=kw.pop("instance", uuid.uuid4().hex[:8]),
+        data_dir=tmp,
+        session_expiry_s=kw.pop("session_expiry_s", 30),
+        log_json=False,
+        **kw,
+    )
+
+
+StartAgent = Callable[..., "contextlib.AbstractAsyncContextManager[Agent]"]
+
+
+@pytest.fixture
+def start_stats(tmp_path: Path) -> StartAgent:
+    """Start a Stats agent in this process: `async with start_stats(broker, db_url) as agent`."""
+    from stats_agent.agent import build
+
+    @contextlib.asynccontextmanager
+    async def start(broker: MosquittoProcess, db_url: str, **kw: Any) -> AsyncIterator[Agent]:
+        settings = make_settings("stats", broker, db_url, tmp_path, **kw)
+        agent = Agent(settings, build(settings))
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            await agent.stop()
+
+    return start
+
+
+@pytest.fixture
+async def stats(broker: MosquittoProcess, db_url: str, start_stats: StartAgent
+                ) -> AsyncIterator[Agent]:
+    async with start_stats(broker, db_url) as agent:
+        yield agent
+
+
+@pytest.fixture
+async def tester(broker: MosquittoProcess) -> AsyncIterator[MeshClient]:
+    """A mesh client with the `tester` account."""
+    async with MeshClient(broker.url("tester")) as client:
+        yield client
+
+
+def user() -> str:
+    """A user id of its own for each test (the session broker keeps retained state)."""
+    return "u" + uuid.uuid4().hex[:12]
+
+
+def to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+__all__ = ["eventually", "make_settings", "to_builtins", "user"]

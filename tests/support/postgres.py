@@ -1,0 +1,126 @@
+"""A PostgreSQL server for the tests: the one at LIFEOPS_TEST_PG_URL (default: the local server on
+127.0.0.1:5432), or a throwaway cluster started from Debian's postgresql binaries."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+INSTALL_HINT = (
+    "PostgreSQL is needed for the PostgreSQL half of the suite: start a server and set "
+    "LIFEOPS_TEST_PG_URL=postgresql://user@host:port/db (a role that may CREATE DATABASE), or "
+    "install the Debian package 'postgresql' so the tests can start their own "
+    "(scripts/test.sh does this when run as root)"
+)
+
+
+class PostgresServer:
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+
+    def url_for(self, dbname: str) -> str:
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{dbname}"
+
+    async def create_database(self) -> str:
+        name = "lifeops_test_" + uuid.uuid4().hex[:12]
+        conn = await asyncpg.connect(self.admin_url, timeout=10)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.url_for(name)
+
+    async def drop_database(self, url: str) -> None:
+        name = url.rpartition("/")[2]
+        conn = await asyncpg.connect(self.admin_url, timeout=10)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even while another event loop runs."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=60)
+
+
+def _reachable(url: str) -> bool:
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=3)
+        await conn.close()
+
+    # Fixtures may be set up while pytest-asyncio's loop runs: probe on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, probe()).result(timeout=10)
+            return True
+        except Exception:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _private_cluster() -> Iterator[PostgresServer]:
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        raise pytest.UsageError(INSTALL_HINT)
+    bindir = Path(bins[-1]).parent
+    tmp = Path(tempfile.mkdtemp(prefix="lifeops-pg-"))
+    port = _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(tmp, "postgres", "postgres")
+    data = tmp / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                    "-A", "trust"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"),
+                    "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1", "-w", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        deadline = time.monotonic() + 30
+        while not _reachable(url):
+            if time.monotonic() > deadline:
+                raise pytest.UsageError(f"private PostgreSQL did not start: see {tmp / 'log'}")
+            time.sleep(0.2)
+        yield PostgresServer(url)
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    url = os.environ.get("LIFEOPS_TEST_PG_URL", DEFAULT_ADMIN_URL)
+    if _reachable(url):
+        yield PostgresServer(url)
+        return
+    if "LIFEOPS_TEST_PG_URL" in os.environ:
+        raise pytest.UsageError(f"LIFEOPS_TEST_PG_URL={url} is not reachable. " + INSTALL_HINT)
+    with _private_cluster() as server:
+        yield server
