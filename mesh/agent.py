@@ -80,6 +80,7 @@ class Agent:
             relay=self.relay,
             metrics=self.metrics,
             batch_max=settings.batch_max,
+            failpoint=settings.failpoint,
         )
         self.requester = Requester(
             principal=self.principal,

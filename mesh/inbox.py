@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -133,6 +134,15 @@ class Delivery:
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
 
+def _parse_failpoint(failpoint: str | None) -> int | None:
+    if not failpoint:
+        return None
+    name, _, arg = failpoint.partition(":")
+    if name != "exit_after_commit" or not arg.isdigit():
+        raise ValueError(f"unknown failpoint {failpoint!r} (known: exit_after_commit:N)")
+    return int(arg)
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -143,6 +153,7 @@ class GroupCommitter:
         relay: OutboxRelay,
         metrics: Metrics,
         batch_max: int = 512,
+        failpoint: str | None = None,
     ) -> None:
         self._agent = agent
         self._store = store
@@ -152,6 +163,8 @@ class GroupCommitter:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._exit_after = _parse_failpoint(failpoint)
+        self._commits = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -205,6 +218,10 @@ class GroupCommitter:
                         break
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        self._commits += 1
+        if self._exit_after is not None and self._commits >= self._exit_after:
+            log.error("failpoint: exiting after commit %d, before acknowledgements", self._commits)
+            os._exit(137)
         self._metrics.batch_size.observe(len(batch))
         now = time.perf_counter()
         for d, outcome in zip(batch, outcomes, strict=True):

@@ -56,3 +56,12 @@ class Metrics:
         self.outbox_depth = Gauge(
             "mesh_outbox_pending", "Outbox records not yet published", registry=r
         )
+
+    def total(self, sample_name: str) -> float:
+        """Sum of one sample over all its labels (for health output and tests)."""
+        return sum(
+            s.value
+            for metric in self.registry.collect()
+            for s in metric.samples
+            if s.name == sample_name
+        )

@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     rules_file: Path | None = None
     batch_max: int = 512
     session_expiry_s: int = 7 * 24 * 3600
+    # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
+    # right after the N-th group commit, before any acknowledgement or reply goes out.
+    failpoint: str | None = None
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -95,6 +98,7 @@ def build_settings(
         data_dir=data,
         rules_file=Path(rules) if rules else None,
         log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
+        failpoint=env.get("LIFEOPS_FAILPOINT") or None,
     )
 
 

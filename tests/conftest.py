@@ -109,8 +109,9 @@ def start_stats(tmp_path: Path) -> StartAgent:
 
 
 @pytest.fixture
-async def stats(broker: MosquittoProcess, db_url: str, start_stats: StartAgent
-                ) -> AsyncIterator[Agent]:
+async def stats(
+    broker: MosquittoProcess, db_url: str, start_stats: StartAgent
+) -> AsyncIterator[Agent]:
     async with start_stats(broker, db_url) as agent:
         yield agent
 

@@ -16,8 +16,13 @@ from mesh.schemas import SCHEMAS
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_TOPICS = {
-    "lifeops/activity/completed", "lifeops/oura/synced", "stats/levelup", "stats/achievement",
-    "stats/activities/log", "{agent}/status", "mesh/dlq/{agent}",
+    "lifeops/activity/completed",
+    "lifeops/oura/synced",
+    "stats/levelup",
+    "stats/achievement",
+    "stats/activities/log",
+    "{agent}/status",
+    "mesh/dlq/{agent}",
 }
 
 
@@ -114,8 +119,10 @@ def _publish_calls(path: Path) -> list[tuple[int, ast.Call]]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
-            node.func.attr in ("publish", "emit", "request")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and (node.func.attr in ("publish", "emit", "request"))
         ):
             out.append((node.lineno, node))
     return out
@@ -139,6 +146,8 @@ def test_agent_code_publishes_only_by_declared_contract_keys() -> None:
                     f"{path}:{lineno}: the contract key must be a literal string"
                 )
                 entry = c.entry(key.value)
-                assert agent in entry.publishers, f"{path}:{lineno}: {agent} may not publish {key.value}"
+                assert agent in entry.publishers, (
+                    f"{path}:{lineno}: {agent} may not publish {key.value}"
+                )
                 checked += 1
     assert checked >= 3

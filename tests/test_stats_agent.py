@@ -35,8 +35,13 @@ class Recorder:
 
         u = parse_broker_url(url)
         self.transport = Transport(
-            client_id=f"rec-{uuid.uuid4().hex[:8]}", host=u.host, port=u.port,
-            username=u.username, password=u.password, clean_start=True, session_expiry_s=0,
+            client_id=f"rec-{uuid.uuid4().hex[:8]}",
+            host=u.host,
+            port=u.port,
+            username=u.username,
+            password=u.password,
+            clean_start=True,
+            session_expiry_s=0,
         )
         self.filters = filters
         self.messages: list[Inbound] = []
@@ -62,8 +67,12 @@ class Recorder:
 async def test_seed_contract_log_activity(stats: Agent, tester: MeshClient) -> None:
     """The seed's contract test: a gym session answers success with xp_granted as a dict."""
     uid = user()
-    reply = await tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="gym_session", source="manual", source_ref="gym-1"))
+    reply = await tester.request(
+        "activities_log",
+        ActivityLogRequest(
+            user_id=uid, activity_type="gym_session", source="manual", source_ref="gym-1"
+        ),
+    )
     assert isinstance(reply, ActivityLogReply)
     assert reply.success is True
     assert reply.xp_granted == {"STR": 50, "STA": 20}
@@ -78,26 +87,42 @@ async def test_seed_contract_log_activity(stats: Agent, tester: MeshClient) -> N
     assert sheet.character.stats["STR"].xp == 50 and sheet.character.stats["DEX"].xp == 0
 
 
-async def test_duplicates_grant_nothing_and_return_the_original(stats: Agent,
-                                                                tester: MeshClient) -> None:
+async def test_duplicates_grant_nothing_and_return_the_original(
+    stats: Agent, tester: MeshClient
+) -> None:
     """Same activity_id twice, or the same (source, source_ref) twice: one grant, same answer."""
     uid = user()
     aid = str(uuid.uuid4())
-    first = await tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="reading", activity_id=aid))
-    again = await tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="reading", activity_id=aid))
+    first = await tester.request(
+        "activities_log", ActivityLogRequest(user_id=uid, activity_type="reading", activity_id=aid)
+    )
+    again = await tester.request(
+        "activities_log", ActivityLogRequest(user_id=uid, activity_type="reading", activity_id=aid)
+    )
     assert again.duplicate and not first.duplicate
     assert again.activity_id == first.activity_id and again.xp_granted == first.xp_granted
-    by_ref = [await tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="yoga", source="challengemode", source_ref="c-9"))
-        for _ in range(3)]
+    by_ref = [
+        await tester.request(
+            "activities_log",
+            ActivityLogRequest(
+                user_id=uid, activity_type="yoga", source="challengemode", source_ref="c-9"
+            ),
+        )
+        for _ in range(3)
+    ]
     assert [r.duplicate for r in by_ref] == [False, True, True]
     assert len({r.activity_id for r in by_ref}) == 1
     # Concurrent duplicates land in one group-commit batch: still granted once.
     aid2 = str(uuid.uuid4())
-    replies = await asyncio.gather(*(tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="meditation", activity_id=aid2)) for _ in range(10)))
+    replies = await asyncio.gather(
+        *(
+            tester.request(
+                "activities_log",
+                ActivityLogRequest(user_id=uid, activity_type="meditation", activity_id=aid2),
+            )
+            for _ in range(10)
+        )
+    )
     assert sum(not r.duplicate for r in replies) == 1
     sheet = await tester.request("character_get", CharacterGetRequest(user_id=uid))
     assert sheet.total_xp == 30 + 35 + 20
@@ -106,8 +131,10 @@ async def test_duplicates_grant_nothing_and_return_the_original(stats: Agent,
 async def test_custom_xp_overrides_and_multi_level_grant(stats: Agent, tester: MeshClient) -> None:
     """custom_xp replaces the rule; one large grant raises several levels at once."""
     uid = user()
-    reply = await tester.request("activities_log", ActivityLogRequest(
-        user_id=uid, activity_type="anything_custom", custom_xp={"INT": 1000}))
+    reply = await tester.request(
+        "activities_log",
+        ActivityLogRequest(user_id=uid, activity_type="anything_custom", custom_xp={"INT": 1000}),
+    )
     assert reply.xp_granted == {"INT": 1000}
     # 25+50+75+100+150 = 400 to reach 6; then 160, 180, 190 (Habitica) -> level 8 at 930
     assert reply.new_level == 8 and reply.character_level_up
@@ -121,7 +148,10 @@ async def test_custom_xp_overrides_and_multi_level_grant(stats: Agent, tester: M
         ({"user_id": "bob", "activity_type": "juggling"}, "unknown_activity_type"),
         ({"user_id": "bob", "activity_type": "x", "custom_xp": {"LUCK": 5}}, "invalid_custom_xp"),
         ({"user_id": "bob", "activity_type": "x", "custom_xp": {"STR": 0}}, "invalid_custom_xp"),
-        ({"user_id": "bob", "activity_type": "x", "custom_xp": {"STR": 10**9}}, "invalid_custom_xp"),
+        (
+            {"user_id": "bob", "activity_type": "x", "custom_xp": {"STR": 10**9}},
+            "invalid_custom_xp",
+        ),
         ({"user_id": "a/b", "activity_type": "gym_session"}, "invalid_user_id"),
         ({"user_id": "", "activity_type": "gym_session"}, "invalid_user_id"),
         ({"user_id": "get", "activity_type": "gym_session"}, "invalid_user_id"),
@@ -137,8 +167,12 @@ async def test_bad_requests_get_error_replies_and_dead_letters(
     """Every kind of bad input: error reply naming the problem, a dead letter, agent unharmed."""
     async with Recorder(broker, ["mesh/dlq/stats", "reply/tester/+"]) as rec:
         cid = uuid.uuid4().bytes
-        await rec.transport.publish("stats/activities/log", codec.encode(body),
-                                    response_topic="reply/tester/bad", correlation_data=cid)
+        await rec.transport.publish(
+            "stats/activities/log",
+            codec.encode(body),
+            response_topic="reply/tester/bad",
+            correlation_data=cid,
+        )
         replies = await eventually(lambda: _ready(rec.on("reply/tester/bad")), what="error reply")
         reply = codec.decode(replies[0].payload, ActivityLogReply)
         assert replies[0].correlation_data == cid
@@ -151,8 +185,9 @@ async def test_bad_requests_get_error_replies_and_dead_letters(
         assert record.correlation_data == cid.hex()
     # still serving
     async with MeshClient(broker.url("tester")) as client:
-        ok = await client.request("activities_log", ActivityLogRequest(
-            user_id=user(), activity_type="reading"))
+        ok = await client.request(
+            "activities_log", ActivityLogRequest(user_id=user(), activity_type="reading")
+        )
         assert ok.success
 
 
@@ -173,10 +208,14 @@ async def test_events_and_retained_state_published_once(
     uid = user()
     async with Recorder(broker, ["stats/levelup", "stats/achievement"]) as rec:
         for i in range(3):
-            await tester.request("activities_log", ActivityLogRequest(
-                user_id=uid, activity_type="gym_session", source_ref=f"g{i}"))
-        await tester.request("activities_log", ActivityLogRequest(
-            user_id=uid, activity_type="gym_session", source_ref="g0"))  # duplicate
+            await tester.request(
+                "activities_log",
+                ActivityLogRequest(user_id=uid, activity_type="gym_session", source_ref=f"g{i}"),
+            )
+        await tester.request(
+            "activities_log",
+            ActivityLogRequest(user_id=uid, activity_type="gym_session", source_ref="g0"),
+        )  # duplicate
         await asyncio.sleep(0.5)
         ups = [codec.decode(m.payload, LevelUp) for m in rec.on("stats/levelup")]
         mine = [u for u in ups if u.user_id == uid]
@@ -188,8 +227,9 @@ async def test_events_and_retained_state_published_once(
         ach = [m for m in rec.on("stats/achievement") if uid.encode() in m.payload]
         assert len(ach) == 1
     async with Recorder(broker, [f"stats/character/{uid}"]) as rec:
-        msgs = await eventually(lambda: _ready(rec.on(f"stats/character/{uid}")),
-                                what="retained sheet")
+        msgs = await eventually(
+            lambda: _ready(rec.on(f"stats/character/{uid}")), what="retained sheet"
+        )
         assert msgs[0].retain
         sheet = codec.decode(msgs[-1].payload, CharacterSheet)
         assert sheet.total_xp == 210 and sheet.level == 4
@@ -200,14 +240,22 @@ async def test_lifeops_completion_event_answers_on_response_topic(
 ) -> None:
     """lifeops/activity/completed with a response topic: processed once, result returned there."""
     uid = user()
-    ev = ActivityCompleted(activity_id=str(uuid.uuid4()), user_id=uid,
-                           activity_type="timeline_morning_stretch", custom_xp={"DEX": 10},
-                           streak=7, source_ref=f"{uid}:morning_stretch:2026-11-27")
+    ev = ActivityCompleted(
+        activity_id=str(uuid.uuid4()),
+        user_id=uid,
+        activity_type="timeline_morning_stretch",
+        custom_xp={"DEX": 10},
+        streak=7,
+        source_ref=f"{uid}:morning_stretch:2026-11-27",
+    )
     async with Recorder(broker, ["reply/tester/+"]) as rec:
         for _ in range(2):
-            await rec.transport.publish("lifeops/activity/completed", codec.encode(ev),
-                                        response_topic="reply/tester/lo",
-                                        correlation_data=b"c1")
+            await rec.transport.publish(
+                "lifeops/activity/completed",
+                codec.encode(ev),
+                response_topic="reply/tester/lo",
+                correlation_data=b"c1",
+            )
         await eventually(lambda: _ready(rec.on("reply/tester/lo")[1:]), what="two replies")
         msgs = rec.on("reply/tester/lo")
         first, second = (codec.decode(m.payload, ActivityLogReply) for m in msgs[:2])
@@ -216,12 +264,16 @@ async def test_lifeops_completion_event_answers_on_response_topic(
     assert second.duplicate and second.xp_granted == first.xp_granted
 
 
-async def test_oura_sync_grants_once_per_day(stats: Agent, broker: MosquittoProcess,
-                                             tester: MeshClient) -> None:
+async def test_oura_sync_grants_once_per_day(
+    stats: Agent, broker: MosquittoProcess, tester: MeshClient
+) -> None:
     """lifeops/oura/synced grants XP by the rules, once per user and day."""
     uid = user()
-    body = {"user_id": uid, "date": "2026-11-26", "scores": {"sleep": 80, "readiness": 70,
-                                                             "activity": 50}}
+    body = {
+        "user_id": uid,
+        "date": "2026-11-26",
+        "scores": {"sleep": 80, "readiness": 70, "activity": 50},
+    }
     async with Recorder(broker, []) as rec:
         for _ in range(2):
             await rec.transport.publish("lifeops/oura/synced", codec.encode(body))
@@ -241,10 +293,25 @@ async def test_mosquitto_rr_round_trip(stats: Agent, broker: MosquittoProcess) -
     uid = user()
     body = msgspec.json.encode({"user_id": uid, "activity_type": "gym_session"}).decode()
     proc = await asyncio.create_subprocess_exec(
-        "mosquitto_rr", "-V", "mqttv5", "-p", str(broker.port), "-u", "tester",
-        "-P", broker.credentials["tester"], "-t", "stats/activities/log",
-        "-e", "reply/tester/rr", "-m", body, "-W", "5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "mosquitto_rr",
+        "-V",
+        "mqttv5",
+        "-p",
+        str(broker.port),
+        "-u",
+        "tester",
+        "-P",
+        broker.credentials["tester"],
+        "-t",
+        "stats/activities/log",
+        "-e",
+        "reply/tester/rr",
+        "-m",
+        body,
+        "-W",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err

@@ -95,11 +95,29 @@ def _private_cluster() -> Iterator[PostgresServer]:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(tmp, "postgres", "postgres")
     data = tmp / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "-A", "trust"], check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"),
-                    "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1", "-w", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(tmp / "log"),
+            "-o",
+            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + 30
@@ -109,8 +127,11 @@ def _private_cluster() -> Iterator[PostgresServer]:
             time.sleep(0.2)
         yield PostgresServer(url)
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

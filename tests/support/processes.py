@@ -1,0 +1,89 @@
+"""Agents as real OS processes (`python -m mesh run ...`), for kill -9 and restart tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class AgentProcess:
+    def __init__(
+        self,
+        agent: str,
+        broker_url: str,
+        db_url: str,
+        *,
+        data_dir: Path,
+        instance: str = "p0",
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.args = [
+            sys.executable,
+            "-m",
+            "mesh",
+            "run",
+            agent,
+            "--broker",
+            broker_url,
+            "--db",
+            db_url,
+            "--data",
+            str(data_dir),
+            "--instance",
+            instance,
+            *(extra_args or []),
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.lines = []
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(f"{self.agent} started" in ln for ln in self.lines):
+                return
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError(
+                    f"{self.agent} exited {self.proc.returncode}:\n" + "".join(self.lines[-30:])
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"{self.agent} did not start in {timeout}s:\n" + "".join(self.lines))
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
