@@ -200,6 +200,21 @@ def cmd_contract_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contract_docs(args: argparse.Namespace) -> int:
+    from mesh.contract_docs import render_into, topic_table
+
+    contract = default_contract()
+    if args.write:
+        readme = Path(args.write)
+        readme.write_text(
+            render_into(readme.read_text(encoding="utf-8"), contract), encoding="utf-8"
+        )
+        print(f"{readme}: topic table updated")
+    else:
+        print(topic_table(contract))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -245,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     )
     check = contract.add_parser("check", help="load and check topics.toml")
     check.set_defaults(func=cmd_contract_check)
+    docs = contract.add_parser("docs", help="print the README's topic table (or --write it)")
+    docs.add_argument("--write", metavar="README", help="update the table inside this file")
+    docs.set_defaults(func=cmd_contract_docs)
     return p
 
 

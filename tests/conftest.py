@@ -82,6 +82,7 @@ def make_settings(
         instance=kw.pop("instance", uuid.uuid4().hex[:8]),
         data_dir=tmp,
         session_expiry_s=kw.pop("session_expiry_s", 30),
+        share_group=kw.pop("share_group", None),
         log_json=False,
         **kw,
     )

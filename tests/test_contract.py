@@ -72,7 +72,7 @@ def test_broken_contract_is_reported(tmp_path: Path) -> None:
 
 
 def test_committed_acl_is_the_generated_one() -> None:
-    """broker/acl equals `lifeops-mesh broker acl` output (regenerate it when topics.toml changes)."""
+    """broker/acl equals `lifeops-mesh broker acl` (regenerate it when topics.toml changes)."""
     assert (BROKER_DIR / "acl").read_text() == generate_acl(default_contract())
 
 
@@ -151,3 +151,11 @@ def test_agent_code_publishes_only_by_declared_contract_keys() -> None:
                 )
                 checked += 1
     assert checked >= 3
+
+
+def test_readme_topic_table_is_generated_from_the_contract() -> None:
+    """The README's topic table equals `lifeops-mesh contract docs` (update with --write)."""
+    from mesh.contract_docs import render_into
+
+    readme = (ROOT / "README.md").read_text()
+    assert render_into(readme, default_contract()) == readme

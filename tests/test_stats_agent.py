@@ -136,7 +136,7 @@ async def test_custom_xp_overrides_and_multi_level_grant(stats: Agent, tester: M
         ActivityLogRequest(user_id=uid, activity_type="anything_custom", custom_xp={"INT": 1000}),
     )
     assert reply.xp_granted == {"INT": 1000}
-    # 25+50+75+100+150 = 400 to reach 6; then 160, 180, 190 (Habitica) -> level 8 at 930
+    # 25+50+75+100+150 = 400 to reach 6; then 210 and 220 -> level 8 at 830 (next at 1070)
     assert reply.new_level == 8 and reply.character_level_up
     assert reply.stat_level_ups == {"INT": 8}
     assert set(reply.achievements) == {"first_activity", "level_5", "stat_xp_1000"}

@@ -1,0 +1,66 @@
+"""The store on both backends: migrations, transactions, savepoints, URL forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.errors import ConfigError
+from mesh.store import Migration, open_store, parse_db_url
+
+MIGRATIONS = (
+    Migration(1, ("CREATE TABLE t (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",)),
+    Migration(2, ("ALTER TABLE t ADD COLUMN note TEXT",)),
+)
+
+
+async def test_migrations_apply_once(db_url: str) -> None:
+    """Migrations run in order and are recorded; a second run changes nothing."""
+    async with open_store(db_url) as store:
+        assert await store.migrate("demo", MIGRATIONS) == 2
+        assert await store.migrate("demo", MIGRATIONS) == 2
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t (k, v, note) VALUES (?, ?, ?)", "a", 1, "x")
+            rows = await tx.fetchall(
+                "SELECT version FROM schema_migrations WHERE component = ?", "demo"
+            )
+        assert sorted(r[0] for r in rows) == [1, 2]
+
+
+async def test_commit_rollback_and_savepoints(db_url: str) -> None:
+    """A raising block rolls back; a failed savepoint undoes only its own writes."""
+    async with open_store(db_url) as store:
+        await store.migrate("demo", MIGRATIONS[:1])
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", "gone", 1)
+                raise RuntimeError("boom")
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", "kept", 1)
+            with pytest.raises(ValueError):
+                async with tx.savepoint():
+                    await tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", "undone", 2)
+                    raise ValueError
+            async with tx.savepoint():
+                await tx.execute("INSERT INTO t (k, v) VALUES (?, ?)", "nested", 3)
+            n = await tx.execute(
+                "INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING", "kept", 9
+            )
+            assert n == 0
+            row = await tx.fetchone("UPDATE t SET v = v + ? WHERE k = ? RETURNING v", 41, "kept")
+            assert row == (42,)
+        async with store.transaction() as tx:
+            rows = await tx.fetchall("SELECT k FROM t ORDER BY k")
+        assert [r[0] for r in rows] == ["kept", "nested"]
+
+
+def test_database_urls_follow_sqlalchemy_form() -> None:
+    """sqlite:///relative, sqlite:////absolute, postgresql://...; anything else is refused."""
+    assert parse_db_url("sqlite:///data/x.db").target == "data/x.db"
+    assert parse_db_url("sqlite:////var/lib/x.db").target == "/var/lib/x.db"
+    assert parse_db_url("sqlite://").target == ":memory:"
+    pg = parse_db_url("postgresql://me@db:5432/stats")
+    assert pg.dialect == "postgresql" and pg.target == "postgresql://me@db:5432/stats"
+    assert parse_db_url("postgres://me@db/s").target == "postgresql://me@db/s"
+    for bad in ("mysql://x/y", "sqlite:relative.db", "nonsense"):
+        with pytest.raises(ConfigError):
+            parse_db_url(bad)
