@@ -98,3 +98,35 @@ def test_broker_tooling(tmp_path: Path) -> None:
     rotated = _cli("broker", "passwords", "--dir", str(tmp_path), "--rotate")
     assert rotated.returncode == 0
     assert (tmp_path / "credentials.toml").read_text() != creds
+
+
+def test_up_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) stops the agents and the broker; the exit code is 0."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh", "up", "--data", str(tmp_path), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "mesh is up" in line or time.monotonic() > deadline:
+            break
+    assert any("mesh is up" in ln for ln in lines), lines
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "mesh stopped" in out
+    assert (
+        "mosquitto"
+        not in subprocess.run(
+            ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True
+        ).stdout
+    )

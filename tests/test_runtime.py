@@ -1,0 +1,139 @@
+"""Runtime behaviour common to every agent: availability, request timeouts, handler failures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mesh.agent import Agent, AgentApp
+from mesh.broker.process import MosquittoProcess
+from mesh.client import MeshClient
+from mesh.errors import ContractError, RequestTimeout
+from mesh.inbox import Context, Route
+from mesh.schemas import CharacterGetRequest, CharacterReply
+from mesh.settings import parse_broker_url
+from mesh.transport import Inbound, Transport
+from tests.conftest import make_settings
+from tests.support.processes import AgentProcess
+from tests.support.wait import eventually
+
+
+async def _retained(broker: MosquittoProcess, topic: str) -> bytes | None:
+    """The retained payload on `topic` as a fresh subscriber sees it (None when none)."""
+    u = parse_broker_url(broker.url("tester"))
+    got: list[Inbound] = []
+
+    async def on(msg: Inbound) -> int:
+        got.append(msg)
+        return 0
+
+    t = Transport(
+        client_id=f"ret-{uuid.uuid4().hex[:6]}",
+        host=u.host,
+        port=u.port,
+        username=u.username,
+        password=u.password,
+        clean_start=True,
+        session_expiry_s=0,
+    )
+    t.on_message = on
+    await t.subscribe([topic])
+    await t.connect()
+    await asyncio.sleep(0.3)
+    await t.disconnect()
+    return got[-1].payload if got else None
+
+
+async def test_availability_online_offline_and_last_will(
+    own_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Retained `online` while running, `offline` after a clean stop and after a kill -9."""
+    proc = AgentProcess(
+        "stats", own_broker.url("stats"), f"sqlite:///{tmp_path / 's.db'}", data_dir=tmp_path
+    )
+    proc.start()
+    assert await eventually(lambda: _retained(own_broker, "stats/status")) == b"online"
+    proc.stop()
+    assert await _retained(own_broker, "stats/status") == b"offline"
+    proc.start()
+    assert await eventually(lambda: _is(own_broker, b"online"))
+    proc.kill()
+    assert await eventually(lambda: _is(own_broker, b"offline"), what="Last Will")
+
+
+async def _is(broker: MosquittoProcess, value: bytes) -> bool:
+    return await _retained(broker, "stats/status") == value
+
+
+async def test_request_without_responder_times_out_clearly(broker: MosquittoProcess) -> None:
+    """No agent answers: RequestTimeout names the topic and the timeout."""
+    async with MeshClient(broker.url("tester")) as c:
+        # a user id nobody's agent is running for still needs a responder: none is started here
+        with pytest.raises(RequestTimeout, match=r"stats/character/get.*0\.5s"):
+            await c.request("character_get", CharacterGetRequest(user_id="nobody"), timeout=0.5)
+
+
+async def test_handler_exception_becomes_an_error_reply(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """A bug in a handler: the requester gets `internal_error`, a dead letter is written, and
+    the agent goes on serving."""
+    calls = 0
+
+    async def flaky(ctx: Context, req: CharacterGetRequest) -> CharacterReply:
+        nonlocal calls
+        calls += 1
+        if req.user_id == "boom":
+            raise ZeroDivisionError("division by zero")
+        return CharacterReply(total_xp=calls)
+
+    settings = make_settings("stats", broker, f"sqlite:///{tmp_path / 'x.db'}", tmp_path)
+    agent = Agent(settings, AgentApp(name="stats", routes=[Route("character_get", flaky)]))
+    await agent.start()
+    try:
+        async with MeshClient(broker.url("tester")) as c:
+            bad = await c.request("character_get", CharacterGetRequest(user_id="boom"))
+            assert bad.success is False and bad.error.code == "internal_error"
+            assert "ZeroDivisionError" in bad.error.message
+            good = await c.request("character_get", CharacterGetRequest(user_id="fine"))
+            assert good.success and good.total_xp == 2
+        assert agent.metrics.total("mesh_dead_letters_total") == 1
+    finally:
+        await agent.stop()
+
+
+def test_routes_must_match_the_contract(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """An agent cannot route a topic the contract does not let it subscribe to."""
+
+    async def h(ctx: Context, payload: object) -> None:
+        return None
+
+    settings = make_settings("stats", broker, "sqlite://", tmp_path)
+    with pytest.raises(ContractError, match="not one of its subscribers"):
+        Agent(settings, AgentApp(name="stats", routes=[Route("levelup", h)]))
+    with pytest.raises(ContractError, match="not declared"):
+        Agent(settings, AgentApp(name="stats", routes=[Route("no_such_key", h)]))
+
+
+async def test_emit_refuses_undeclared_publishing(
+    broker: MosquittoProcess,
+    tmp_path: Path,
+) -> None:
+    """A handler emitting an event its agent may not publish fails that message, not the agent."""
+
+    async def h(ctx: Context, req: CharacterGetRequest) -> CharacterReply:
+        await ctx.emit("activity_completed", req)  # stats may not publish completions
+        return CharacterReply()
+
+    settings = make_settings("stats", broker, f"sqlite:///{tmp_path / 'e.db'}", tmp_path)
+    agent = Agent(settings, AgentApp(name="stats", routes=[Route("character_get", h)]))
+    await agent.start()
+    try:
+        async with MeshClient(broker.url("tester")) as c:
+            r = await c.request("character_get", CharacterGetRequest(user_id="x"))
+            assert r.success is False and "may not publish" in r.error.message
+    finally:
+        await agent.stop()
