@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import uuid
 from pathlib import Path
@@ -18,8 +19,8 @@ from tests.support.processes import AgentProcess
 from tests.support.wait import eventually
 
 
-async def _publish_completions(broker: MosquittoProcess, uid: str, n: int) -> None:
-    """n distinct completions worth DEX 3 each, fire-and-forget (no response topic)."""
+async def _publish_completions(broker: MosquittoProcess, uid: str, n: int, xp: int = 3) -> None:
+    """n distinct completions worth DEX `xp` each, fire-and-forget (no response topic)."""
     from mesh.settings import parse_broker_url
 
     u = parse_broker_url(broker.url("tester"))
@@ -43,7 +44,7 @@ async def _publish_completions(broker: MosquittoProcess, uid: str, n: int) -> No
                             activity_id=f"{uid}-{i}",
                             user_id=uid,
                             activity_type="timeline_x",
-                            custom_xp={"DEX": 3},
+                            custom_xp={"DEX": xp},
                         )
                     ),
                 )
@@ -83,6 +84,10 @@ async def test_kill_before_acknowledgement_redelivers(
         assert total <= 120
     finally:
         proc.stop()
+
+
+async def _ready(items: list[object]) -> list[object]:
+    return items
 
 
 async def _reconnected(agent: Agent, before: int = 0) -> bool:
@@ -208,3 +213,42 @@ async def _total_xp_after_log(broker: MosquittoProcess, uid: str) -> int:
             "activities_log", ActivityLogRequest(user_id=uid, activity_type="reading")
         )
         return r.total_xp or 0
+
+
+async def test_events_survive_a_crash_between_commit_and_publish(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Level-ups committed by an agent that died before publishing them go out after restart,
+    each event id once."""
+    from tests.test_stats_agent import Recorder
+
+    db = f"sqlite:///{tmp_path / 'stats.db'}"
+    instance = uuid.uuid4().hex[:6]
+    uid = user()
+    async with Recorder(broker, ["stats/levelup"]) as rec:
+        crashing = AgentProcess(
+            "stats",
+            broker.url("stats"),
+            db,
+            data_dir=tmp_path,
+            instance=instance,
+            env={"LIFEOPS_FAILPOINT": "exit_after_commit:1"},
+        )
+        crashing.start()
+        await _publish_completions(broker, uid, 1, xp=30)  # DEX and character reach level 2
+        assert crashing.wait(20) == 137
+        await asyncio.sleep(0.3)
+        assert not [m for m in rec.messages if uid.encode() in m.payload], "published early"
+        healthy = AgentProcess(
+            "stats", broker.url("stats"), db, data_dir=tmp_path, instance=instance
+        )
+        healthy.start()
+        try:
+            await _publish_completions(broker, uid, 1, xp=30)  # redelivery and a retry: no-ops
+            await eventually(lambda: _equals(_total_xp(broker, uid), 30), what="30 XP")
+            await eventually(lambda: _ready(rec.messages), what="level-ups after restart")
+            await asyncio.sleep(0.5)
+        finally:
+            healthy.stop()
+        ids = [json.loads(m.payload)["event_id"] for m in rec.messages if uid.encode() in m.payload]
+        assert sorted(ids) == sorted({f"lvl:{uid}:DEX:2", f"lvl:{uid}:character:2"})
