@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec, dlq, inbox, outbox
+from mesh import codec, dlq, inbox, outbox, receipts
 from mesh.contract import Contract, default_contract
 from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
 from mesh.inbox import Delivery, GroupCommitter, Route
@@ -34,6 +34,7 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
     "mesh_inbox": inbox.MIGRATIONS,
     "mesh_outbox": outbox.MIGRATIONS,
     "mesh_dlq": dlq.MIGRATIONS,
+    "mesh_receipts": receipts.MIGRATIONS,
 }
 
 
@@ -45,6 +46,8 @@ class AgentApp(msgspec.Struct, kw_only=True):
     migrations: Sequence[Migration] = ()
     on_start: Callable[[Agent], Awaitable[None]] | None = None
     on_stop: Callable[[Agent], Awaitable[None]] | None = None
+    on_receipt: receipts.OnReceipt | None = None
+    after_receipt: receipts.AfterReceipt | None = None
 
 
 class Agent:
@@ -73,6 +76,22 @@ class Agent:
             will=Will(topic=self.status_topic, payload=b"offline", qos=1, retain=True),
         )
         self.relay = OutboxRelay(self.store, self._publish_record)
+        self.requester = Requester(
+            principal=self.principal,
+            client_id=settings.client_id,
+            transport=self.transport,
+            contract=self.contract,
+            metrics=self.metrics,
+        )
+        self.receipts = receipts.ReceiptOutbox(
+            agent=self.name,
+            store=self.store,
+            requester=self.requester,
+            contract=self.contract,
+            metrics=self.metrics,
+        )
+        self.receipts.on_receipt = app.on_receipt
+        self.receipts.after_receipt = app.after_receipt
         self.committer = GroupCommitter(
             agent=self.name,
             store=self.store,
@@ -81,13 +100,7 @@ class Agent:
             metrics=self.metrics,
             batch_max=settings.batch_max,
             failpoint=settings.failpoint,
-        )
-        self.requester = Requester(
-            principal=self.principal,
-            client_id=settings.client_id,
-            transport=self.transport,
-            contract=self.contract,
-            metrics=self.metrics,
+            receipts=self.receipts,
         )
         self.dead_letters = dlq.DeadLetterSink(
             self.name, self.store, self._publish_dlq, self.metrics
@@ -133,6 +146,7 @@ class Agent:
             await self.transport.subscribe(self.subscriptions())
             await self.transport.connect(timeout=timeout)
             await self.relay.start()
+            await self.receipts.start()
             if self.app.on_start is not None:
                 await self.app.on_start(self)
         self._started = True
@@ -145,6 +159,7 @@ class Agent:
             async with asyncio.timeout(timeout):
                 if self.app.on_stop is not None:
                     await self.app.on_stop(self)
+                await self.receipts.stop()
                 await self.relay.stop(timeout=timeout / 2)
                 if self.transport.connected:
                     try:
@@ -173,6 +188,7 @@ class Agent:
             log.warning("could not publish online: %s", exc)
         if self._started:
             self._sweep_task = asyncio.ensure_future(self.relay.sweep())
+            self.receipts.reconnected()
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -281,5 +297,11 @@ class Agent:
         if outcome.error is not None:
             await self._fail(msg, outcome.error.code, outcome.error.message, trace_id, payload)
         elif outcome.reply is not None:
-            await self._reply(msg, outcome.reply, payload, trace_id)
+            reply = outcome.reply
+            if route.after_commit is not None:
+                try:
+                    reply = await route.after_commit(payload, reply)
+                except Exception:
+                    log.exception("after-commit hook of %s failed; replying without it", entry.key)
+            await self._reply(msg, reply, payload, trace_id)
         return 0

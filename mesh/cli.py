@@ -28,8 +28,17 @@ def _build_stats(settings: Settings) -> AgentApp:
     return build(settings)
 
 
-# The agents that exist in this version; `up` starts all of them.
-BUILDERS: dict[str, Callable[[Settings], AgentApp]] = {"stats": _build_stats}
+def _build_lifeops(settings: Settings) -> AgentApp:
+    from lifeops_agent.agent import build
+
+    return build(settings)
+
+
+# The agents that exist in this version; `up` starts all of them (in this order).
+BUILDERS: dict[str, Callable[[Settings], AgentApp]] = {
+    "stats": _build_stats,
+    "lifeops": _build_lifeops,
+}
 
 
 def build_agent(settings: Settings) -> Agent:
@@ -88,9 +97,25 @@ async def _demo(broker_url: str) -> None:
 
 
 async def _demo_requests(client: MeshClient) -> None:
-    from mesh.schemas import ActivityLogRequest, CharacterGetRequest
+    from mesh.schemas import (
+        ActivityLogRequest,
+        CharacterGetRequest,
+        TimelineCompleteRequest,
+        TimelineGetRequest,
+    )
 
     today = dt.date.today().isoformat()
+    for code in ("morning_stretch", "meditation"):
+        done = await client.request(
+            "timeline_complete", TimelineCompleteRequest(user_id="demo", item_code=code)
+        )
+        if done.success:
+            xp = "XP pending" if done.xp_pending else done.message
+            print(f"  demo: completed {code} (streak {done.new_streak}) -> {xp}")
+        else:
+            print(f"  demo: {code}: {done.error.message if done.error else 'failed'}")
+    timeline = (await client.request("timeline_get", TimelineGetRequest(user_id="demo"))).timeline
+    print(f"  demo: timeline {timeline.date}: {timeline.done}/{timeline.total} items done")
     for activity in ("gym_session", "reading", "meditation"):
         req = ActivityLogRequest(
             user_id="demo",
@@ -215,6 +240,64 @@ def cmd_contract_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def tool_broker_url(broker: str | None, data: str | None) -> str:
+    """The broker a tool talks to: --broker, LIFEOPS_BROKER_URL, or the `up` broker in --data."""
+    import os
+
+    if broker:
+        return broker
+    if os.environ.get("LIFEOPS_TOOL_BROKER_URL"):
+        return os.environ["LIFEOPS_TOOL_BROKER_URL"]
+    from mesh.broker.accounts import load_credentials
+
+    run_dir = Path(data or "data") / "broker"
+    creds = load_credentials(run_dir)
+    conf = run_dir / "mosquitto.conf"
+    if "tester" not in creds or not conf.exists():
+        raise ConfigError(
+            f"no broker given and no `lifeops-mesh up` state in {run_dir}: pass --broker "
+            "mqtt://tester:PASSWORD@host:port or set LIFEOPS_TOOL_BROKER_URL"
+        )
+    port = next(
+        line.split()[1] for line in conf.read_text().splitlines() if line.startswith("listener ")
+    )
+    return f"mqtt://tester:{creds['tester']}@127.0.0.1:{port}"
+
+
+def _progress(done: int, total: int, width: int = 30) -> None:
+    filled = int(width * done / total) if total else width
+    sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} days")
+    sys.stderr.flush()
+
+
+async def _oura_import(url: str, user_id: str, target: Path, chunk: int) -> int:
+    from lifeops_agent.oura import load_days
+    from mesh.schemas import OuraImportRequest
+
+    days = load_days(target)
+    imported = skipped = 0
+    async with MeshClient(url) as client:
+        for start in range(0, len(days), chunk):
+            part = days[start : start + chunk]
+            reply = await client.request(
+                "oura_import", OuraImportRequest(user_id=user_id, days=part)
+            )
+            if not reply.success:
+                sys.stderr.write("\n")
+                raise ConfigError(f"import refused: {reply.error.code}: {reply.error.message}")
+            imported += reply.imported
+            skipped += reply.skipped
+            _progress(start + len(part), len(days))
+    sys.stderr.write("\n")
+    print(f"{target}: {len(days)} days for {user_id}: {imported} new, {skipped} already imported")
+    return 0
+
+
+def cmd_oura_import(args: argparse.Namespace) -> int:
+    url = tool_broker_url(args.broker, args.data)
+    return asyncio.run(_oura_import(url, args.user, Path(args.path), args.chunk))
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -242,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
         help="consume through the MQTT v5 shared subscription $share/GROUP/...",
     )
     run.add_argument("--rules", help="rules file (stats)")
+    run.add_argument("--timeline", help="timeline file (lifeops)")
+    run.add_argument("--timezone", help="default IANA time zone of users (lifeops), e.g. UTC")
     run.add_argument("--plain-logs", action="store_true", help="human-readable logs, not JSON")
     run.set_defaults(func=cmd_run)
 
@@ -254,6 +339,15 @@ def parser() -> argparse.ArgumentParser:
     pw.add_argument("--dir", default="broker/local", help="where to write them")
     pw.add_argument("--rotate", action="store_true", help="generate new passwords for everyone")
     pw.set_defaults(func=cmd_broker_passwords)
+
+    oura = sub.add_parser("oura", help="Oura ring data").add_subparsers(dest="what", required=True)
+    imp = oura.add_parser("import", help="send Oura API v2 daily JSON files to LifeOps")
+    imp.add_argument("path", help="a daily_sleep/daily_readiness/daily_activity JSON file or dir")
+    imp.add_argument("--user", required=True, help="the user id the data belongs to")
+    imp.add_argument("--broker", help="mqtt://tester:PASSWORD@host:port")
+    imp.add_argument("--data", help="the data dir of `lifeops-mesh up` (default ./data)")
+    imp.add_argument("--chunk", type=int, default=30, help="days per request")
+    imp.set_defaults(func=cmd_oura_import)
 
     contract = sub.add_parser("contract", help="contract tooling").add_subparsers(
         dest="what", required=True

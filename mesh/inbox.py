@@ -29,6 +29,7 @@ from mesh.contract import Contract, TopicEntry
 from mesh.errors import DecodeError, HandlerError
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay, stage
+from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import ErrorInfo, Reply
 from mesh.store import Migration, Store, Tx
 from mesh.store.errors import is_connection_error, is_transient
@@ -61,6 +62,7 @@ class Context:
         params: dict[str, str],
         trace_id: str,
         relay: OutboxRelay,
+        receipts: ReceiptOutbox | None = None,
     ) -> None:
         self.tx = tx
         self.agent = agent
@@ -70,7 +72,9 @@ class Context:
         self.now = dt.datetime.now(dt.UTC)
         self._contract = contract
         self._relay = relay
+        self._receipts = receipts
         self.staged: list[OutboxRecord] = []
+        self.staged_receipts: list[ReceiptRecord] = []
 
     async def emit(self, key: str, payload: Any, **params: str) -> None:
         """Stage an event in this transaction; it is published after the commit."""
@@ -92,8 +96,20 @@ class Context:
         )
         self.staged.append(rec)
 
+    async def request_with_receipt(
+        self, key: str, payload: Any, *, record_id: str, **params: str
+    ) -> None:
+        """Stage a request to another agent, kept and resent until its reply is stored."""
+        if self._receipts is None:
+            raise RuntimeError("this agent has no receipt outbox")
+        rec = await self._receipts.stage(
+            self.tx, key, payload, record_id=record_id, trace_id=self.trace_id, **params
+        )
+        self.staged_receipts.append(rec)
+
 
 Handler = Callable[[Context, Any], Awaitable[Reply | None]]
+AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
 DedupKey = Callable[[Any], str | None]
 
 
@@ -103,6 +119,9 @@ class Route(msgspec.Struct, frozen=True):
     key: str
     handler: Handler
     dedup: DedupKey | None = None
+    # Runs after the commit, before the reply and the acknowledgement (e.g. to wait briefly for
+    # a receipt and put its result into the reply).
+    after_commit: AfterCommit | None = None
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -154,6 +173,7 @@ class GroupCommitter:
         metrics: Metrics,
         batch_max: int = 512,
         failpoint: str | None = None,
+        receipts: ReceiptOutbox | None = None,
     ) -> None:
         self._agent = agent
         self._store = store
@@ -161,6 +181,7 @@ class GroupCommitter:
         self._relay = relay
         self._metrics = metrics
         self._batch_max = batch_max
+        self._receipts = receipts
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._exit_after = _parse_failpoint(failpoint)
@@ -199,7 +220,7 @@ class GroupCommitter:
         backoff = 0.05
         while True:
             try:
-                outcomes, records = await self._commit(batch)
+                outcomes, records, receipts = await self._commit(batch)
                 break
             except Exception as exc:
                 if not is_transient(exc):
@@ -214,7 +235,7 @@ class GroupCommitter:
                         return
                     if attempt >= 5:
                         err = ErrorInfo(code="internal_error", message=f"database error: {exc}")
-                        outcomes, records = [Outcome(error=err)], []
+                        outcomes, records, receipts = [Outcome(error=err)], [], []
                         break
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -229,10 +250,15 @@ class GroupCommitter:
             if not d.future.done():
                 d.future.set_result(outcome)
         self._relay.submit(records)
+        if self._receipts is not None and receipts:
+            self._receipts.submit(receipts)
 
-    async def _commit(self, batch: list[Delivery]) -> tuple[list[Outcome], list[OutboxRecord]]:
+    async def _commit(
+        self, batch: list[Delivery]
+    ) -> tuple[list[Outcome], list[OutboxRecord], list[ReceiptRecord]]:
         outcomes: list[Outcome] = []
         records: list[OutboxRecord] = []
+        receipts: list[ReceiptRecord] = []
         async with self._store.transaction() as tx:
             for d in batch:
                 ctx = Context(
@@ -243,6 +269,7 @@ class GroupCommitter:
                     params=d.params,
                     trace_id=d.trace_id,
                     relay=self._relay,
+                    receipts=self._receipts,
                 )
                 try:
                     async with tx.savepoint():
@@ -260,8 +287,9 @@ class GroupCommitter:
                     )
                 else:
                     records.extend(ctx.staged)
+                    receipts.extend(ctx.staged_receipts)
                 outcomes.append(outcome)
-        return outcomes, records
+        return outcomes, records, receipts
 
     async def _handle(self, ctx: Context, d: Delivery) -> Outcome:
         key = d.route.dedup(d.payload) if d.route.dedup else None

@@ -53,6 +53,16 @@ class Metrics:
             "mesh_broker_connected", "1 while connected to the broker", registry=r
         )
         self.reconnects = Counter("mesh_broker_reconnects_total", "Broker reconnects", registry=r)
+        self.receipts_pending = Gauge(
+            "mesh_receipts_pending",
+            "Requests still waiting for their end-to-end receipt",
+            registry=r,
+        )
+        self.receipts_oldest_age = Gauge(
+            "mesh_receipts_oldest_age_seconds",
+            "Age of the oldest request without a receipt",
+            registry=r,
+        )
         self.outbox_depth = Gauge(
             "mesh_outbox_pending", "Outbox records not yet published", registry=r
         )

@@ -156,6 +156,88 @@ class AchievementUnlocked(Payload, kw_only=True):
     awarded_at: dt.datetime
 
 
+# --- lifeops: timeline, streaks, Oura ------------------------------------------------------
+
+
+class TimelineCompleteRequest(Payload, kw_only=True):
+    user_id: str
+    item_code: str
+    completed_at: dt.datetime | None = None
+    transaction: str | int | None = None
+
+
+class TimelineCompleteReply(Reply, kw_only=True):
+    item_code: str | None = None
+    date: dt.date | None = None
+    activity_id: str | None = None
+    new_streak: int = 0
+    best_streak: int = 0
+    xp_granted: dict[str, int] = {}
+    stat_level_ups: dict[str, int] = {}
+    character_level_up: bool = False
+    xp_pending: bool = False
+    message: str = ""
+
+
+class TimelineItemState(Payload, kw_only=True):
+    code: str
+    title: str
+    activity_type: str
+    xp: dict[str, int]
+    window: str | None = None
+    done: bool = False
+    completed_at: dt.datetime | None = None
+    current_streak: int = 0
+    best_streak: int = 0
+    xp_pending: bool = False
+
+
+class TimelineDay(Payload, kw_only=True):
+    user_id: str
+    date: dt.date
+    timezone: str
+    items: list[TimelineItemState] = []
+    done: int = 0
+    total: int = 0
+
+
+class TimelineGetRequest(Payload, kw_only=True):
+    user_id: str
+    date: dt.date | None = None
+    transaction: str | int | None = None
+
+
+class TimelineReply(Reply, kw_only=True):
+    timeline: TimelineDay | None = None
+
+
+class UserSettingsRequest(Payload, kw_only=True):
+    user_id: str
+    timezone: str
+    transaction: str | int | None = None
+
+
+class UserSettingsReply(Reply, kw_only=True):
+    user_id: str | None = None
+    timezone: str | None = None
+
+
+class OuraDay(Payload, kw_only=True):
+    date: dt.date
+    scores: OuraScores
+
+
+class OuraImportRequest(Payload, kw_only=True):
+    user_id: str
+    days: list[OuraDay]
+    transaction: str | int | None = None
+
+
+class OuraImportReply(Reply, kw_only=True):
+    imported: int = 0
+    skipped: int = 0
+
+
 SCHEMAS: dict[str, Any] = {
     "Availability": Availability,
     "Reply": Reply,
@@ -170,5 +252,14 @@ SCHEMAS: dict[str, Any] = {
     "CharacterReply": CharacterReply,
     "LevelUp": LevelUp,
     "AchievementUnlocked": AchievementUnlocked,
+    "TimelineCompleteRequest": TimelineCompleteRequest,
+    "TimelineCompleteReply": TimelineCompleteReply,
+    "TimelineDay": TimelineDay,
+    "TimelineGetRequest": TimelineGetRequest,
+    "TimelineReply": TimelineReply,
+    "UserSettingsRequest": UserSettingsRequest,
+    "UserSettingsReply": UserSettingsReply,
+    "OuraImportRequest": OuraImportRequest,
+    "OuraImportReply": OuraImportReply,
 }
 """Schema name (as written in topics.toml) -> type."""

@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     share_group: str | None = None
     data_dir: Path = Path("data")
     rules_file: Path | None = None
+    timeline_file: Path | None = None
+    timezone: str = "UTC"
     batch_max: int = 512
     session_expiry_s: int = 7 * 24 * 3600
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
@@ -75,6 +77,8 @@ def build_settings(
     instance: str | None = None,
     share_group: str | None = None,
     rules_file: str | Path | None = None,
+    timeline_file: str | Path | None = None,
+    timezone: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """CLI values win over environment variables (LIFEOPS_*), which win over defaults."""
@@ -89,6 +93,7 @@ def build_settings(
         )
     db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
     rules = rules_file or env.get("LIFEOPS_RULES_FILE")
+    timeline = timeline_file or env.get("LIFEOPS_TIMELINE_FILE")
     return Settings(
         agent=agent,
         broker=parse_broker_url(broker),
@@ -97,6 +102,8 @@ def build_settings(
         share_group=share_group or env.get("LIFEOPS_SHARE_GROUP") or None,
         data_dir=data,
         rules_file=Path(rules) if rules else None,
+        timeline_file=Path(timeline) if timeline else None,
+        timezone=timezone or env.get("LIFEOPS_TIMEZONE") or "UTC",
         log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
         failpoint=env.get("LIFEOPS_FAILPOINT") or None,
     )

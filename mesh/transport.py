@@ -29,6 +29,17 @@ from mesh.errors import PublishRefused, TransportError
 log = logging.getLogger("mesh.transport")
 
 MQTT_V5 = gmqtt.constants.MQTTv50
+
+
+class _QuietClosedSocket(logging.Filter):
+    """gmqtt warns on every write to a closing socket; during shutdown and reconnects that is
+    expected (unacknowledged publishes stay stored and are resent), so it is not a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "WRITE TO CLOSED SOCKET" not in record.getMessage()
+
+
+logging.getLogger("gmqtt.mqtt.protocol").addFilter(_QuietClosedSocket())
 _DEFAULT_WINDOW = 19
 
 

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
-import uuid
 
 import msgspec
 
 from mesh.errors import HandlerError
+from mesh.ids import check_user_id
 from stats_agent.rules import AchievementRule, Rules
-
-_SLUG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-RESERVED_USER_IDS = frozenset({"get"})  # would collide with stats/character/get
-
-
-def check_user_id(user_id: str) -> str:
-    """A UUID or a slug of [A-Za-z0-9_-], 1-64 characters (it becomes a topic level)."""
-    if user_id in RESERVED_USER_IDS:
-        raise HandlerError("invalid_user_id", f"user_id {user_id!r} is reserved")
-    if _SLUG.match(user_id):
-        return user_id
-    try:
-        return str(uuid.UUID(user_id))
-    except (ValueError, AttributeError):
-        pass
-    raise HandlerError(
-        "invalid_user_id",
-        f"user_id {user_id[:80]!r} must be a UUID or 1-64 characters of [A-Za-z0-9_-]",
-    )
 
 
 def xp_to_next_level(level: int) -> int:
@@ -125,3 +105,6 @@ def earned(rule: AchievementRule, p: Progress) -> bool:
         case "streak":
             return p.streak >= rule.threshold
     return False
+
+
+__all__ = ["check_user_id"]

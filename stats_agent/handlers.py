@@ -79,7 +79,7 @@ class StatsHandlers:
     async def activity_completed(self, ctx: Context, ev: ActivityCompleted) -> ActivityLogReply:
         return await self.log_activity(ctx, ev)
 
-    async def oura_synced(self, ctx: Context, ev: OuraSynced) -> None:
+    async def oura_synced(self, ctx: Context, ev: OuraSynced) -> ActivityLogReply:
         user_id = game.check_user_id(ev.user_id)
         scores = {
             "sleep": ev.scores.sleep,
@@ -88,7 +88,7 @@ class StatsHandlers:
         }
         grants = game.oura_grants(self.rules, scores)
         if not grants:
-            return None
+            return ActivityLogReply(message="no XP for these scores")
         activity_id = str(uuid.uuid5(_NS, oura_identity(ev)))
         reply = await self._grant(ctx, user_id, activity_id, grants, streak=0)
         await repository.insert_activity(
@@ -103,7 +103,7 @@ class StatsHandlers:
             reply=codec.encode(reply).decode(),
             now=ctx.now,
         )
-        return None
+        return reply
 
     async def character_get(self, ctx: Context, req: CharacterGetRequest) -> CharacterReply:
         user_id = game.check_user_id(req.user_id)

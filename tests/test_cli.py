@@ -39,7 +39,9 @@ def test_up_brings_the_mesh_up_and_finds_its_data_again(tmp_path: Path) -> None:
     second = _cli("up", "--data", str(data), "--port", port, "--demo", "--once")
     assert second.returncode == 0, second.stderr
     assert "(already logged today)" in second.stdout
-    assert "total XP 120" in second.stdout
+    assert "total XP 155" in second.stdout
+    assert "demo: completed morning_stretch (streak 1)" in first.stdout
+    assert "morning_stretch: Morning stretch is already completed" in second.stdout
     assert (data / "stats.db").exists() and (data / "broker" / "credentials.toml").exists()
     assert oct((data / "broker" / "credentials.toml").stat().st_mode & 0o777) == "0o600"
 

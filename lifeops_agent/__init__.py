@@ -1,0 +1,1 @@
+"""LifeOps agent: the daily timeline, completions, streaks and Oura sync."""

@@ -1,0 +1,249 @@
+"""Message handlers of the LifeOps agent; each runs inside the group commit's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+from lifeops_agent import days, repository
+from lifeops_agent.repository import Completion
+from lifeops_agent.timeline import Timeline
+from mesh import codec
+from mesh.errors import HandlerError
+from mesh.ids import check_user_id
+from mesh.inbox import Context
+from mesh.receipts import ReceiptOutbox, ReceiptRecord
+from mesh.schemas import (
+    ActivityCompleted,
+    ActivityLogReply,
+    ErrorInfo,
+    OuraImportReply,
+    OuraImportRequest,
+    OuraSynced,
+    Reply,
+    TimelineCompleteReply,
+    TimelineCompleteRequest,
+    TimelineDay,
+    TimelineGetRequest,
+    TimelineItemState,
+    TimelineReply,
+    UserSettingsReply,
+    UserSettingsRequest,
+)
+from mesh.store import Tx
+
+_NS = uuid.UUID("0b7d2f5e-3c1a-4e8b-9f60-7a5d4c3b2a19")
+MAX_OURA_DAYS = 400
+FUTURE_SLACK = dt.timedelta(minutes=5)
+
+
+def completion_id(user_id: str, item_code: str, day: dt.date) -> str:
+    """Deterministic: the same user, item and local day is always the same activity."""
+    return str(uuid.uuid5(_NS, f"{user_id}:{item_code}:{day.isoformat()}"))
+
+
+class LifeOpsHandlers:
+    def __init__(
+        self, timeline: Timeline, default_timezone: str, *, receipt_wait_s: float = 4.0
+    ) -> None:
+        days.zone(default_timezone)  # fail at startup on a bad default
+        self.timeline = timeline
+        self.default_timezone = default_timezone
+        self.receipt_wait_s = receipt_wait_s
+        self.receipts: ReceiptOutbox | None = None  # set when the agent starts
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def complete(self, ctx: Context, req: TimelineCompleteRequest) -> TimelineCompleteReply:
+        user_id = check_user_id(req.user_id)
+        item = self.timeline.by_code.get(req.item_code)
+        if item is None:
+            raise HandlerError(
+                "unknown_item",
+                f"no timeline item {req.item_code[:64]!r} (known: "
+                f"{', '.join(self.timeline.by_code)})",
+            )
+        tzname = await self._timezone(ctx.tx, user_id)
+        tz = days.zone(tzname)
+        moment = req.completed_at or ctx.now
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        if moment > ctx.now + FUTURE_SLACK:
+            raise HandlerError(
+                "invalid_time", f"completed_at {moment.isoformat()} is in the future"
+            )
+        day = days.local_day(moment, tz)
+        history = await repository.completions(ctx.tx, user_id)
+        done = {c.day for c in history if c.item_code == item.code}
+        if day in done:
+            prior = next(c for c in history if c.item_code == item.code and c.day == day)
+            reply = self._reply_from(prior, item.code, done)
+            return msgspec.structs.replace(
+                reply,
+                success=False,
+                error=ErrorInfo(
+                    code="already_completed", message=f"{item.title} is already completed for {day}"
+                ),
+            )
+        done.add(day)
+        streak = days.run_ending_at(done, day)
+        activity_id = completion_id(user_id, item.code, day)
+        await repository.insert_completion(
+            ctx.tx, user_id, Completion(item.code, day, moment, activity_id, streak, None, True)
+        )
+        await ctx.request_with_receipt(
+            "activity_completed",
+            ActivityCompleted(
+                activity_id=activity_id,
+                user_id=user_id,
+                activity_type=item.reported_type(),
+                source="lifeops",
+                source_ref=f"{user_id}:{item.code}:{day.isoformat()}",
+                activity_time=moment,
+                custom_xp=dict(item.xp),
+                streak=streak,
+                item_code=item.code,
+            ),
+            record_id=activity_id,
+        )
+        await self._emit_state(ctx, user_id)
+        return TimelineCompleteReply(
+            item_code=item.code,
+            date=day,
+            activity_id=activity_id,
+            new_streak=streak,
+            best_streak=days.longest_run(done),
+            xp_pending=True,
+            message=f"Completed {item.title}",
+        )
+
+    async def after_complete(self, req: Any, reply: Reply) -> Reply:
+        """Wait briefly for Stats' answer so the requester gets the XP in the same reply."""
+        assert isinstance(reply, TimelineCompleteReply)
+        if not reply.success or not reply.activity_id or self.receipts is None:
+            return reply
+        receipt = await self.receipts.wait(reply.activity_id, self.receipt_wait_s)
+        if receipt is None:
+            return reply  # xp_pending: the relay delivers it later
+        return merge_receipt(reply, receipt)
+
+    async def get(self, ctx: Context, req: TimelineGetRequest) -> TimelineReply:
+        user_id = check_user_id(req.user_id)
+        return TimelineReply(timeline=await self.day_state(ctx.tx, user_id, req.date))
+
+    async def settings(self, ctx: Context, req: UserSettingsRequest) -> UserSettingsReply:
+        user_id = check_user_id(req.user_id)
+        days.zone(req.timezone)
+        await repository.set_user_timezone(ctx.tx, user_id, req.timezone, ctx.now)
+        await self._emit_state(ctx, user_id)
+        return UserSettingsReply(user_id=user_id, timezone=req.timezone)
+
+    async def oura_import(self, ctx: Context, req: OuraImportRequest) -> OuraImportReply:
+        user_id = check_user_id(req.user_id)
+        if len(req.days) > MAX_OURA_DAYS:
+            raise HandlerError("too_many_days", f"at most {MAX_OURA_DAYS} days per request")
+        imported = skipped = 0
+        for d in req.days:
+            for name in ("sleep", "readiness", "activity"):
+                score = getattr(d.scores, name)
+                if score is not None and not 0 <= score <= 100:
+                    raise HandlerError("invalid_score", f"{d.date}: {name} score {score}")
+            new = await repository.insert_oura_day(
+                ctx.tx, user_id, d.date, codec.encode(d.scores).decode(), ctx.now
+            )
+            if not new:
+                skipped += 1
+                continue
+            imported += 1
+            await ctx.request_with_receipt(
+                "oura_synced",
+                OuraSynced(user_id=user_id, date=d.date, scores=d.scores),
+                record_id=str(uuid.uuid5(_NS, f"oura:{user_id}:{d.date.isoformat()}")),
+            )
+        return OuraImportReply(imported=imported, skipped=skipped)
+
+    # -- receipts -------------------------------------------------------------------------------
+
+    async def on_receipt(self, tx: Tx, rec: ReceiptRecord, reply: Any) -> None:
+        if rec.topic_key == "activity_completed":
+            await repository.store_result(tx, rec.id, codec.encode(reply).decode())
+
+    # -- state ----------------------------------------------------------------------------------
+
+    async def _timezone(self, tx: Tx, user_id: str) -> str:
+        return await repository.user_timezone(tx, user_id) or self.default_timezone
+
+    async def day_state(
+        self, tx: Tx, user_id: str, day: dt.date | None = None, now: dt.datetime | None = None
+    ) -> TimelineDay:
+        tzname = await self._timezone(tx, user_id)
+        today = days.local_day(now or dt.datetime.now(dt.UTC), days.zone(tzname))
+        day = day or today
+        history = await repository.completions(tx, user_id)
+        items = []
+        for item in self.timeline.items:
+            done_days = {c.day for c in history if c.item_code == item.code}
+            row = next((c for c in history if c.item_code == item.code and c.day == day), None)
+            current = (
+                days.current_streak(done_days, today)
+                if day == today
+                else days.run_ending_at(done_days, day)
+            )
+            items.append(
+                TimelineItemState(
+                    code=item.code,
+                    title=item.title,
+                    activity_type=item.reported_type(),
+                    xp=dict(item.xp),
+                    window=item.window,
+                    done=row is not None,
+                    completed_at=row.completed_at if row else None,
+                    current_streak=current,
+                    best_streak=days.longest_run(done_days),
+                    xp_pending=row.xp_pending if row else False,
+                )
+            )
+        return TimelineDay(
+            user_id=user_id,
+            date=day,
+            timezone=tzname,
+            items=items,
+            done=sum(i.done for i in items),
+            total=len(items),
+        )
+
+    async def _emit_state(self, ctx: Context, user_id: str) -> None:
+        state = await self.day_state(ctx.tx, user_id, now=ctx.now)
+        await ctx.emit("timeline_state", state, user_id=user_id)
+
+    def _reply_from(self, c: Completion, code: str, done: set[dt.date]) -> TimelineCompleteReply:
+        reply = TimelineCompleteReply(
+            item_code=code,
+            date=c.day,
+            activity_id=c.activity_id,
+            new_streak=c.streak,
+            best_streak=days.longest_run(done),
+            xp_pending=c.xp_pending,
+        )
+        if c.result:
+            reply = merge_receipt(reply, codec.decode(c.result.encode(), ActivityLogReply))
+        return reply
+
+
+def merge_receipt(reply: TimelineCompleteReply, receipt: ActivityLogReply) -> TimelineCompleteReply:
+    if not receipt.success:
+        err = receipt.error.message if receipt.error else "unknown error"
+        return msgspec.structs.replace(
+            reply, xp_pending=False, message=f"{reply.message}; Stats refused the XP: {err}"
+        )
+    return msgspec.structs.replace(
+        reply,
+        xp_pending=False,
+        xp_granted=receipt.xp_granted,
+        stat_level_ups=receipt.stat_level_ups,
+        character_level_up=receipt.character_level_up,
+        message=f"{reply.message}. {receipt.message}" if reply.message else receipt.message,
+    )

@@ -1,0 +1,304 @@
+"""Requests with end-to-end receipts: a PUBACK is not durability.
+
+A state-changing message to another agent is written here in the sender's transaction and kept
+until the receiver's reply (the receipt) has been stored. Mosquitto acknowledges a publish once it
+holds it in memory; a broker crash, or a full subscriber queue, can still lose it. So the relay
+sends the request (MQTT v5 response topic + correlation data), and a record without a receipt is
+sent again, with exponential backoff, after a timeout, after a reconnect, and by the periodic
+reconciliation sweep. The receiver deduplicates, so every resend is harmless. A circuit breaker
+stops the resends while the peer does not answer at all, probing it now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from mesh import codec
+from mesh.circuit import CircuitBreaker
+from mesh.contract import Contract
+from mesh.errors import MeshError
+from mesh.metrics import Metrics
+from mesh.rpc import Requester
+from mesh.store import Migration, Store, Tx
+
+log = logging.getLogger("mesh.receipts")
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS mesh_receipts ("
+            " id TEXT PRIMARY KEY, topic_key TEXT NOT NULL, topic TEXT NOT NULL,"
+            " payload TEXT NOT NULL, trace_id TEXT, created_at TEXT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at DOUBLE PRECISION NOT NULL,"
+            " receipt TEXT, receipt_at TEXT)",
+            "CREATE INDEX IF NOT EXISTS mesh_receipts_open ON mesh_receipts"
+            " (receipt_at, next_attempt_at)",
+        ),
+    ),
+)
+
+
+class ReceiptRecord(msgspec.Struct, kw_only=True):
+    id: str
+    topic_key: str
+    topic: str
+    payload: bytes
+    trace_id: str | None
+    created_at: str
+    attempts: int = 0
+
+
+OnReceipt = Callable[[Tx, ReceiptRecord, Any], Awaitable[None]]
+AfterReceipt = Callable[[ReceiptRecord, Any], Awaitable[None]]
+
+
+class ReceiptOutbox:
+    def __init__(
+        self,
+        *,
+        agent: str,
+        store: Store,
+        requester: Requester,
+        contract: Contract,
+        metrics: Metrics,
+        breaker: CircuitBreaker | None = None,
+        max_inflight: int = 256,
+        base_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        sweep_interval_s: float = 1.0,
+    ) -> None:
+        self.agent = agent
+        self._store = store
+        self._requester = requester
+        self._contract = contract
+        self._metrics = metrics
+        self.breaker = breaker or CircuitBreaker()
+        self._sem = asyncio.Semaphore(max_inflight)
+        self._base = base_backoff_s
+        self._max = max_backoff_s
+        self._sweep_interval = sweep_interval_s
+        self._inflight: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.on_receipt: OnReceipt | None = None  # in the receipt's transaction
+        self.after_receipt: AfterReceipt | None = None  # after its commit
+        self._resend_all = False
+
+    # -- staging (inside the sender's transaction) ----------------------------------------------
+
+    async def stage(
+        self, tx: Tx, key: str, payload: Any, *, record_id: str, trace_id: str | None, **params: str
+    ) -> ReceiptRecord:
+        entry = self._contract.entry(key)
+        if entry.reply_schema is None:
+            raise MeshError(f"{key!r} has no reply schema: it cannot carry a receipt")
+        if self.agent not in entry.publishers:
+            raise MeshError(f"{self.agent} may not publish {key!r}")
+        rec = ReceiptRecord(
+            id=record_id,
+            topic_key=key,
+            topic=self._contract.topic(key, **params),
+            payload=codec.encode(payload),
+            trace_id=trace_id,
+            created_at=dt.datetime.now(dt.UTC).isoformat(),
+        )
+        await tx.execute(
+            "INSERT INTO mesh_receipts (id, topic_key, topic, payload, trace_id, created_at,"
+            " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rec.id,
+            key,
+            rec.topic,
+            rec.payload.decode(),
+            trace_id,
+            rec.created_at,
+            0.0,
+        )
+        return rec
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="receipts-sweep")
+
+    async def stop(self) -> None:
+        for task in (self._sweeper, *self._tasks):
+            if task is not None:
+                task.cancel()
+
+    def submit(self, records: list[ReceiptRecord]) -> None:
+        """Send records that were just committed, right away."""
+        for rec in records:
+            self._send_soon(rec)
+
+    def reconnected(self) -> None:
+        """The broker is back: what waits for a receipt is due now."""
+        self.breaker.reset()
+        self._resend_all = True
+        self._wake.set()
+
+    async def wait(self, record_id: str, timeout: float) -> Any | None:
+        """The receipt of `record_id` if it comes within `timeout`, else None."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(record_id, []).append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                stored = await self.receipt_of(record_id)  # it may have come already
+                if stored is not None:
+                    return stored
+                return await fut
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(record_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(record_id, None)
+
+    async def receipt_of(self, record_id: str) -> Any | None:
+        async with self._store.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT topic_key, receipt FROM mesh_receipts WHERE id = ?", record_id
+            )
+        if row is None or row[1] is None:
+            return None
+        return codec.decode(row[1].encode(), self._contract.entry(row[0]).reply_type)
+
+    async def pending(self) -> tuple[int, float]:
+        """(records without a receipt, age in seconds of the oldest)."""
+        async with self._store.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT COUNT(*), MIN(created_at) FROM mesh_receipts WHERE receipt_at IS NULL"
+            )
+        count, oldest = row or (0, None)
+        if not count or oldest is None:
+            return 0, 0.0
+        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
+        return int(count), max(0.0, age.total_seconds())
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Reconciliation: send every due record without a receipt; returns how many."""
+        due_before = 1e18 if self._resend_all else time.time()
+        self._resend_all = False
+        async with self._store.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT id, topic_key, topic, payload, trace_id, created_at, attempts"
+                " FROM mesh_receipts WHERE receipt_at IS NULL AND next_attempt_at <= ?"
+                " ORDER BY created_at LIMIT 2000",
+                due_before,
+            )
+        n = 0
+        for r in rows:
+            if r[0] in self._inflight:
+                continue
+            self._send_soon(
+                ReceiptRecord(
+                    id=r[0],
+                    topic_key=r[1],
+                    topic=r[2],
+                    payload=r[3].encode(),
+                    trace_id=r[4],
+                    created_at=r[5],
+                    attempts=int(r[6]),
+                )
+            )
+            n += 1
+        return n
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+                count, age = await self.pending()
+                self._metrics.receipts_pending.set(count)
+                self._metrics.receipts_oldest_age.set(age)
+            except Exception:
+                log.exception("receipt sweep failed; retrying")
+            try:
+                async with asyncio.timeout(self._sweep_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _send_soon(self, rec: ReceiptRecord) -> None:
+        if rec.id in self._inflight:
+            return
+        self._inflight.add(rec.id)
+        task = asyncio.create_task(self._send(rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, rec: ReceiptRecord) -> None:
+        try:
+            if not self.breaker.allow():
+                return  # the sweep tries again once the circuit half-opens
+            async with self._sem:
+                entry = self._contract.entry(rec.topic_key)
+                payload = codec.decode(rec.payload, entry.schema_type)
+                try:
+                    reply = await self._requester.request(
+                        rec.topic_key,
+                        payload,
+                        trace_id=rec.trace_id,
+                        **(self._contract.match(rec.topic) or (None, {}))[1],
+                    )
+                except MeshError as exc:
+                    self.breaker.failure()
+                    await self._retry_later(rec, exc)
+                    return
+            self.breaker.success()
+            await self._store_receipt(rec, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("receipt relay failed for %s", rec.id)
+        finally:
+            self._inflight.discard(rec.id)
+
+    async def _retry_later(self, rec: ReceiptRecord, exc: Exception) -> None:
+        delay = min(self._max, self._base * 2 ** min(rec.attempts, 16))
+        log.warning(
+            "no receipt for %s %s (%s); attempt %d, retry in %.1fs",
+            rec.topic_key,
+            rec.id,
+            exc,
+            rec.attempts + 1,
+            delay,
+        )
+        async with self._store.transaction() as tx:
+            await tx.execute(
+                "UPDATE mesh_receipts SET attempts = attempts + 1, next_attempt_at = ?"
+                " WHERE id = ?",
+                time.time() + delay,
+                rec.id,
+            )
+
+    async def _store_receipt(self, rec: ReceiptRecord, reply: Any) -> None:
+        async with self._store.transaction() as tx:
+            first = await tx.execute(
+                "UPDATE mesh_receipts SET receipt = ?, receipt_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND receipt_at IS NULL",
+                codec.encode(reply).decode(),
+                dt.datetime.now(dt.UTC).isoformat(),
+                rec.id,
+            )
+            if first and self.on_receipt is not None:
+                await self.on_receipt(tx, rec, reply)
+        if first and self.after_receipt is not None:
+            await self.after_receipt(rec, reply)
+        for fut in self._waiters.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(reply)
