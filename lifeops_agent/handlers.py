@@ -54,6 +54,7 @@ class LifeOpsHandlers:
         self.default_timezone = default_timezone
         self.receipt_wait_s = receipt_wait_s
         self.receipts: ReceiptOutbox | None = None  # set when the agent starts
+        self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -125,6 +126,8 @@ class LifeOpsHandlers:
         assert isinstance(reply, TimelineCompleteReply)
         if not reply.success or not reply.activity_id or self.receipts is None:
             return reply
+        if self.peers.get("stats") is False or self.receipts.breaker.state == "open":
+            return reply  # Stats is known to be away: do not keep the requester waiting
         receipt = await self.receipts.wait(reply.activity_id, self.receipt_wait_s)
         if receipt is None:
             return reply  # xp_pending: the relay delivers it later
@@ -164,6 +167,16 @@ class LifeOpsHandlers:
                 record_id=str(uuid.uuid5(_NS, f"oura:{user_id}:{d.date.isoformat()}")),
             )
         return OuraImportReply(imported=imported, skipped=skipped)
+
+    async def peer_status(self, ctx: Context, state: str) -> None:
+        """Availability of the other agents; when Stats comes back, resend what waits now."""
+        agent = ctx.params.get("agent", "")
+        online = state == "online"
+        was = self.peers.get(agent)
+        self.peers[agent] = online
+        if agent == "stats" and online and was is False and self.receipts is not None:
+            self.receipts.reconnected()
+        return None
 
     # -- receipts -------------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ class Agent:
         filters = []
         for key in self._routes:
             entry = self.contract.entry(key)
-            f = self.contract.subscription(key, agent=self.name)
+            f = self.contract.subscription(key)  # {agent} as +: every agent's status
             if self.settings.share_group and entry.kind in ("event", "request"):
                 f = f"$share/{self.settings.share_group}/{f}"
             filters.append(f)

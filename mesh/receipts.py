@@ -243,8 +243,8 @@ class ReceiptOutbox:
 
     async def _send(self, rec: ReceiptRecord) -> None:
         try:
-            if not self.breaker.allow():
-                return  # the sweep tries again once the circuit half-opens
+            if rec.attempts > 0 and not self.breaker.allow():
+                return  # retries wait until the circuit half-opens; first sends always go
             async with self._sem:
                 entry = self._contract.entry(rec.topic_key)
                 payload = codec.decode(rec.payload, entry.schema_type)

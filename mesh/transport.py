@@ -329,10 +329,10 @@ class Transport:
         try:
             return await self.on_message(msg)
         except Exception:
-            # 0x80 Unspecified error: the broker will not redeliver in this session, so the
-            # caller must have dead-lettered the message already; we only log here.
-            log.exception("message handler crashed on %s", topic)
-            return 0x80
+            # No PUBACK at all (a failure code would make the broker discard the message): it
+            # stays in flight and the broker redelivers it after the next reconnect.
+            log.exception("message handler failed on %s; left unacknowledged", topic)
+            raise
 
 
 def _first(values: Any) -> Any:

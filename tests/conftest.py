@@ -72,6 +72,29 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture
+def new_db(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], str]]:
+    """Makes one more empty database of the test's backend per call (one per agent)."""
+    made: list[str] = []
+
+    def make() -> str:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'db{len(made)}.db'}"
+        else:
+            server: PostgresServer = request.getfixturevalue("pg_server")
+            url = run_sync(server.create_database())
+        made.append(url)
+        return url
+
+    yield make
+    if backend == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        for url in made:
+            run_sync(server.drop_database(url))
+
+
 def make_settings(
     agent: str, broker: MosquittoProcess, db_url: str, tmp: Path, **kw: Any
 ) -> Settings:
@@ -92,19 +115,33 @@ StartAgent = Callable[..., "contextlib.AbstractAsyncContextManager[Agent]"]
 
 
 @pytest.fixture
-def start_stats(tmp_path: Path) -> StartAgent:
-    """Start a Stats agent in this process: `async with start_stats(broker, db_url) as agent`."""
-    from stats_agent.agent import build
+def start_agent(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Agent]]:
+    """Start an agent in this process: `async with start_agent("stats", broker, db) as agent`."""
+    from mesh.cli import BUILDERS
 
     @contextlib.asynccontextmanager
-    async def start(broker: MosquittoProcess, db_url: str, **kw: Any) -> AsyncIterator[Agent]:
-        settings = make_settings("stats", broker, db_url, tmp_path, **kw)
-        agent = Agent(settings, build(settings))
+    async def start(
+        name: str, broker: MosquittoProcess, db_url: str, **kw: Any
+    ) -> AsyncIterator[Agent]:
+        settings = make_settings(name, broker, db_url, tmp_path, **kw)
+        agent = Agent(settings, BUILDERS[name](settings))
         await agent.start()
         try:
             yield agent
         finally:
             await agent.stop()
+
+    return start
+
+
+@pytest.fixture
+def start_stats(start_agent: Callable[..., Any]) -> StartAgent:
+    """Start a Stats agent in this process: `async with start_stats(broker, db_url) as agent`."""
+
+    def start(
+        broker: MosquittoProcess, db_url: str, **kw: Any
+    ) -> contextlib.AbstractAsyncContextManager[Agent]:
+        return start_agent("stats", broker, db_url, **kw)
 
     return start
 

@@ -16,13 +16,16 @@ def render_local_config(
     base: Path | None = None,
     bind: str = "127.0.0.1",
     run_as_root: bool = False,
+    overrides: dict[str, str] | None = None,
 ) -> str:
     """broker/mosquitto.conf with the listener and file paths pointed at `run_dir`."""
     text = (base or BROKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")
     out: list[str] = []
     for line in text.splitlines():
         key = line.split(" ", 1)[0]
-        if key == "listener":
+        if overrides and key in overrides:
+            out.append(f"{key} {overrides[key]}")
+        elif key == "listener":
             out.append(f"listener {port} {bind}")
         elif key == "password_file":
             out.append(f"password_file {password_file}")
@@ -34,6 +37,9 @@ def render_local_config(
             out.append(f"log_dest file {run_dir / 'mosquitto.log'}")
         else:
             out.append(line)
+    for key, value in (overrides or {}).items():
+        if not any(line.split(" ", 1)[0] == key for line in text.splitlines()):
+            out.append(f"{key} {value}")
     if run_as_root:
         out.append("user root")
     return "\n".join(out) + "\n"

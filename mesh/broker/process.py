@@ -32,13 +32,18 @@ class MosquittoProcess:
     """A Mosquitto on 127.0.0.1:`port` whose state lives in `run_dir`."""
 
     def __init__(
-        self, run_dir: Path, port: int | None = None, contract: Contract | None = None
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        contract: Contract | None = None,
+        overrides: dict[str, str] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.port = port or free_port()
         self.contract = contract or default_contract()
         self.proc: subprocess.Popen[bytes] | None = None
         self.credentials: dict[str, str] = {}
+        self.overrides = overrides  # config lines to change (tests of limits only)
 
     @property
     def log_file(self) -> Path:
@@ -68,6 +73,7 @@ class MosquittoProcess:
             # private home or temp dir (persistence then fails silently). This broker belongs to
             # the user who started it, so it keeps that user's rights.
             run_as_root=os.geteuid() == 0,
+            overrides=self.overrides,
         )
         (self.run_dir / "mosquitto.conf").write_text(conf, encoding="utf-8")
 
