@@ -142,3 +142,47 @@ async def _pending_is(agent: Any, n: int) -> bool:
 
 async def _ready(items: list[Any]) -> list[Any]:
     return items
+
+
+async def test_oura_import_publishes_each_day_once(
+    broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start, tester: MeshClient
+) -> None:
+    """`lifeops-mesh oura import` of the sample export: XP by the rules once; a re-import adds
+    nothing."""
+    import sys
+    from pathlib import Path
+
+    uid = user()
+    sample = Path(__file__).parent / "data" / "oura"
+
+    async def run_import() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mesh",
+            "oura",
+            "import",
+            str(sample),
+            "--user",
+            uid,
+            "--broker",
+            broker.url("tester"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert b"3/3 days" in err  # the progress bar
+        return out.decode()
+
+    async with start_agent("stats", broker, new_db()), start_agent("lifeops", broker, new_db()):
+        assert "3 days for " + uid + ": 3 new, 0 already imported" in await run_import()
+        # day 20: 82*.3=24 WIS + 78*.5=39 STA + 70*.3=21 DEX; day 21: 22+33+16; day 22: 27+44
+        await eventually(lambda: _equals(_total(tester, uid), 226), what="Oura XP")
+        assert "0 new, 3 already imported" in await run_import()
+        await asyncio.sleep(1)
+        assert await _total(tester, uid) == 226
+
+
+async def _equals(coro: Any, expected: int) -> bool:
+    return await coro == expected
