@@ -51,23 +51,26 @@ def build_agent(settings: Settings) -> Agent:
     return Agent(settings, builder(settings))
 
 
-async def _wait_for_signal() -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM; installed before start-up work begins, so a
+    signal during start-up still leads to a clean stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 # -- run ---------------------------------------------------------------------------------------
 
 
 async def _run_agent(settings: Settings) -> None:
+    stop = stop_on_signals()
     agent = build_agent(settings)
     await agent.start()
     try:
-        await _wait_for_signal()
+        await stop.wait()
     finally:
         await agent.stop()
 
@@ -137,6 +140,7 @@ async def _demo_requests(client: MeshClient) -> None:
 async def _up(args: argparse.Namespace, data: Path) -> int:
     from mesh.broker.process import MosquittoProcess
 
+    stop = stop_on_signals()
     broker = None
     if args.broker:
         urls = {name: args.broker for name in BUILDERS}
@@ -170,8 +174,8 @@ async def _up(args: argparse.Namespace, data: Path) -> int:
             else:
                 await _demo(broker.url("tester"))
         if not args.once:
-            print("mesh is up; Ctrl-C stops it")
-            await _wait_for_signal()
+            print("mesh is up; Ctrl-C stops it", flush=True)
+            await stop.wait()
     finally:
         for agent in reversed(agents):
             await agent.stop()
