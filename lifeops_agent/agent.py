@@ -43,11 +43,12 @@ def build(settings: Settings) -> AgentApp:
             Route("timeline_get", handlers.get),
             Route("user_settings", handlers.settings),
             Route("oura_import", handlers.oura_import),
-            Route("status", handlers.peer_status),
         ],
         on_start=on_start,
         on_receipt=handlers.on_receipt,
         after_receipt=after_receipt,
+        depends_on=("stats",),
+        on_peer_status=handlers.peer_status,
     )
 
 

@@ -168,15 +168,11 @@ class LifeOpsHandlers:
             )
         return OuraImportReply(imported=imported, skipped=skipped)
 
-    async def peer_status(self, ctx: Context, state: str) -> None:
+    async def peer_status(self, agent: str, online: bool) -> None:
         """Availability of the other agents; when Stats comes back, resend what waits now."""
-        agent = ctx.params.get("agent", "")
-        online = state == "online"
-        was = self.peers.get(agent)
         self.peers[agent] = online
-        if agent == "stats" and online and was is False and self.receipts is not None:
+        if agent == "stats" and online and self.receipts is not None:
             self.receipts.reconnected()
-        return None
 
     # -- receipts -------------------------------------------------------------------------------
 

@@ -8,16 +8,21 @@ Last Will), publishes `online`, subscribes, and starts the group committer and o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mesh import codec, dlq, inbox, outbox, receipts
+from mesh.broker.acl import DROPPED
 from mesh.contract import Contract, default_contract
 from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
+from mesh.health import Check, HealthReport
+from mesh.http import HttpEndpoint
 from mesh.inbox import Delivery, GroupCommitter, Route
 from mesh.logs import trace_id_var
 from mesh.metrics import Metrics
@@ -48,6 +53,12 @@ class AgentApp(msgspec.Struct, kw_only=True):
     on_stop: Callable[[Agent], Awaitable[None]] | None = None
     on_receipt: receipts.OnReceipt | None = None
     after_receipt: receipts.AfterReceipt | None = None
+    # Agents whose availability this one's health depends on.
+    depends_on: tuple[str, ...] = ()
+    # Called when another agent's availability changes (name, online).
+    on_peer_status: Callable[[str, bool], Awaitable[None]] | None = None
+    # Refreshes the app's own gauges before a scrape.
+    collect: Callable[[Agent], Awaitable[None]] | None = None
 
 
 class Agent:
@@ -108,6 +119,8 @@ class Agent:
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self._started = False
+        self.peers: dict[str, bool] = {}
+        self.http: HttpEndpoint | None = None
         self._sweep_task: asyncio.Future[int] | None = None
 
     @property
@@ -129,6 +142,9 @@ class Agent:
                 f = f"$share/{self.settings.share_group}/{f}"
             filters.append(f)
         filters.append(self.requester.reply_filter)
+        if "status" not in self._routes:
+            filters.append(self.contract.subscription("status"))  # every agent's availability
+        filters.append(DROPPED)
         return filters
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -147,6 +163,13 @@ class Agent:
             await self.transport.connect(timeout=timeout)
             await self.relay.start()
             await self.receipts.start()
+            if self.settings.metrics_port is not None:
+                self.http = HttpEndpoint(
+                    {"/metrics": self._metrics_page, "/healthz": self._health_page},
+                    self.settings.metrics_bind,
+                    self.settings.metrics_port,
+                )
+                await self.http.start()
             if self.app.on_start is not None:
                 await self.app.on_start(self)
         self._started = True
@@ -171,6 +194,8 @@ class Agent:
         except TimeoutError:
             log.warning("%s: clean stop timed out", self.name)
         await self.committer.stop()
+        if self.http is not None:
+            await self.http.stop()
         await self.transport.disconnect()
         await self.store.close()
         self.metrics.connected.set(0)
@@ -258,6 +283,71 @@ class Agent:
             msg, ErrorReply(error=ErrorInfo(code=code, message=message)), request, trace_id
         )
 
+    # -- observing ------------------------------------------------------------------------------
+
+    async def _peer_status(self, agent: str, online: bool) -> None:
+        was = self.peers.get(agent)
+        self.peers[agent] = online
+        if agent in self.app.depends_on:
+            self.metrics.peer_up.labels(agent).set(1 if online else 0)
+        if was != online and agent != self.name:
+            log.info("agent %s is %s", agent, "online" if online else "offline")
+            if self.app.on_peer_status is not None:
+                await self.app.on_peer_status(agent, online)
+
+    async def health(self) -> HealthReport:
+        checks = {
+            "broker": Check(
+                ok=self.transport.connected,
+                detail=f"{'connected to' if self.transport.connected else 'no connection to'} "
+                f"{self.settings.broker.host}:{self.settings.broker.port}",
+            )
+        }
+        try:
+            async with asyncio.timeout(2):
+                await self.store.ping()
+            checks["database"] = Check(ok=True, detail=f"{self.store.dialect} answers")
+        except Exception as exc:
+            checks["database"] = Check(ok=False, detail=f"{self.store.dialect}: {exc}")
+        for dep in self.app.depends_on:
+            state = self.peers.get(dep)
+            checks[dep] = Check(
+                ok=state is True,
+                detail={True: "online", False: "offline", None: "no status seen"}[state],
+            )
+        outbox_n, outbox_age, receipts_n, receipts_age = 0, 0.0, 0, 0.0
+        if checks["database"].ok:
+            outbox_n, outbox_age = await self.relay.pending()
+            receipts_n, receipts_age = await self.receipts.pending()
+        return HealthReport.of(
+            self.name,
+            checks,
+            outbox_pending=outbox_n,
+            outbox_oldest_age_seconds=outbox_age,
+            receipts_pending=receipts_n,
+            receipts_oldest_age_seconds=receipts_age,
+        )
+
+    async def _health_page(self) -> tuple[int, str, bytes]:
+        report = await self.health()
+        status = 200 if report.status == "healthy" else 503
+        return status, "application/json", codec.encode(report) + b"\n"
+
+    async def _metrics_page(self) -> tuple[int, str, bytes]:
+        try:
+            n, age = await self.relay.pending()
+            self.metrics.outbox_depth.set(n)
+            self.metrics.outbox_oldest_age.set(age)
+            n, age = await self.receipts.pending()
+            self.metrics.receipts_pending.set(n)
+            self.metrics.receipts_oldest_age.set(age)
+            if self.app.collect is not None:
+                await self.app.collect(self)
+        except Exception as exc:
+            log.warning("metrics refresh failed: %s", exc)
+        self.metrics.connected.set(1 if self.transport.connected else 0)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+
     # -- receiving -----------------------------------------------------------------------------
 
     async def _on_message(self, msg: Inbound) -> int:
@@ -265,6 +355,15 @@ class Agent:
             if not self.requester.deliver(msg):
                 log.info("late or unknown reply on %s dropped", msg.topic)
             return 0
+        if msg.topic == DROPPED:
+            with contextlib.suppress(ValueError):
+                self.metrics.broker_dropped.set(int(msg.payload))
+            return 0
+        if "status" not in self._routes and msg.topic.endswith("/status"):
+            found = self.contract.match(msg.topic)
+            if found is not None and found[0].key == "status":
+                await self._peer_status(found[1]["agent"], msg.payload == b"online")
+                return 0
         trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
         token = trace_id_var.set(trace_id)
         try:

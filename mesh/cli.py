@@ -84,6 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         instance=args.instance,
         share_group=args.shared,
         rules_file=args.rules,
+        timeline_file=args.timeline,
+        timezone=args.timezone,
+        metrics_port=args.metrics_port,
     )
     setup_logging(settings.agent, settings.log_level, json=not args.plain_logs)
     asyncio.run(_run_agent(settings))
@@ -154,12 +157,17 @@ async def _up(args: argparse.Namespace, data: Path) -> int:
         )
     agents: list[Agent] = []
     try:
-        for name in BUILDERS:
-            settings = build_settings(name, broker_url=urls[name], data_dir=data)
+        for n, name in enumerate(BUILDERS):
+            port = args.metrics_port + n if args.metrics_port else 0
+            settings = build_settings(name, broker_url=urls[name], data_dir=data, metrics_port=port)
             agent = build_agent(settings)
             await agent.start()
             agents.append(agent)
-            print(f"agent {name}: online (db {settings.db_url})")
+            http = agent.http.port if agent.http else "-"
+            print(
+                f"agent {name}: online (db {settings.db_url}, "
+                f"metrics http://127.0.0.1:{http}/metrics, health /healthz)"
+            )
         if broker is not None:
             pw = broker.credentials["tester"]
             print(
@@ -313,6 +321,12 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--data", default="data", help="directory for SQLite files and broker state")
     up.add_argument("--port", type=int, default=1884, help="port of the embedded Mosquitto")
     up.add_argument("--broker", help="use this broker instead: mqtt://user:pass@host:port")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9181,
+        help="first port for the agents' /metrics and /healthz (0: free ports)",
+    )
     up.add_argument("--demo", action="store_true", help="log a few activities for user demo")
     up.add_argument("--once", action="store_true", help="stop after start-up (and the demo)")
     up.set_defaults(func=cmd_up)
@@ -331,6 +345,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rules", help="rules file (stats)")
     run.add_argument("--timeline", help="timeline file (lifeops)")
     run.add_argument("--timezone", help="default IANA time zone of users (lifeops), e.g. UTC")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics and /healthz on this port (or LIFEOPS_METRICS_PORT)",
+    )
     run.add_argument("--plain-logs", action="store_true", help="human-readable logs, not JSON")
     run.set_defaults(func=cmd_run)
 

@@ -9,6 +9,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._extra: dict[str, Gauge] = {}
         self.received = Counter(
             "mesh_messages_received_total",
             "Messages received, by contract key",
@@ -66,6 +67,25 @@ class Metrics:
         self.outbox_depth = Gauge(
             "mesh_outbox_pending", "Outbox records not yet published", registry=r
         )
+        self.outbox_oldest_age = Gauge(
+            "mesh_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox record",
+            registry=r,
+        )
+        self.broker_dropped = Gauge(
+            "mesh_broker_dropped_messages",
+            "Mosquitto's $SYS/broker/publish/messages/dropped (alert when it grows)",
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "mesh_peer_up", "Availability of the agents this one depends on", ["agent"], registry=r
+        )
+
+    def gauge(self, name: str, documentation: str) -> Gauge:
+        """An agent's own gauge in this registry (created on first use)."""
+        if name not in self._extra:
+            self._extra[name] = Gauge(name, documentation, registry=self.registry)
+        return self._extra[name]
 
     def total(self, sample_name: str) -> float:
         """Sum of one sample over all its labels (for health output and tests)."""

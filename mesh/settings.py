@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
     # right after the N-th group commit, before any acknowledgement or reply goes out.
     failpoint: str | None = None
+    metrics_port: int | None = None  # None: no HTTP endpoint; 0: any free port
+    metrics_bind: str = "127.0.0.1"
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -79,6 +81,7 @@ def build_settings(
     rules_file: str | Path | None = None,
     timeline_file: str | Path | None = None,
     timezone: str | None = None,
+    metrics_port: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """CLI values win over environment variables (LIFEOPS_*), which win over defaults."""
@@ -106,7 +109,20 @@ def build_settings(
         timezone=timezone or env.get("LIFEOPS_TIMEZONE") or "UTC",
         log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
         failpoint=env.get("LIFEOPS_FAILPOINT") or None,
+        metrics_port=metrics_port
+        if metrics_port is not None
+        else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
+        metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
     )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"expected a port number, got {value!r}") from exc
 
 
 def new_password() -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.agent import AgentApp
+from mesh.agent import Agent, AgentApp
 from mesh.inbox import Route
 from mesh.settings import Settings
 from stats_agent.handlers import StatsHandlers, activity_identity, oura_identity
@@ -21,4 +21,14 @@ def build(settings: Settings) -> AgentApp:
             Route("oura_synced", handlers.oura_synced, dedup=oura_identity),
             Route("character_get", handlers.character_get),
         ],
+        collect=collect,
     )
+
+
+async def collect(agent: Agent) -> None:
+    """The game's own gauges, read at scrape time (one indexed aggregate query)."""
+    async with agent.store.transaction() as tx:
+        row = await tx.fetchone("SELECT COUNT(*), COALESCE(SUM(total_xp), 0) FROM stats_characters")
+    users, xp = row or (0, 0)
+    agent.metrics.gauge("stats_users", "Characters known to Stats").set(int(users))
+    agent.metrics.gauge("stats_xp_granted", "XP granted to all characters together").set(int(xp))

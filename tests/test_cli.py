@@ -30,13 +30,17 @@ def test_up_brings_the_mesh_up_and_finds_its_data_again(tmp_path: Path) -> None:
     """`up --demo --once` starts Mosquitto and the agents, logs XP; a second run finds it all."""
     data = tmp_path / "data"
     port = str(free_port())
-    first = _cli("up", "--data", str(data), "--port", port, "--demo", "--once")
+    first = _cli(
+        "up", "--data", str(data), "--port", port, "--demo", "--once", "--metrics-port", "0"
+    )
     assert first.returncode == 0, first.stderr + first.stdout
     assert f"mosquitto: 127.0.0.1:{port}" in first.stdout
     assert "agent stats: online" in first.stdout
     assert "demo: gym_session  -> Gained XP: STR+50, STA+20" in first.stdout
     assert "mesh stopped" in first.stdout
-    second = _cli("up", "--data", str(data), "--port", port, "--demo", "--once")
+    second = _cli(
+        "up", "--data", str(data), "--port", port, "--demo", "--once", "--metrics-port", "0"
+    )
     assert second.returncode == 0, second.stderr
     assert "(already logged today)" in second.stdout
     assert "total XP 155" in second.stdout
@@ -108,7 +112,18 @@ def test_up_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "up", "--data", str(tmp_path), "--port", str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "up",
+            "--data",
+            str(tmp_path),
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

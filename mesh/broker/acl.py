@@ -10,7 +10,14 @@ HEADER = """\
 """
 
 # Operational read-only access for the manual-testing account (broker figures in `health`).
-EXTRA_READ = {"tester": ["$SYS/#"]}
+# Agents read the broker's dropped-message counter to export it as a metric.
+DROPPED = "$SYS/broker/publish/messages/dropped"
+EXTRA_READ = {
+    "tester": ["$SYS/#"],
+    "lifeops": [DROPPED],
+    "stats": [DROPPED],
+    "ha_bridge": [DROPPED],
+}
 
 
 def _filter_for(contract: Contract, key: str, principal: str, publishing: bool) -> str:
