@@ -21,14 +21,13 @@ from mesh import codec, dlq, inbox, outbox, receipts
 from mesh.broker.acl import DROPPED
 from mesh.contract import Contract, default_contract
 from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
-from mesh.health import Check, HealthReport
 from mesh.http import HttpEndpoint
 from mesh.inbox import Delivery, GroupCommitter, Route
-from mesh.logs import trace_id_var
+from mesh.logs import agent_var, trace_id_var
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.rpc import TRACE_PROPERTY, Requester
-from mesh.schemas import ErrorInfo, ErrorReply, Reply
+from mesh.schemas import Check, ErrorInfo, ErrorReply, HealthReport, Reply
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.transport import Inbound, Transport, Will
@@ -120,6 +119,7 @@ class Agent:
         self._check_routes()
         self._started = False
         self.peers: dict[str, bool] = {}
+        self._health_task: asyncio.Task[None] | None = None
         self.http: HttpEndpoint | None = None
         self._sweep_task: asyncio.Future[int] | None = None
 
@@ -150,6 +150,13 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
+        token = agent_var.set(self.name)  # tasks created while starting log as this agent
+        try:
+            await self._start(timeout)
+        finally:
+            agent_var.reset(token)
+
+    async def _start(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await self.store.open()
             for component, migrations in RUNTIME_MIGRATIONS.items():
@@ -163,6 +170,7 @@ class Agent:
             await self.transport.connect(timeout=timeout)
             await self.relay.start()
             await self.receipts.start()
+            self._health_task = asyncio.create_task(self._health_loop(), name="health")
             if self.settings.metrics_port is not None:
                 self.http = HttpEndpoint(
                     {"/metrics": self._metrics_page, "/healthz": self._health_page},
@@ -194,6 +202,8 @@ class Agent:
         except TimeoutError:
             log.warning("%s: clean stop timed out", self.name)
         await self.committer.stop()
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.http is not None:
             await self.http.stop()
         await self.transport.disconnect()
@@ -328,6 +338,16 @@ class Agent:
             receipts_oldest_age_seconds=receipts_age,
         )
 
+    async def _health_loop(self, interval: float = 15.0) -> None:
+        """Publish the health report (retained) so `lifeops-mesh health` can read it."""
+        while True:
+            try:
+                if self.transport.connected:
+                    await self.publish("health", await self.health())
+            except Exception as exc:
+                log.warning("could not publish health: %s", exc)
+            await asyncio.sleep(interval)
+
     async def _health_page(self) -> tuple[int, str, bytes]:
         report = await self.health()
         status = 200 if report.status == "healthy" else 503
@@ -366,9 +386,11 @@ class Agent:
                 return 0
         trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
         token = trace_id_var.set(trace_id)
+        agent_token = agent_var.set(self.name)
         try:
             return await self._dispatch(msg, trace_id)
         finally:
+            agent_var.reset(agent_token)
             trace_id_var.reset(token)
 
     async def _dispatch(self, msg: Inbound, trace_id: str) -> int:
@@ -393,6 +415,14 @@ class Agent:
             msg=msg, entry=entry, params=params, route=route, payload=payload, trace_id=trace_id
         )
         outcome = await self.committer.process(delivery)
+        log.info(
+            "%s %s -> %s",
+            entry.key,
+            msg.topic,
+            "error " + outcome.error.code
+            if outcome.error
+            else ("duplicate" if outcome.duplicate else "ok"),
+        )
         if outcome.error is not None:
             await self._fail(msg, outcome.error.code, outcome.error.message, trace_id, payload)
         elif outcome.reply is not None:

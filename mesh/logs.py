@@ -10,6 +10,7 @@ import sys
 import msgspec
 
 trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+agent_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("agent", default=None)
 _enc = msgspec.json.Encoder()
 
 
@@ -22,7 +23,7 @@ class JsonFormatter(logging.Formatter):
         out: dict[str, object] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
-            "agent": self.agent,
+            "agent": agent_var.get() or self.agent,
             "logger": record.name,
             "message": record.getMessage(),
         }

@@ -238,6 +238,36 @@ class OuraImportReply(Reply, kw_only=True):
     skipped: int = 0
 
 
+# --- operations ----------------------------------------------------------------------------
+
+
+class Check(Payload, kw_only=True):
+    ok: bool
+    detail: str
+
+
+class HealthReport(Payload, kw_only=True):
+    agent: str
+    status: Literal["healthy", "degraded"]
+    checks: dict[str, Check]
+    outbox_pending: int = 0
+    outbox_oldest_age_seconds: float = 0.0
+    receipts_pending: int = 0
+    receipts_oldest_age_seconds: float = 0.0
+    checked_at: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, agent: str, checks: dict[str, Check], **figures: Any) -> HealthReport:
+        ok = all(c.ok for c in checks.values())
+        return cls(
+            agent=agent,
+            status="healthy" if ok else "degraded",
+            checks=checks,
+            checked_at=dt.datetime.now(dt.UTC),
+            **figures,
+        )
+
+
 SCHEMAS: dict[str, Any] = {
     "Availability": Availability,
     "Reply": Reply,
@@ -261,5 +291,6 @@ SCHEMAS: dict[str, Any] = {
     "UserSettingsReply": UserSettingsReply,
     "OuraImportRequest": OuraImportRequest,
     "OuraImportReply": OuraImportReply,
+    "HealthReport": HealthReport,
 }
 """Schema name (as written in topics.toml) -> type."""

@@ -9,6 +9,7 @@ ensure_python
 ensure_mosquitto
 ensure_venv test
 ensure_postgres_for_tests
+ensure_test_tools
 log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -55,6 +55,14 @@ ensure_venv() {
     fi
 }
 
+# Tools the tests drive: Prometheus (promtool and the server), Node.js for the AsyncAPI parser.
+ensure_test_tools() {
+    local missing=()
+    { have promtool && have prometheus; } || missing+=(prometheus)
+    { have node && have npm; } || missing+=(nodejs npm)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 # The PostgreSQL half of the suite needs a server: the one at LIFEOPS_TEST_PG_URL (default
 # postgresql://postgres@127.0.0.1:5432/postgres) or Debian's binaries to start a private one.
 ensure_postgres_for_tests() {
