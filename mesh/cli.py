@@ -310,12 +310,111 @@ def cmd_oura_import(args: argparse.Namespace) -> int:
     return asyncio.run(_oura_import(url, args.user, Path(args.path), args.chunk))
 
 
+def _json_arg(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from mesh.tools.tail import tail
+
+    url = tool_broker_url(args.broker, args.data)
+    filters = args.filter or ["#"]
+    return asyncio.run(tail(url, filters, timeout=args.timeout, count=args.count))
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from mesh import codec
+    from mesh.errors import DecodeError
+
+    url = tool_broker_url(args.broker, args.data)
+    contract = default_contract()
+    entry = contract.entry(args.key)
+    try:
+        payload = codec.decode(_json_arg(args.json), entry.schema_type, entry.format)
+    except DecodeError as exc:
+        raise ConfigError(f"payload for {args.key} ({entry.schema}): {exc}") from exc
+
+    async def go() -> int:
+        import uuid
+
+        trace_id = uuid.uuid4().hex
+        print(f"trace {trace_id}", file=sys.stderr)
+        async with MeshClient(url) as client:
+            reply = await client.request(args.key, payload, timeout=args.timeout, trace_id=trace_id)
+        print(codec.encode(reply).decode())
+        return 0 if getattr(reply, "success", True) else 1
+
+    return asyncio.run(go())
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from mesh.tools.health import gather, render
+
+    report = asyncio.run(gather(tool_broker_url(args.broker, args.data)))
+    if args.json:
+        from mesh import codec
+
+        print(codec.encode(report).decode())
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+
+
+def _dlq_db(args: argparse.Namespace) -> str:
+    return args.db or f"sqlite:///{Path(args.data or 'data').resolve() / (args.agent + '.db')}"
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from mesh.tools.dlq import list_dead_letters, render
+
+    items = asyncio.run(list_dead_letters(_dlq_db(args), include_replayed=args.all))
+    print(render(items))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from mesh import codec
+    from mesh.tools.dlq import replay
+
+    reply = asyncio.run(
+        replay(_dlq_db(args), tool_broker_url(args.broker, args.data), args.id, args.payload)
+    )
+    print(codec.encode(reply).decode() if reply is not None else "published")
+    return 0 if reply is None or getattr(reply, "success", True) else 1
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from mesh.tools.trace import find, render
+
+    files = [Path(f) for f in args.log] or [Path(args.data or "data") / "mesh.log"]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise ConfigError(f"no log file {missing[0]} (pass --log FILE for each agent's log)")
+    print(render(find(args.trace_id, files)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mesh.tools.demo import run_demo
+
+    return asyncio.run(run_demo(tool_broker_url(args.broker, args.data), days=args.days))
+
+
+def cmd_contract_asyncapi(args: argparse.Namespace) -> int:
+    import json
+
+    from mesh.tools.asyncapi import generate
+
+    print(json.dumps(generate(default_contract(), host=args.host), indent=2))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lifeops-mesh", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    root = argparse.ArgumentParser(prog="lifeops-mesh", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a Mosquitto from broker/ and every agent")
     up.add_argument("--data", default="data", help="directory for SQLite files and broker state")
@@ -372,6 +471,57 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--chunk", type=int, default=30, help="days per request")
     imp.set_defaults(func=cmd_oura_import)
 
+    def tool(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--broker", help="mqtt://tester:PASSWORD@host:port (default: the `up` broker)"
+        )
+        p.add_argument("--data", help="the data dir of `lifeops-mesh up` (default ./data)")
+        return p
+
+    t = tool("tail", "a live, readable view of mesh traffic")
+    t.add_argument("filter", nargs="*", help="MQTT topic filters (default #)")
+    t.add_argument("--timeout", type=float, help="stop after this many seconds")
+    t.add_argument("--count", type=int, help="stop after this many messages")
+    t.set_defaults(func=cmd_tail)
+
+    r = tool("request", "request/response by contract key, printing the reply")
+    r.add_argument("key", help="contract key, e.g. activities_log (see `contract check`)")
+    r.add_argument("json", help="the request payload")
+    r.add_argument("--timeout", type=float, help="seconds (default: the contract's)")
+    r.set_defaults(func=cmd_request)
+
+    h = tool("health", "every agent's availability and health, and the broker's figures")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_health)
+
+    d = tool("demo", "push a realistic week for two users through a running mesh")
+    d.add_argument("--days", type=int, default=7)
+    d.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("trace", help="the whole path of one trace id, from the JSON logs")
+    tr.add_argument("trace_id")
+    tr.add_argument("--log", action="append", default=[], help="a log file (repeatable)")
+    tr.add_argument("--data", help="the data dir of `lifeops-mesh up` (its mesh.log)")
+    tr.set_defaults(func=cmd_trace)
+
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="what", required=True)
+    for name, fn, text in (
+        ("list", cmd_dlq_list, "show an agent's dead letters"),
+        ("replay", cmd_dlq_replay, "send a dead letter (or a fix) again"),
+    ):
+        p = dlq.add_parser(name, help=text)
+        p.add_argument("--agent", default="stats", choices=AGENTS)
+        p.add_argument("--db", help="the agent's database URL (default: DATA/<agent>.db)")
+        p.add_argument("--data", help="the data dir of `lifeops-mesh up` (default ./data)")
+        p.set_defaults(func=fn)
+        if name == "list":
+            p.add_argument("--all", action="store_true", help="include replayed ones")
+        else:
+            p.add_argument("id", help="the dead letter's id (from `dlq list`)")
+            p.add_argument("--payload", help="a fixed payload to send instead")
+            p.add_argument("--broker", help="mqtt://tester:PASSWORD@host:port")
+
     contract = sub.add_parser("contract", help="contract tooling").add_subparsers(
         dest="what", required=True
     )
@@ -380,7 +530,10 @@ def parser() -> argparse.ArgumentParser:
     docs = contract.add_parser("docs", help="print the README's topic table (or --write it)")
     docs.add_argument("--write", metavar="README", help="update the table inside this file")
     docs.set_defaults(func=cmd_contract_docs)
-    return p
+    aapi = contract.add_parser("asyncapi", help="print an AsyncAPI 3.0 document (JSON)")
+    aapi.add_argument("--host", default="localhost:1883", help="the server's host:port")
+    aapi.set_defaults(func=cmd_contract_asyncapi)
+    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:

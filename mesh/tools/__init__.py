@@ -1,0 +1,1 @@
+"""Operator tools behind `lifeops-mesh`: tail, request, health, dlq, trace, demo, asyncapi."""
