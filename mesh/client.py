@@ -44,9 +44,17 @@ class MeshClient:
         await self.transport.connect(timeout=timeout)
 
     async def request(
-        self, key: str, payload: Any, *, timeout: float | None = None, **params: str
+        self,
+        key: str,
+        payload: Any,
+        *,
+        timeout: float | None = None,
+        trace_id: str | None = None,
+        **params: str,
     ) -> Any:
-        return await self.requester.request(key, payload, timeout=timeout, **params)
+        return await self.requester.request(
+            key, payload, timeout=timeout, trace_id=trace_id, **params
+        )
 
     async def close(self) -> None:
         await self.transport.disconnect()
