@@ -90,6 +90,7 @@ def build_settings(
         raise ConfigError(f"unknown agent {agent!r}: choose one of {', '.join(AGENTS)}")
     data = Path(data_dir or env.get("LIFEOPS_DATA_DIR", "data"))
     broker = broker_url or env.get("LIFEOPS_BROKER_URL")
+    creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
     if not broker:
         raise ConfigError(
             "no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL"
@@ -97,9 +98,12 @@ def build_settings(
     db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
     rules = rules_file or env.get("LIFEOPS_RULES_FILE")
     timeline = timeline_file or env.get("LIFEOPS_TIMELINE_FILE")
+    parsed_broker = parse_broker_url(broker)
+    if parsed_broker.username and parsed_broker.password is None and creds_file:
+        parsed_broker = _with_password(parsed_broker, Path(creds_file))
     return Settings(
         agent=agent,
-        broker=parse_broker_url(broker),
+        broker=parsed_broker,
         db_url=db,
         instance=instance or env.get("LIFEOPS_INSTANCE") or "0",
         share_group=share_group or env.get("LIFEOPS_SHARE_GROUP") or None,
@@ -114,6 +118,19 @@ def build_settings(
         else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
         metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
     )
+
+
+def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
+    """Fill in the password of url's user from a credentials.toml ([users] name = "...")."""
+    import tomllib
+
+    try:
+        users = tomllib.loads(path.read_text(encoding="utf-8")).get("users", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"LIFEOPS_CREDENTIALS_FILE {path}: {exc}") from exc
+    if url.username not in users:
+        raise ConfigError(f"{path} has no password for broker user {url.username!r}")
+    return msgspec.structs.replace(url, password=str(users[url.username]))
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -33,3 +33,16 @@ def test_environment_variables_and_flags() -> None:
         build_settings("stats", env={})
     with pytest.raises(ConfigError, match="unknown agent"):
         build_settings("nope", broker_url="mqtt://h", env={})
+
+
+def test_password_from_credentials_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """LIFEOPS_CREDENTIALS_FILE fills the password of a URL that names only the user."""
+    creds = tmp_path / "credentials.toml"
+    creds.write_text('[users]\nstats = "s3cret"\n')
+    env = {
+        "LIFEOPS_BROKER_URL": "mqtt://stats@mosquitto:1883",
+        "LIFEOPS_CREDENTIALS_FILE": str(creds),
+    }
+    assert build_settings("stats", env=env).broker.password == "s3cret"
+    with pytest.raises(ConfigError, match="no password for broker user 'lifeops'"):
+        build_settings("lifeops", env={**env, "LIFEOPS_BROKER_URL": "mqtt://lifeops@m:1883"})

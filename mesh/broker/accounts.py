@@ -53,7 +53,7 @@ def ensure_accounts(
             fh.write(body)
         tmp = directory / (PASSWD + ".tmp")
         tmp.unlink(missing_ok=True)
-        tmp.touch(mode=0o600)
+        tmp.touch(mode=0o644)  # hashes only; Mosquitto runs as its own user and must read it
         for name, pw in sorted(creds.items()):
             subprocess.run(
                 [passwd_tool, "-b", str(tmp), name, pw], check=True, capture_output=True, timeout=30

@@ -1,0 +1,18 @@
+# One image for every LifeOps Mesh agent: `lifeops-mesh run <agent>` picks which.
+FROM python:3.11-slim
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md topics.toml ./
+COPY mesh ./mesh
+COPY stats_agent ./stats_agent
+COPY lifeops_agent ./lifeops_agent
+COPY broker ./broker
+RUN pip install --no-cache-dir -e .
+
+ENV LIFEOPS_METRICS_BIND=0.0.0.0
+ENTRYPOINT ["lifeops-mesh"]
+CMD ["--help"]
