@@ -16,8 +16,13 @@ from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.settings import Settings, parse_broker_url
-from tests.support.postgres import PostgresServer, postgres_server, run_sync
-from tests.support.wait import eventually
+from mesh.testing.postgres import (
+    PostgresServer,
+    PostgresUnavailable,
+    postgres_server,
+    run_sync,
+)
+from mesh.testing.wait import eventually
 
 for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "mosquitto_passwd"):
     if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -47,8 +52,11 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture

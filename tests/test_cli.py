@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mesh.broker.process import MosquittoProcess, free_port
-from tests.support.processes import AgentProcess
+from mesh.testing.processes import AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

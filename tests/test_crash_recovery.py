@@ -13,10 +13,10 @@ from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.schemas import ActivityCompleted, ActivityLogRequest, CharacterGetRequest
+from mesh.testing.processes import AgentProcess
+from mesh.testing.wait import eventually
 from mesh.transport import Transport
 from tests.conftest import StartAgent, user
-from tests.support.processes import AgentProcess
-from tests.support.wait import eventually
 
 
 async def _publish_completions(broker: MosquittoProcess, uid: str, n: int, xp: int = 3) -> None:

@@ -17,9 +17,9 @@ from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.errors import MeshError
 from mesh.schemas import CharacterGetRequest, TimelineCompleteRequest
+from mesh.testing.processes import AgentProcess
+from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.support.processes import AgentProcess
-from tests.support.wait import eventually
 
 ITEMS = load_timeline().items
 XP = {i.code: sum(i.xp.values()) for i in ITEMS}

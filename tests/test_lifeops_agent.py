@@ -17,8 +17,8 @@ from mesh.schemas import (
     TimelineGetRequest,
     UserSettingsRequest,
 )
+from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.support.wait import eventually
 from tests.test_stats_agent import Recorder
 
 Start = Callable[..., Any]

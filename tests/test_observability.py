@@ -17,8 +17,8 @@ import pytest
 from mesh.broker.process import MosquittoProcess, free_port
 from mesh.client import MeshClient
 from mesh.schemas import ActivityLogRequest
+from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.support.wait import eventually
 
 Start = Callable[..., Any]
 

@@ -15,10 +15,10 @@ from mesh.errors import ContractError, RequestTimeout
 from mesh.inbox import Context, Route
 from mesh.schemas import CharacterGetRequest, CharacterReply
 from mesh.settings import parse_broker_url
+from mesh.testing.processes import AgentProcess
+from mesh.testing.wait import eventually
 from mesh.transport import Inbound, Transport
 from tests.conftest import make_settings
-from tests.support.processes import AgentProcess
-from tests.support.wait import eventually
 
 
 async def _retained(broker: MosquittoProcess, topic: str) -> bytes | None:

@@ -21,9 +21,9 @@ from mesh.schemas import (
     DeadLetter,
     LevelUp,
 )
+from mesh.testing.wait import eventually
 from mesh.transport import Inbound, Transport
 from tests.conftest import user
-from tests.support.wait import eventually
 
 
 class Recorder:

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
+
+from mesh.errors import ConfigError
+
+
+class PostgresUnavailable(ConfigError):
+    """No PostgreSQL to test against, and none could be started."""
+
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 INSTALL_HINT = (
@@ -86,7 +92,7 @@ def _free_port() -> int:
 def _private_cluster() -> Iterator[PostgresServer]:
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        raise pytest.UsageError(INSTALL_HINT)
+        raise PostgresUnavailable(INSTALL_HINT)
     bindir = Path(bins[-1]).parent
     tmp = Path(tempfile.mkdtemp(prefix="lifeops-pg-"))
     port = _free_port()
@@ -123,7 +129,7 @@ def _private_cluster() -> Iterator[PostgresServer]:
         deadline = time.monotonic() + 30
         while not _reachable(url):
             if time.monotonic() > deadline:
-                raise pytest.UsageError(f"private PostgreSQL did not start: see {tmp / 'log'}")
+                raise PostgresUnavailable(f"private PostgreSQL did not start: see {tmp / 'log'}")
             time.sleep(0.2)
         yield PostgresServer(url)
     finally:
@@ -142,6 +148,6 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield PostgresServer(url)
         return
     if "LIFEOPS_TEST_PG_URL" in os.environ:
-        raise pytest.UsageError(f"LIFEOPS_TEST_PG_URL={url} is not reachable. " + INSTALL_HINT)
+        raise PostgresUnavailable(f"LIFEOPS_TEST_PG_URL={url} is not reachable. " + INSTALL_HINT)
     with _private_cluster() as server:
         yield server
