@@ -235,6 +235,9 @@ class Agent:
         if self.name not in entry.publishers:
             raise ContractError(f"{self.name} may not publish {key!r} ({entry.topic})")
         topic = self.contract.topic(key, agent=self.name, **params)
+        if not self.contract.publisher_allowed(self.name, topic):
+            # e.g. a user called "get": stats/character/get is the request topic, not a state
+            raise ContractError(f"{topic!r} is not {key!r}; {self.name} may not publish there")
         props = {TRACE_PROPERTY: trace_id} if trace_id else None
         await self.transport.publish(
             topic,

@@ -26,7 +26,7 @@ import msgspec
 
 from mesh import codec
 from mesh.contract import Contract, TopicEntry
-from mesh.errors import DecodeError, HandlerError
+from mesh.errors import ContractError, DecodeError, HandlerError
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay, stage
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
@@ -80,10 +80,10 @@ class Context:
         """Stage an event in this transaction; it is published after the commit."""
         entry = self._contract.entry(key)
         if self.agent not in entry.publishers:
-            from mesh.errors import ContractError
-
             raise ContractError(f"{self.agent} may not publish {key!r} ({entry.topic})")
         topic = self._contract.topic(key, agent=self.agent, **params)
+        if not self._contract.publisher_allowed(self.agent, topic):
+            raise ContractError(f"{topic!r} is not {key!r}; {self.agent} may not publish there")
         rec = await stage(
             self.tx,
             topic_key=key,
@@ -193,6 +193,7 @@ class GroupCommitter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5)
         while not self._queue.empty():
             d = self._queue.get_nowait()
             if not d.future.done():

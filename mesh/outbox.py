@@ -120,9 +120,11 @@ class OutboxRelay:
                 await self._queue.join()
         except TimeoutError:
             log.warning("outbox: %d records left for the next start", self._queue.qsize())
-        for task in (self._task, self._sweeper):
-            if task is not None:
-                task.cancel()
+        tasks = {t for t in (self._task, self._sweeper) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     def submit(self, records: list[OutboxRecord]) -> None:
         """Hand over records that were just committed."""

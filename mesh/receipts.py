@@ -131,9 +131,11 @@ class ReceiptOutbox:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="receipts-sweep")
 
     async def stop(self) -> None:
-        for task in (self._sweeper, *self._tasks):
-            if task is not None:
-                task.cancel()
+        tasks = {t for t in (self._sweeper, *self._tasks) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     def submit(self, records: list[ReceiptRecord]) -> None:
         """Send records that were just committed, right away."""

@@ -30,18 +30,64 @@ def _filter_for(contract: Contract, key: str, principal: str, publishing: bool) 
     return contract.subscription(key, agent=agent)
 
 
+def rights_of(contract: Contract, principal: str) -> dict[str, set[str]]:
+    """Topic filter -> {"read", "write"}: what the generated ACL grants `principal`."""
+    rights: dict[str, set[str]] = {}
+    for key, entry in contract.topics.items():
+        if principal in entry.publishers:
+            rights.setdefault(_filter_for(contract, key, principal, True), set()).add("write")
+        if principal in entry.subscribers:
+            rights.setdefault(_filter_for(contract, key, principal, False), set()).add("read")
+    for f in EXTRA_READ.get(principal, []):
+        rights.setdefault(f, set()).add("read")
+    return rights
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching, as the broker applies ACL entries."""
+    f, t = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+def broker_allows(contract: Contract, principal: str, topic: str, mode: str) -> bool:
+    return any(
+        mode in modes and matches(f, topic) for f, modes in rights_of(contract, principal).items()
+    )
+
+
+def shadowed(contract: Contract) -> list[tuple[str, str, str]]:
+    """(principal, literal topic, mode) the broker must allow although the contract does not:
+    a per-user pattern such as stats/character/{user_id} also covers the literal request topic
+    stats/character/get. Mosquitto ACLs cannot subtract, so the runtime refuses these (the
+    contract matches literal topics first) and the user ids that would collide are reserved."""
+    out = []
+    literals = [e for e in contract.topics.values() if not e.params]
+    for principal in contract.meta.principals:
+        for e in literals:
+            for mode, allowed in (
+                ("write", principal in e.publishers),
+                ("read", principal in e.subscribers),
+            ):
+                if not allowed and broker_allows(contract, principal, e.topic, mode):
+                    out.append((principal, e.topic, mode))
+    return out
+
+
 def generate_acl(contract: Contract) -> str:
     lines = [HEADER]
+    overlaps = shadowed(contract)
+    if overlaps:
+        lines.append("# Wider than the contract where a per-user pattern covers a literal topic")
+        lines.append("# (ACLs cannot subtract; the agents refuse these, see mesh.broker.acl):")
+        lines += [f"#   {p} may {m} {t}" for p, t, m in overlaps]
+        lines.append("")
     for principal in contract.meta.principals:
-        rights: dict[str, set[str]] = {}
-        for key, entry in contract.topics.items():
-            if principal in entry.publishers:
-                rights.setdefault(_filter_for(contract, key, principal, True), set()).add("write")
-            if principal in entry.subscribers:
-                f = _filter_for(contract, key, principal, False)
-                rights.setdefault(f, set()).add("read")
-        for f in EXTRA_READ.get(principal, []):
-            rights.setdefault(f, set()).add("read")
+        rights = rights_of(contract, principal)
         lines.append(f"user {principal}")
         for f in sorted(rights):
             r = rights[f]
