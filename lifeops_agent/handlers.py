@@ -77,10 +77,10 @@ class LifeOpsHandlers:
                 "invalid_time", f"completed_at {moment.isoformat()} is in the future"
             )
         day = days.local_day(moment, tz)
-        history = await repository.completions(ctx.tx, user_id)
-        done = {c.day for c in history if c.item_code == item.code}
+        history = await repository.item_days(ctx.tx, user_id, item.code)
+        done = set(history)
         if day in done:
-            prior = next(c for c in history if c.item_code == item.code and c.day == day)
+            prior = history[day]
             reply = self._reply_from(prior, item.code, done)
             return msgspec.structs.replace(
                 reply,

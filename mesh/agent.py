@@ -33,6 +33,7 @@ from mesh.store import Migration, Store, open_store
 from mesh.transport import Inbound, Transport, Will
 
 log = logging.getLogger("mesh.agent")
+lifecycle = logging.getLogger("mesh.lifecycle")  # start/stop lines, logged at any level
 
 RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
     "mesh_inbox": inbox.MIGRATIONS,
@@ -181,7 +182,7 @@ class Agent:
             if self.app.on_start is not None:
                 await self.app.on_start(self)
         self._started = True
-        log.info(
+        lifecycle.info(
             "%s started (broker %s, db %s)", self.name, self.settings.broker, self.store.dialect
         )
 
@@ -209,7 +210,7 @@ class Agent:
         await self.transport.disconnect()
         await self.store.close()
         self.metrics.connected.set(0)
-        log.info("%s stopped", self.name)
+        lifecycle.info("%s stopped", self.name)
 
     async def _on_connect(self, session_present: bool) -> None:
         self.metrics.connected.set(1)

@@ -400,6 +400,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(tool_broker_url(args.broker, args.data), days=args.days))
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from mesh.tools.reliability import run
+
+    logging.basicConfig(level=logging.WARNING, format="    (%(name)s) %(message)s")
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)
+
+    report = asyncio.run(
+        run(
+            backend=args.backend,
+            users=args.users,
+            rate=args.rate,
+            outage_s=args.outage,
+            kills=args.kills,
+            seed=args.seed,
+        )
+    )
+    print()
+    print(report.table())
+    return 0 if report.ok else 1
+
+
 def cmd_contract_asyncapi(args: argparse.Namespace) -> int:
     import json
 
@@ -498,6 +519,15 @@ def parser() -> argparse.ArgumentParser:
     d = tool("demo", "push a realistic week for two users through a running mesh")
     d.add_argument("--days", type=int, default=7)
     d.set_defaults(func=cmd_demo)
+
+    rel = sub.add_parser("reliability", help="inject faults into a local mesh; count losses")
+    rel.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    rel.add_argument("--users", type=int, default=20)
+    rel.add_argument("--rate", type=float, default=40.0, help="requests per second")
+    rel.add_argument("--outage", type=float, default=20.0, help="broker outage in seconds")
+    rel.add_argument("--kills", type=int, default=2, help="kill -9 rounds per agent")
+    rel.add_argument("--seed", type=int, default=1)
+    rel.set_defaults(func=cmd_reliability)
 
     tr = sub.add_parser("trace", help="the whole path of one trace id, from the JSON logs")
     tr.add_argument("trace_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -60,7 +61,7 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return SCHEMAS[self.reply_schema] if self.reply_schema else None
 
 
-class Contract(msgspec.Struct, forbid_unknown_fields=True):
+class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     meta: Meta
     topics: dict[str, TopicEntry]
 
@@ -159,22 +160,46 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True):
 
     def match(self, topic: str) -> tuple[TopicEntry, dict[str, str]] | None:
         """The entry a concrete topic belongs to, with its parameters; None when undeclared."""
+        cache = self._match_cache
+        if topic not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[topic] = self._match_uncached(topic)
+        found = cache[topic]
+        return (found[0], dict(found[1])) if found else None
+
+    @functools.cached_property
+    def _match_cache(self) -> dict[str, tuple[TopicEntry, tuple[tuple[str, str], ...]] | None]:
+        return {}
+
+    def _match_uncached(self, topic: str) -> tuple[TopicEntry, tuple[tuple[str, str], ...]] | None:
         levels = topic.split("/")
-        # Literal topics win over patterns (stats/character/get before stats/character/{user_id}).
-        for e in sorted(self.topics.values(), key=lambda e: len(e.params)):
-            pattern = e.levels
+        literal = self._literals.get(topic)
+        if literal is not None:
+            return literal, ()
+        for e, pattern in self._patterns:
             if len(pattern) != len(levels):
                 continue
-            params: dict[str, str] = {}
+            params: list[tuple[str, str]] = []
             for p, actual in zip(pattern, levels, strict=True):
-                m = _PARAM.match(p)
-                if m:
-                    params[m.group(1)] = actual
+                if p is None:
+                    continue
+                if p.startswith("{"):
+                    params.append((p[1:-1], actual))
                 elif p != actual:
                     break
             else:
-                return e, params
+                return e, tuple(params)
         return None
+
+    @functools.cached_property
+    def _literals(self) -> dict[str, TopicEntry]:
+        # Literal topics win over patterns (stats/character/get before stats/character/{user_id}).
+        return {e.topic: e for e in self.topics.values() if not e.params}
+
+    @functools.cached_property
+    def _patterns(self) -> list[tuple[TopicEntry, list[str]]]:
+        return [(e, e.levels) for e in self.topics.values() if e.params]
 
     def publisher_allowed(self, principal: str, topic: str) -> bool:
         found = self.match(topic)

@@ -215,6 +215,13 @@ class GroupCommitter:
                     if not d.future.done():
                         d.future.cancel()
                 raise
+            except Exception as exc:
+                # The writer must never die: every later message would wait forever.
+                log.exception("group commit failed for %d messages", len(batch))
+                err = ErrorInfo(code="internal_error", message=f"commit failed: {exc}")
+                for d in batch:
+                    if not d.future.done():
+                        d.future.set_result(Outcome(error=err))
 
     async def _commit_with_retries(self, batch: list[Delivery]) -> None:
         attempt = 0
@@ -224,8 +231,9 @@ class GroupCommitter:
                 outcomes, records, receipts = await self._commit(batch)
                 break
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
+                # Handler errors never get here (each message has its savepoint): what does is
+                # the transaction machinery itself. Outages wait; anything else is retried a
+                # few times, then message by message.
                 if is_connection_error(exc):
                     log.warning("database unavailable (%s); holding %d messages", exc, len(batch))
                 else:

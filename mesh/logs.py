@@ -45,3 +45,5 @@ def setup_logging(agent: str, level: str = "INFO", json: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
+    # Start and stop are always logged: process supervisors and tests wait for them.
+    logging.getLogger("mesh.lifecycle").setLevel(logging.INFO)

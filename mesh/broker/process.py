@@ -37,6 +37,8 @@ class MosquittoProcess:
         port: int | None = None,
         contract: Contract | None = None,
         overrides: dict[str, str] | None = None,
+        extra_acl: str = "",
+        extra_accounts: tuple[str, ...] = (),
     ) -> None:
         self.run_dir = run_dir
         self.port = port or free_port()
@@ -44,6 +46,8 @@ class MosquittoProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.credentials: dict[str, str] = {}
         self.overrides = overrides  # config lines to change (tests of limits only)
+        self.extra_acl = extra_acl  # appended to the ACL (benchmark accounts only)
+        self.extra_accounts = extra_accounts
 
     @property
     def log_file(self) -> Path:
@@ -61,9 +65,14 @@ class MosquittoProcess:
         self._binary = binary
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "persistence").mkdir(exist_ok=True)
-        self.credentials = ensure_accounts(self.run_dir, list(self.contract.meta.principals))
+        self.credentials = ensure_accounts(
+            self.run_dir, [*self.contract.meta.principals, *self.extra_accounts]
+        )
         acl = self.run_dir / "acl"
         shutil.copyfile(BROKER_DIR / "acl", acl)
+        if self.extra_acl:
+            with acl.open("a", encoding="utf-8") as fh:
+                fh.write("\n" + self.extra_acl)
         conf = render_local_config(
             port=self.port,
             run_dir=self.run_dir,

@@ -24,6 +24,8 @@ def is_connection_error(exc: BaseException) -> bool:
         exc,
         StoreError
         | OSError
+        | TimeoutError
+        | asyncpg.exceptions.InternalClientError
         | ConnectionError
         | asyncpg.exceptions.PostgresConnectionError
         | asyncpg.exceptions.InterfaceError

@@ -78,7 +78,12 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire(timeout=30) as conn, conn.transaction():
                 yield PostgresTx(conn)
-        except (OSError, asyncpg.exceptions.PostgresConnectionError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.InterfaceError,
+        ) as exc:
             raise StoreError(f"PostgreSQL connection failed: {exc}") from exc
 
     async def _migration_lock(self, tx: Tx) -> None:

@@ -37,8 +37,21 @@ INSTALL_HINT = (
 
 
 class PostgresServer:
-    def __init__(self, admin_url: str) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        *,
+        bindir: Path | None = None,
+        data_dir: Path | None = None,
+        as_user: list[str] | None = None,
+        options: str = "",
+    ) -> None:
         self.admin_url = admin_url
+        # Set for a private cluster, so a caller can stop and start it (outage tests).
+        self.bindir = bindir
+        self.data_dir = data_dir
+        self.as_user = as_user or []
+        self.options = options
 
     def url_for(self, dbname: str) -> str:
         base, _, _ = self.admin_url.rpartition("/")
@@ -101,6 +114,7 @@ def _private_cluster() -> Iterator[PostgresServer]:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(tmp, "postgres", "postgres")
     data = tmp / "data"
+    options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1"
     subprocess.run(
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
         check=True,
@@ -116,7 +130,7 @@ def _private_cluster() -> Iterator[PostgresServer]:
             "-l",
             str(tmp / "log"),
             "-o",
-            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1",
+            options,
             "-w",
             "start",
         ],
@@ -131,7 +145,7 @@ def _private_cluster() -> Iterator[PostgresServer]:
             if time.monotonic() > deadline:
                 raise PostgresUnavailable(f"private PostgreSQL did not start: see {tmp / 'log'}")
             time.sleep(0.2)
-        yield PostgresServer(url)
+        yield PostgresServer(url, bindir=bindir, data_dir=data, as_user=as_user, options=options)
     finally:
         subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

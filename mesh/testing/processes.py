@@ -22,7 +22,9 @@ class AgentProcess:
         instance: str = "p0",
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        log_file: Path | None = None,
     ) -> None:
+        self.log_file = log_file  # every stderr line is also appended here
         self.agent = agent
         self.args = [
             sys.executable,
@@ -64,8 +66,12 @@ class AgentProcess:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
+        sink = self.log_file.open("a", encoding="utf-8") if self.log_file else None
         for line in proc.stderr:
             self.lines.append(line)
+            if sink is not None:
+                sink.write(line)
+                sink.flush()
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
