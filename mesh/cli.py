@@ -421,6 +421,44 @@ def cmd_reliability(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _duration(text: str) -> float:
+    text = text.strip().lower()
+    scale = {"s": 1, "m": 60}.get(text[-1:], None)
+    return float(text[:-1]) * scale if scale else float(text)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mesh.contract import Contract
+    from mesh.tools.doctor import ROOT, build_report, markdown
+
+    contract = Contract.load(args.contract) if args.contract else default_contract()
+    broker = None
+    if args.watch:
+        broker = args.broker or tool_broker_url(None, args.data).replace("tester:", "doctor:", 1)
+        if not args.broker:
+            from mesh.broker.accounts import load_credentials
+
+            creds = load_credentials(Path(args.data or "data") / "broker")
+            broker = broker.split("@")[1]
+            broker = f"mqtt://doctor:{creds.get('doctor', '')}@{broker}"
+    compose = Path(args.compose) if args.compose else ROOT / "compose.yaml"
+    report = build_report(
+        contract,
+        broker_url=broker,
+        watch_s=_duration(args.watch) if args.watch else 0,
+        compose=compose if compose.exists() else None,
+        acl=Path(args.acl) if args.acl else ROOT / "broker" / "acl",
+        tests=ROOT / "tests",
+    )
+    if args.json:
+        from mesh import codec
+
+        print(codec.encode(report).decode())
+    else:
+        print(markdown(report), end="")
+    return 1 if report.critical else 0
+
+
 def cmd_contract_asyncapi(args: argparse.Namespace) -> int:
     import json
 
@@ -519,6 +557,16 @@ def parser() -> argparse.ArgumentParser:
     d = tool("demo", "push a realistic week for two users through a running mesh")
     d.add_argument("--days", type=int, default=7)
     d.set_defaults(func=cmd_demo)
+
+    doc = sub.add_parser("doctor", help="the integration review: contract, ACL, compose, live")
+    doc.add_argument("--watch", metavar="DURATION", help="watch the broker, e.g. 30s")
+    doc.add_argument("--broker", help="mqtt://doctor:PASSWORD@host:port (read-only account)")
+    doc.add_argument("--data", help="the data dir of `lifeops-mesh up` (default ./data)")
+    doc.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    doc.add_argument("--contract", help="another topics.toml")
+    doc.add_argument("--compose", help="another compose.yaml")
+    doc.add_argument("--acl", help="another ACL file")
+    doc.set_defaults(func=cmd_doctor)
 
     rel = sub.add_parser("reliability", help="inject faults into a local mesh; count losses")
     rel.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")

@@ -147,7 +147,8 @@ async def _ready(items: list[Any]) -> list[Any]:
 async def test_oura_import_publishes_each_day_once(
     broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start, tester: MeshClient
 ) -> None:
-    """`lifeops-mesh oura import` of the sample export: XP by the rules once; a re-import adds
+    """`lifeops-mesh oura import` of the sample export (oura_import requests): XP by the rules
+    once; a re-import adds
     nothing."""
     import sys
     from pathlib import Path
