@@ -1,5 +1,7 @@
 """Hypothesis searches for a delivery sequence that loses or doubles XP or events.
 
+(On PostgreSQL with three real agent processes: tests/test_shared_subscription.py.)
+
 The model drives the real group committer, inbox, outbox and Stats handlers on a real SQLite
 file (no broker: the broker's part, at-least-once delivery with redelivery, is what the rules
 simulate). Rules: deliver an activity, deliver it again (duplicate), crash between commit and
@@ -63,6 +65,14 @@ class MeshProtocol(RuleBasedStateMachine):
             relay=self.relay,
             metrics=Metrics(),
         )
+        # A second consumer of the same shared subscription, on the same database.
+        self.other = GroupCommitter(
+            agent="stats",
+            store=self.store,
+            contract=default_contract(),
+            relay=self.relay,
+            metrics=Metrics(),
+        )
         handlers = StatsHandlers(load_rules())
         self.route = Route("activities_log", handlers.log_activity, dedup=activity_identity)
         self.entry = default_contract().entry("activities_log")
@@ -86,10 +96,10 @@ class MeshProtocol(RuleBasedStateMachine):
             trace_id=uuid.uuid4().hex,
         )
 
-    def _commit(self, idxs: list[int]) -> None:
+    def _commit(self, idxs: list[int], consumer: GroupCommitter | None = None) -> None:
         async def go() -> None:
             batch = [self._delivery(i) for i in idxs]
-            await self.committer._commit_with_retries(batch)
+            await (consumer or self.committer)._commit_with_retries(batch)
             for i, d in zip(idxs, batch, strict=True):
                 outcome = d.future.result()
                 assert outcome.error is None, outcome.error
@@ -110,6 +120,24 @@ class MeshProtocol(RuleBasedStateMachine):
     def deliver_batch_shuffled_with_duplicates(self, idxs: list[int]) -> None:
         """One group commit holding several users, in any order, with repeats."""
         self._commit(idxs)
+
+    @rule(idxs=st.lists(st.integers(0, len(ACTIVITIES) - 1), min_size=1, max_size=6))
+    def shared_subscription_split(self, idxs: list[int]) -> None:
+        """The broker hands messages (and redeliveries) to two consumers of one group; they
+        commit concurrently against the same database."""
+
+        async def go() -> None:
+            a = [self._delivery(i) for i in idxs]
+            b = [self._delivery(i) for i in reversed(idxs)]
+            await asyncio.gather(
+                self.committer._commit_with_retries(a), self.other._commit_with_retries(b)
+            )
+            for i, d in zip(idxs, a, strict=True):
+                assert d.future.result().error is None
+                aid, user, xp = ACTIVITIES[i]
+                self.accepted[aid] = (user, sum(xp.values()))
+
+        self.loop.run_until_complete(go())
 
     @rule(idx=st.integers(0, len(ACTIVITIES) - 1))
     def crash_between_commit_and_ack(self, idx: int) -> None:
