@@ -45,12 +45,11 @@ class StatsHandlers:
 
     async def log_activity(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
         user_id = game.check_user_id(req.user_id)
-        # Already logged under this activity_id, or the same (source, source_ref) under another
-        # id: answer with the original result, grant nothing.
-        prior = (
-            await repository.activity_by_id(ctx.tx, req.activity_id) if req.activity_id else None
-        )
-        if prior is None and req.source_ref:
+        # The inbox already refused a repeated dedup key (activity_id, else source+source_ref).
+        # What it cannot see: the same (source, source_ref) arriving under another activity_id.
+        # Answer that with the original result and grant nothing.
+        prior = None
+        if req.activity_id and req.source_ref:
             prior = await repository.activity_by_source(ctx.tx, req.source, req.source_ref)
         if prior is not None:
             reply = codec.decode(prior.encode(), ActivityLogReply)
@@ -119,10 +118,9 @@ class StatsHandlers:
         total, activities = await repository.add_character_xp(ctx.tx, user_id, gained, ctx.now)
         before, after = game.level_for(total - gained), game.level_for(total)
         stat_level_ups: dict[str, int] = {}
-        stat_xp: dict[str, int] = {}
+        stat_xp = await repository.add_stats_xp(ctx.tx, user_id, grants)
         for stat, xp in grants.items():
-            new_xp = await repository.add_stat_xp(ctx.tx, user_id, stat, xp)
-            stat_xp[stat] = new_xp
+            new_xp = stat_xp[stat]
             old_lvl, new_lvl = game.level_for(new_xp - xp).level, game.level_for(new_xp).level
             if new_lvl > old_lvl:
                 stat_level_ups[stat] = new_lvl
@@ -154,7 +152,9 @@ class StatsHandlers:
                 ),
             )
         # Achievements: the whole stat picture, not only the stats this activity touched.
-        sheet = await repository.character_sheet(ctx.tx, user_id, self.rules.game.stats)
+        sheet = await repository.character_sheet(
+            ctx.tx, user_id, self.rules.game.stats, known=(total, activities, ctx.now.isoformat())
+        )
         assert sheet is not None
         progress = game.Progress(
             activities=activities,

@@ -36,46 +36,40 @@ MIGRATIONS = (
 
 async def add_character_xp(tx: Tx, user_id: str, xp: int, now: dt.datetime) -> tuple[int, int]:
     """Add XP and one activity; returns (total XP after, activities after). Locks the row."""
-    await tx.execute(
-        "INSERT INTO stats_characters (user_id, total_xp, activities, created_at, updated_at)"
-        " VALUES (?, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
-        user_id,
-        now.isoformat(),
-        now.isoformat(),
-    )
     row = await tx.fetchone(
-        "UPDATE stats_characters SET total_xp = total_xp + ?, activities = activities + 1,"
-        " updated_at = ? WHERE user_id = ? RETURNING total_xp, activities",
+        "INSERT INTO stats_characters (user_id, total_xp, activities, created_at, updated_at)"
+        " VALUES (?, ?, 1, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+        " total_xp = stats_characters.total_xp + excluded.total_xp,"
+        " activities = stats_characters.activities + 1, updated_at = excluded.updated_at"
+        " RETURNING total_xp, activities",
+        user_id,
         xp,
         now.isoformat(),
-        user_id,
+        now.isoformat(),
     )
     assert row is not None
     return int(row[0]), int(row[1])
 
 
-async def add_stat_xp(tx: Tx, user_id: str, stat: str, xp: int) -> int:
-    row = await tx.fetchone(
-        "INSERT INTO stats_stat_xp (user_id, stat, xp) VALUES (?, ?, ?)"
+async def add_stats_xp(tx: Tx, user_id: str, grants: dict[str, int]) -> dict[str, int]:
+    """Add XP to several stats in one statement; returns each stat's XP after."""
+    values = ", ".join("(?, ?, ?)" for _ in grants)
+    args: list[object] = []
+    for stat, xp in grants.items():
+        args += [user_id, stat, xp]
+    rows = await tx.fetchall(
+        f"INSERT INTO stats_stat_xp (user_id, stat, xp) VALUES {values}"
         " ON CONFLICT (user_id, stat) DO UPDATE SET xp = stats_stat_xp.xp + excluded.xp"
-        " RETURNING xp",
-        user_id,
-        stat,
-        xp,
+        " RETURNING stat, xp",
+        *args,
     )
-    assert row is not None
-    return int(row[0])
+    return {r[0]: int(r[1]) for r in rows}
 
 
 async def activity_by_source(tx: Tx, source: str, source_ref: str) -> str | None:
     row = await tx.fetchone(
         "SELECT reply FROM stats_activities WHERE source = ? AND source_ref = ?", source, source_ref
     )
-    return row[0] if row else None
-
-
-async def activity_by_id(tx: Tx, activity_id: str) -> str | None:
-    row = await tx.fetchone("SELECT reply FROM stats_activities WHERE activity_id = ?", activity_id)
     return row[0] if row else None
 
 
@@ -123,13 +117,19 @@ async def award(
     return n == 1
 
 
-async def character_sheet(tx: Tx, user_id: str, stats: list[str]) -> CharacterSheet | None:
-    row = await tx.fetchone(
-        "SELECT total_xp, activities, updated_at FROM stats_characters WHERE user_id = ?", user_id
-    )
-    if row is None:
-        return None
-    total, activities, updated = int(row[0]), int(row[1]), row[2]
+async def character_sheet(
+    tx: Tx, user_id: str, stats: list[str], known: tuple[int, int, str] | None = None
+) -> CharacterSheet | None:
+    """The sheet; `known` = (total XP, activities, updated_at) saves a read when just written."""
+    if known is None:
+        row = await tx.fetchone(
+            "SELECT total_xp, activities, updated_at FROM stats_characters WHERE user_id = ?",
+            user_id,
+        )
+        if row is None:
+            return None
+        known = (int(row[0]), int(row[1]), row[2])
+    total, activities, updated = known
     xp = {s: 0 for s in stats}
     for stat, value in await tx.fetchall(
         "SELECT stat, xp FROM stats_stat_xp WHERE user_id = ?", user_id
