@@ -13,27 +13,15 @@ from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.schemas import ActivityCompleted, ActivityLogRequest, CharacterGetRequest
+from mesh.testing.clients import connect_as
 from mesh.testing.processes import AgentProcess
 from mesh.testing.wait import eventually
-from mesh.transport import Transport
 from tests.conftest import StartAgent, user
 
 
 async def _publish_completions(broker: MosquittoProcess, uid: str, n: int, xp: int = 3) -> None:
     """n distinct completions worth DEX `xp` each, fire-and-forget (no response topic)."""
-    from mesh.settings import parse_broker_url
-
-    u = parse_broker_url(broker.url("tester"))
-    t = Transport(
-        client_id=f"pub-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
-    await t.connect()
+    t = await connect_as(broker, "tester", prefix="pub")
     try:
         await asyncio.gather(
             *(
@@ -181,19 +169,7 @@ async def test_broker_kill_without_session_resubscribes(
 
 async def test_agent_survives_a_flood_of_garbage(stats: Agent, broker: MosquittoProcess) -> None:
     """Hundreds of bad messages: each dead-lettered, the agent keeps serving valid traffic."""
-    from mesh.settings import parse_broker_url
-
-    u = parse_broker_url(broker.url("tester"))
-    t = Transport(
-        client_id=f"g-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
-    await t.connect()
+    t = await connect_as(broker, "tester", prefix="g")
     bodies = [b"{", b"\xff\xfe", b"[]", b'{"user_id": {"a": 1}}', b"null", b"1e999999"] * 50
     before = stats.metrics.total("mesh_dead_letters_total")
     await asyncio.gather(*(t.publish("stats/activities/log", b) for b in bodies))

@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
 from mesh.errors import PublishRefused, TransportError
-from mesh.settings import parse_broker_url
+from mesh.testing.clients import connect_as
 from mesh.transport import Transport
 from tests.conftest import user
 
@@ -194,17 +194,7 @@ def test_anonymous_and_wrong_password_are_refused(broker: MosquittoProcess) -> N
 
 async def test_publish_outside_the_acl_is_refused_with_135(broker: MosquittoProcess) -> None:
     """The stats account may not publish completions: MQTT v5 PUBACK reason 135 raises."""
-    u = parse_broker_url(broker.url("stats"))
-    t = Transport(
-        client_id=f"acl-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
-    await t.connect()
+    t = await connect_as(broker, "stats", prefix="acl")
     try:
         with pytest.raises(PublishRefused) as err:
             await t.publish("lifeops/activity/completed", b"{}")
@@ -216,18 +206,7 @@ async def test_publish_outside_the_acl_is_refused_with_135(broker: MosquittoProc
 
 async def test_transport_bounds_in_flight_publishes(broker: MosquittoProcess) -> None:
     """Thousands of concurrent QoS 1 publishes never overflow the broker's receive maximum."""
-    u = parse_broker_url(broker.url("stats"))
-    t = Transport(
-        client_id=f"win-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-        max_inflight=1000,
-    )
-    await t.connect()
+    t = await connect_as(broker, "stats", prefix="win")
     try:
         await asyncio.gather(
             *(t.publish("stats/character/window-test", b"{}") for _ in range(3000))

@@ -7,7 +7,6 @@ import asyncio
 import re
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from mesh.client import MeshClient
 from mesh.contract import default_contract
 from mesh.errors import PublishRefused
 from mesh.schemas import ActivityLogRequest
-from mesh.settings import parse_broker_url
+from mesh.testing.clients import connect_as
 from mesh.transport import Inbound, Transport
 from tests.conftest import StartAgent, user
 
@@ -39,18 +38,7 @@ def _concrete(key: str, principal: str) -> str:
 
 
 async def _transport(broker: MosquittoProcess, principal: str) -> Transport:
-    u = parse_broker_url(broker.url(principal))
-    t = Transport(
-        client_id=f"acl-{principal}-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
-    await t.connect()
-    return t
+    return await connect_as(broker, principal, prefix="acl")
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
