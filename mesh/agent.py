@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh import codec, dlq, inbox, outbox, receipts
+from mesh import codec, dlq, inbox, outbox, receipts, state
 from mesh.broker.acl import DROPPED
 from mesh.contract import Contract, default_contract
 from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
@@ -40,6 +40,7 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
     "mesh_outbox": outbox.MIGRATIONS,
     "mesh_dlq": dlq.MIGRATIONS,
     "mesh_receipts": receipts.MIGRATIONS,
+    "mesh_state": state.MIGRATIONS,
 }
 
 
@@ -87,6 +88,7 @@ class Agent:
             will=Will(topic=self.status_topic, payload=b"offline", qos=1, retain=True),
         )
         self.relay = OutboxRelay(self.store, self._publish_record)
+        self.states = state.StatePublisher(self.store, self._publish_state)
         self.requester = Requester(
             principal=self.principal,
             client_id=settings.client_id,
@@ -112,6 +114,7 @@ class Agent:
             batch_max=settings.batch_max,
             failpoint=settings.failpoint,
             receipts=self.receipts,
+            on_state_changed=self.states.changed,
         )
         self.dead_letters = dlq.DeadLetterSink(
             self.name, self.store, self._publish_dlq, self.metrics
@@ -121,6 +124,7 @@ class Agent:
         self._started = False
         self.peers: dict[str, bool] = {}
         self._health_task: asyncio.Task[None] | None = None
+        self._state_task: asyncio.Future[None] | None = None
         self.http: HttpEndpoint | None = None
         self._sweep_task: asyncio.Future[int] | None = None
 
@@ -170,6 +174,7 @@ class Agent:
             await self.transport.subscribe(self.subscriptions())
             await self.transport.connect(timeout=timeout)
             await self.relay.start()
+            await self.states.start()
             await self.receipts.start()
             self._health_task = asyncio.create_task(self._health_loop(), name="health")
             if self.settings.metrics_port is not None:
@@ -192,6 +197,7 @@ class Agent:
                 if self.app.on_stop is not None:
                     await self.app.on_stop(self)
                 await self.receipts.stop()
+                await self.states.stop()
                 await self.relay.stop(timeout=timeout / 2)
                 if self.transport.connected:
                     try:
@@ -225,6 +231,8 @@ class Agent:
         if self._started:
             self._sweep_task = asyncio.ensure_future(self.relay.sweep())
             self.receipts.reconnected()
+            if not session_present:  # the broker may have lost retained messages too
+                self._state_task = asyncio.ensure_future(self.states.republish_all())
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -257,6 +265,15 @@ class Agent:
             rec.topic, rec.payload, qos=rec.qos, retain=rec.retain, user_properties=props
         )
         self.metrics.published.labels(rec.topic_key).inc()
+
+    async def _publish_state(
+        self, topic: str, key: str, payload: bytes, trace_id: str | None
+    ) -> None:
+        if not self.contract.publisher_allowed(self.name, topic):
+            raise ContractError(f"{self.name} may not publish to {topic!r}")
+        props = {TRACE_PROPERTY: trace_id} if trace_id else None
+        await self.transport.publish(topic, payload, qos=1, retain=True, user_properties=props)
+        self.metrics.published.labels(key).inc()
 
     async def _publish_dlq(self, body: bytes) -> None:
         await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec
+from mesh import codec, state
 from mesh.contract import Contract, TopicEntry
 from mesh.errors import ContractError, DecodeError, HandlerError
 from mesh.metrics import Metrics
@@ -75,6 +75,7 @@ class Context:
         self._receipts = receipts
         self.staged: list[OutboxRecord] = []
         self.staged_receipts: list[ReceiptRecord] = []
+        self.state_changed = False
 
     async def emit(self, key: str, payload: Any, **params: str) -> None:
         """Stage an event in this transaction; it is published after the commit."""
@@ -84,6 +85,17 @@ class Context:
         topic = self._contract.topic(key, agent=self.agent, **params)
         if not self._contract.publisher_allowed(self.agent, topic):
             raise ContractError(f"{topic!r} is not {key!r}; {self.agent} may not publish there")
+        if entry.kind == "state" and entry.retain:
+            # Latest value wins: one row per topic, published coalesced after the commit.
+            await state.put(
+                self.tx,
+                topic=topic,
+                topic_key=key,
+                trace_id=self.trace_id,
+                payload=codec.encode_value(payload, entry.format),
+            )
+            self.state_changed = True
+            return
         rec = await stage(
             self.tx,
             topic_key=key,
@@ -174,6 +186,7 @@ class GroupCommitter:
         batch_max: int = 512,
         failpoint: str | None = None,
         receipts: ReceiptOutbox | None = None,
+        on_state_changed: Callable[[], None] | None = None,
     ) -> None:
         self._agent = agent
         self._store = store
@@ -182,6 +195,7 @@ class GroupCommitter:
         self._metrics = metrics
         self._batch_max = batch_max
         self._receipts = receipts
+        self._on_state_changed = on_state_changed
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._exit_after = _parse_failpoint(failpoint)
@@ -261,6 +275,8 @@ class GroupCommitter:
         self._relay.submit(records)
         if self._receipts is not None and receipts:
             self._receipts.submit(receipts)
+        if self._on_state_changed is not None:
+            self._on_state_changed()
 
     async def _commit(
         self, batch: list[Delivery]

@@ -1,0 +1,129 @@
+"""Retained state topics, latest value wins: written in the handler's transaction, published
+coalesced.
+
+A state topic (e.g. stats/character/<user>) only ever needs its newest value on the broker. The
+handler upserts it into `mesh_state` (one row per topic, a version counter); a publisher sends
+the rows whose version is newer than the one last acknowledged, at most every `interval_s`, so a
+user with ten activities in a second gets one retained update, not ten. Rows survive a crash and
+are published after the restart; when the broker has lost its retained messages (a new session),
+everything is republished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from mesh.store import Migration, Store, Tx
+
+log = logging.getLogger("mesh.state")
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS mesh_state ("
+            " topic TEXT PRIMARY KEY, topic_key TEXT NOT NULL, payload TEXT NOT NULL,"
+            " trace_id TEXT, version BIGINT NOT NULL, published_version BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS mesh_state_dirty ON mesh_state (published_version)",
+        ),
+    ),
+)
+
+Publish = Callable[[str, str, bytes, str | None], Awaitable[None]]  # topic, key, payload, trace
+
+
+async def put(tx: Tx, *, topic: str, topic_key: str, payload: bytes, trace_id: str | None) -> None:
+    await tx.execute(
+        "INSERT INTO mesh_state (topic, topic_key, payload, trace_id, version, published_version)"
+        " VALUES (?, ?, ?, ?, 1, 0) ON CONFLICT (topic) DO UPDATE SET"
+        " payload = excluded.payload, trace_id = excluded.trace_id,"
+        " version = mesh_state.version + 1",
+        topic,
+        topic_key,
+        payload.decode("utf-8"),
+        trace_id,
+    )
+
+
+class StatePublisher:
+    def __init__(self, store: Store, publish: Publish, *, interval_s: float = 0.25) -> None:
+        self._store = store
+        self._publish = publish
+        self._interval = interval_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="state-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self.flush(), 5)
+            except Exception as exc:
+                log.warning("state not flushed at stop (published after restart): %s", exc)
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5)
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    async def republish_all(self) -> None:
+        """The broker lost its retained messages: send every state again."""
+        async with self._store.transaction() as tx:
+            await tx.execute("UPDATE mesh_state SET published_version = 0")
+        self._wake.set()
+
+    async def pending(self) -> int:
+        async with self._store.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT COUNT(*) FROM mesh_state WHERE version > published_version"
+            )
+        return int(row[0]) if row else 0
+
+    async def flush(self) -> int:
+        async with self._store.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT topic, topic_key, payload, trace_id, version FROM mesh_state"
+                " WHERE version > published_version LIMIT 5000"
+            )
+        if not rows:
+            return 0
+        results = await asyncio.gather(
+            *(self._publish(r[0], r[1], r[2].encode("utf-8"), r[3]) for r in rows),
+            return_exceptions=True,
+        )
+        done = [(int(r[4]), r[0]) for r, res in zip(rows, results, strict=True) if res is None]
+        if done:
+            async with self._store.transaction() as tx:
+                await tx.executemany(
+                    "UPDATE mesh_state SET published_version = ? WHERE topic = ?"
+                    " AND published_version < ?",
+                    [(v, t, v) for v, t in done],
+                )
+        failed = len(rows) - len(done)
+        if failed:
+            raise RuntimeError(f"{failed} state publishes failed")
+        return len(rows)
+
+    async def _run(self) -> None:
+        backoff = self._interval
+        while True:
+            try:
+                async with asyncio.timeout(5):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = self._interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("state publish failed (%s); retrying", exc)
+                backoff = min(backoff * 2, 10.0)
+                self._wake.set()
+            await asyncio.sleep(backoff)
