@@ -29,6 +29,16 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS mesh_state_dirty ON mesh_state (published_version)",
         ),
     ),
+    # What was published lives in its own table: handlers (writing mesh_state) and publishers
+    # (writing this) never lock each other's rows, so several agents on one database cannot
+    # deadlock between a batch and a publisher; publishers lock in topic order.
+    Migration(
+        2,
+        (
+            "CREATE TABLE IF NOT EXISTS mesh_state_published ("
+            " topic TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+        ),
+    ),
 )
 
 Publish = Callable[[str, str, bytes, str | None], Awaitable[None]]  # topic, key, payload, trace
@@ -73,21 +83,23 @@ class StatePublisher:
     async def republish_all(self) -> None:
         """The broker lost its retained messages: send every state again."""
         async with self._store.transaction() as tx:
-            await tx.execute("UPDATE mesh_state SET published_version = 0")
+            await tx.execute("DELETE FROM mesh_state_published")
         self._wake.set()
 
     async def pending(self) -> int:
         async with self._store.transaction() as tx:
             row = await tx.fetchone(
-                "SELECT COUNT(*) FROM mesh_state WHERE version > published_version"
+                "SELECT COUNT(*) FROM mesh_state s LEFT JOIN mesh_state_published p"
+                " ON p.topic = s.topic WHERE p.version IS NULL OR s.version > p.version"
             )
         return int(row[0]) if row else 0
 
     async def flush(self) -> int:
         async with self._store.transaction() as tx:
             rows = await tx.fetchall(
-                "SELECT topic, topic_key, payload, trace_id, version FROM mesh_state"
-                " WHERE version > published_version LIMIT 5000"
+                "SELECT s.topic, s.topic_key, s.payload, s.trace_id, s.version FROM mesh_state s"
+                " LEFT JOIN mesh_state_published p ON p.topic = s.topic"
+                " WHERE p.version IS NULL OR s.version > p.version ORDER BY s.topic LIMIT 5000"
             )
         if not rows:
             return 0
@@ -95,13 +107,16 @@ class StatePublisher:
             *(self._publish(r[0], r[1], r[2].encode("utf-8"), r[3]) for r in rows),
             return_exceptions=True,
         )
-        done = [(int(r[4]), r[0]) for r, res in zip(rows, results, strict=True) if res is None]
+        done = sorted(
+            (r[0], int(r[4])) for r, res in zip(rows, results, strict=True) if res is None
+        )
         if done:
             async with self._store.transaction() as tx:
                 await tx.executemany(
-                    "UPDATE mesh_state SET published_version = ? WHERE topic = ?"
-                    " AND published_version < ?",
-                    [(v, t, v) for v, t in done],
+                    "INSERT INTO mesh_state_published (topic, version) VALUES (?, ?)"
+                    " ON CONFLICT (topic) DO UPDATE SET version = excluded.version"
+                    " WHERE mesh_state_published.version < excluded.version",
+                    done,
                 )
         failed = len(rows) - len(done)
         if failed:
