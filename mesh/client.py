@@ -11,6 +11,22 @@ from mesh.settings import parse_broker_url
 from mesh.transport import Inbound, Transport
 
 
+def plain_transport(
+    broker_url: str, *, client_id: str | None = None, prefix: str = "lifeops-mesh-cli"
+) -> Transport:
+    """A connection for tools and tests: the URL's account, a clean session, nothing durable."""
+    url = parse_broker_url(broker_url)
+    return Transport(
+        client_id=client_id or f"{prefix}-{uuid.uuid4().hex[:8]}",
+        host=url.host,
+        port=url.port,
+        username=url.username,
+        password=url.password,
+        clean_start=True,
+        session_expiry_s=0,
+    )
+
+
 class MeshClient:
     def __init__(
         self, broker_url: str, *, contract: Contract | None = None, client_id: str | None = None
@@ -18,15 +34,7 @@ class MeshClient:
         url = parse_broker_url(broker_url)
         self.principal = url.username or "tester"
         self.contract = contract or default_contract()
-        self.transport = Transport(
-            client_id=client_id or f"lifeops-mesh-cli-{uuid.uuid4().hex[:8]}",
-            host=url.host,
-            port=url.port,
-            username=url.username,
-            password=url.password,
-            clean_start=True,
-            session_expiry_s=0,
-        )
+        self.transport = plain_transport(broker_url, client_id=client_id)
         self.requester = Requester(
             principal=self.principal,
             client_id=self.transport.client_id,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mesh.broker.process import MosquittoProcess
-from mesh.settings import parse_broker_url
+from mesh.testing.clients import transport_for
 from mesh.transport import Transport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,16 +52,7 @@ async def rig(tmp_path: Path, start_agent: Start) -> AsyncIterator[dict[str, Any
         tmp_path / "broker", extra_acl="user rogue\ntopic readwrite #\n", extra_accounts=("rogue",)
     )
     broker.start()
-    u = parse_broker_url(broker.url("rogue"))
-    rogue = Transport(
-        client_id="rogue",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    rogue = transport_for(broker, "rogue")
     await rogue.connect()
     try:
         async with (

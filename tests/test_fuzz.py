@@ -23,8 +23,8 @@ from mesh.broker.process import MosquittoProcess
 from mesh.cli import BUILDERS
 from mesh.contract import default_contract
 from mesh.schemas import ActivityLogReply, ActivityLogRequest, CharacterGetRequest
-from mesh.settings import parse_broker_url
-from mesh.transport import Inbound, Transport
+from mesh.testing.clients import transport_for
+from mesh.transport import Inbound
 from tests.conftest import make_settings
 
 NASTY_IDS = ["a+b", "#", "a/b", "a\x00b", "$SYS", "", "x" * 300, "ü", " ", "get"]
@@ -128,16 +128,7 @@ class Rig:
             agent = Agent(s, BUILDERS[name](s))
             await agent.start()
             self.agents.append(agent)
-        u = parse_broker_url(self.broker.url("tester"))
-        self.t = Transport(
-            client_id=f"fuzz-{uuid.uuid4().hex[:6]}",
-            host=u.host,
-            port=u.port,
-            username=u.username,
-            password=u.password,
-            clean_start=True,
-            session_expiry_s=0,
-        )
+        self.t = transport_for(self.broker, "tester")
         self.t.on_message = self._on
         self.reply_topic = f"reply/tester/fuzz{uuid.uuid4().hex[:6]}"
         await self.t.subscribe([self.reply_topic, "mesh/dlq/+"])
@@ -240,16 +231,7 @@ def test_oversized_message_is_refused_by_the_broker_not_the_agents(
         import tempfile
 
         async with Rig(broker, Path(tempfile.mkdtemp())) as rig:
-            u = parse_broker_url(broker.url("tester"))
-            big = Transport(
-                client_id=f"big-{uuid.uuid4().hex[:6]}",
-                host=u.host,
-                port=u.port,
-                username=u.username,
-                password=u.password,
-                clean_start=True,
-                session_expiry_s=0,
-            )
+            big = transport_for(broker, "tester")
             await big.connect()
             body = json.dumps({"user_id": "big", "activity_type": "x" * 300_000}).encode()
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,31 +13,22 @@ from mesh.client import MeshClient
 from mesh.errors import ContractError, RequestTimeout
 from mesh.inbox import Context, Route
 from mesh.schemas import CharacterGetRequest, CharacterReply
-from mesh.settings import parse_broker_url
+from mesh.testing.clients import transport_for
 from mesh.testing.processes import AgentProcess
 from mesh.testing.wait import eventually
-from mesh.transport import Inbound, Transport
+from mesh.transport import Inbound
 from tests.conftest import make_settings
 
 
 async def _retained(broker: MosquittoProcess, topic: str) -> bytes | None:
     """The retained payload on `topic` as a fresh subscriber sees it (None when none)."""
-    u = parse_broker_url(broker.url("tester"))
     got: list[Inbound] = []
 
     async def on(msg: Inbound) -> int:
         got.append(msg)
         return 0
 
-    t = Transport(
-        client_id=f"ret-{uuid.uuid4().hex[:6]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    t = transport_for(broker, "tester", prefix="ret")
     t.on_message = on
     await t.subscribe([topic])
     await t.connect()

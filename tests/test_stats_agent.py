@@ -21,8 +21,9 @@ from mesh.schemas import (
     DeadLetter,
     LevelUp,
 )
+from mesh.testing.clients import transport_for
 from mesh.testing.wait import eventually
-from mesh.transport import Inbound, Transport
+from mesh.transport import Inbound
 from tests.conftest import user
 
 
@@ -30,19 +31,7 @@ class Recorder:
     """A tester-account subscriber that keeps every message it sees."""
 
     def __init__(self, broker: MosquittoProcess, filters: list[str]) -> None:
-        url = broker.url("tester")
-        from mesh.settings import parse_broker_url
-
-        u = parse_broker_url(url)
-        self.transport = Transport(
-            client_id=f"rec-{uuid.uuid4().hex[:8]}",
-            host=u.host,
-            port=u.port,
-            username=u.username,
-            password=u.password,
-            clean_start=True,
-            session_expiry_s=0,
-        )
+        self.transport = transport_for(broker, "tester", prefix="rec")
         self.filters = filters
         self.messages: list[Inbound] = []
         self.transport.on_message = self._on

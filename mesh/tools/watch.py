@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
-from mesh.settings import parse_broker_url
-from mesh.transport import Inbound, Transport
+from mesh.client import plain_transport
+from mesh.transport import Inbound
 
 
 class Watch:
     def __init__(self, broker_url: str, filters: list[str]) -> None:
-        u = parse_broker_url(broker_url)
-        self.transport = Transport(
-            client_id=f"lifeops-mesh-watch-{uuid.uuid4().hex[:8]}",
-            host=u.host,
-            port=u.port,
-            username=u.username,
-            password=u.password,
-            clean_start=True,
-            session_expiry_s=0,
-        )
+        self.transport = plain_transport(broker_url, prefix="lifeops-mesh-watch")
         self.filters = filters
         self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self.transport.on_message = self._on
