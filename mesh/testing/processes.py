@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -9,6 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+_LIVE: set[subprocess.Popen[str]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that timed out must not leave agents running after the test process ends."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
 
 
 class AgentProcess:
@@ -51,6 +62,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
+        _LIVE.add(self.proc)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
