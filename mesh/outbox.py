@@ -135,15 +135,7 @@ class OutboxRelay:
 
     async def pending(self) -> tuple[int, float]:
         """(records not yet sent, age in seconds of the oldest)."""
-        async with self._store.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT COUNT(*), MIN(created_at) FROM mesh_outbox WHERE sent_at IS NULL"
-            )
-        count, oldest = row or (0, None)
-        if not count or oldest is None:
-            return 0, 0.0
-        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
-        return int(count), age.total_seconds()
+        return await self._store.backlog("mesh_outbox", "sent_at IS NULL")
 
     async def sweep(self) -> int:
         """Queue every unsent record (after a crash or an outage); returns how many."""

@@ -178,15 +178,7 @@ class ReceiptOutbox:
 
     async def pending(self) -> tuple[int, float]:
         """(records without a receipt, age in seconds of the oldest)."""
-        async with self._store.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT COUNT(*), MIN(created_at) FROM mesh_receipts WHERE receipt_at IS NULL"
-            )
-        count, oldest = row or (0, None)
-        if not count or oldest is None:
-            return 0, 0.0
-        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
-        return int(count), max(0.0, age.total_seconds())
+        return await self._store.backlog("mesh_receipts", "receipt_at IS NULL")
 
     # -- sending --------------------------------------------------------------------------------
 

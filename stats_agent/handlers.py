@@ -124,33 +124,9 @@ class StatsHandlers:
             old_lvl, new_lvl = game.level_for(new_xp - xp).level, game.level_for(new_xp).level
             if new_lvl > old_lvl:
                 stat_level_ups[stat] = new_lvl
-                await ctx.emit(
-                    "levelup",
-                    LevelUp(
-                        event_id=f"lvl:{user_id}:{stat}:{new_lvl}",
-                        user_id=user_id,
-                        new_level=new_lvl,
-                        previous_level=old_lvl,
-                        total_xp=new_xp,
-                        activity_id=activity_id,
-                        stat=stat,
-                        occurred_at=ctx.now,
-                    ),
-                )
+                await _level_up(ctx, user_id, activity_id, stat, old_lvl, new_lvl, new_xp)
         if after.level > before.level:
-            await ctx.emit(
-                "levelup",
-                LevelUp(
-                    event_id=f"lvl:{user_id}:character:{after.level}",
-                    user_id=user_id,
-                    new_level=after.level,
-                    previous_level=before.level,
-                    total_xp=total,
-                    activity_id=activity_id,
-                    stat=None,
-                    occurred_at=ctx.now,
-                ),
-            )
+            await _level_up(ctx, user_id, activity_id, None, before.level, after.level, total)
         # Achievements: the whole stat picture, not only the stats this activity touched.
         sheet = await repository.character_sheet(
             ctx.tx, user_id, self.rules.game.stats, known=(total, activities, ctx.now.isoformat())
@@ -196,3 +172,26 @@ class StatsHandlers:
             achievements=new_achievements,
             message=game.gained_message(grants),
         )
+
+
+async def _level_up(
+    ctx: Context,
+    user_id: str,
+    activity_id: str,
+    stat: str | None,
+    previous: int,
+    new: int,
+    total_xp: int,
+) -> None:
+    """Stage one level-up event; its id is deterministic, so a republish is recognisable."""
+    event = LevelUp(
+        event_id=f"lvl:{user_id}:{stat or 'character'}:{new}",
+        user_id=user_id,
+        new_level=new,
+        previous_level=previous,
+        total_xp=total_xp,
+        activity_id=activity_id,
+        stat=stat,
+        occurred_at=ctx.now,
+    )
+    await ctx.emit("levelup", event)

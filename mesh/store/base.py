@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
@@ -94,6 +95,18 @@ class Store(abc.ABC):
                     )
             version = m.version
         return version
+
+    async def backlog(self, table: str, waiting: str) -> tuple[int, float]:
+        """(rows matching `waiting` in `table`, age in seconds of the oldest by created_at)."""
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                f"SELECT COUNT(*), MIN(created_at) FROM {table} WHERE {waiting}"
+            )
+        count, oldest = row or (0, None)
+        if not count or oldest is None:
+            return 0, 0.0
+        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(oldest)
+        return int(count), max(0.0, age.total_seconds())
 
     async def _migration_lock(self, tx: Tx) -> None:  # noqa: B027 - optional hook
         """Serialise migrations of agents sharing one database (no-op where one writer exists)."""
