@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -14,6 +15,8 @@ from mesh.inbox import Route
 from mesh.receipts import ReceiptRecord
 from mesh.settings import Settings
 
+log = logging.getLogger("lifeops_agent")
+
 
 def build(settings: Settings) -> AgentApp:
     handlers = LifeOpsHandlers(load_timeline(settings.timeline_file), settings.timezone)
@@ -22,6 +25,11 @@ def build(settings: Settings) -> AgentApp:
     async def on_start(agent: Agent) -> None:
         handlers.receipts = agent.receipts
         agent_ref.append(agent)
+        async with agent.store.transaction() as tx:
+            changed = await handlers.refresh_states(tx)
+        if changed:
+            log.info("timeline changed: %d retained timelines restated", changed)
+            agent.states.changed()
 
     async def after_receipt(rec: ReceiptRecord, reply: Any) -> None:
         """Stats answered: the retained timeline shows the XP is no longer pending."""

@@ -10,9 +10,9 @@ import msgspec
 
 from lifeops_agent import days, repository
 from lifeops_agent.repository import Completion
-from lifeops_agent.timeline import Timeline
-from mesh import codec
-from mesh.errors import HandlerError
+from lifeops_agent.timeline import Timeline, TimelineItem
+from mesh import codec, state
+from mesh.errors import DecodeError, HandlerError
 from mesh.ids import check_user_id
 from mesh.inbox import Context
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
@@ -224,6 +224,33 @@ class LifeOpsHandlers:
             total=len(items),
         )
 
+    async def refresh_states(self, tx: Tx) -> int:
+        """After a timeline file change: restate every retained timeline that lists other items,
+        so subscribers (the HA bridge) see new items appear and removed ones disappear."""
+        rows = await tx.fetchall(
+            "SELECT topic, payload, trace_id FROM mesh_state WHERE topic_key = ?", "timeline_state"
+        )
+        wanted = [_signature(i) for i in self.timeline.items]
+        changed = 0
+        for topic, payload, trace_id in rows:
+            try:
+                day = codec.decode(payload.encode(), TimelineDay)
+            except DecodeError:
+                day = None
+            if day is not None and [_signature(i) for i in day.items] == wanted:
+                continue
+            user_id = topic.rpartition("/")[2]
+            fresh = await self.day_state(tx, user_id)
+            await state.put(
+                tx,
+                topic=topic,
+                topic_key="timeline_state",
+                payload=codec.encode(fresh),
+                trace_id=trace_id,
+            )
+            changed += 1
+        return changed
+
     async def _emit_state(self, ctx: Context, user_id: str) -> None:
         state = await self.day_state(ctx.tx, user_id, now=ctx.now)
         await ctx.emit("timeline_state", state, user_id=user_id)
@@ -256,3 +283,9 @@ def merge_receipt(reply: TimelineCompleteReply, receipt: ActivityLogReply) -> Ti
         character_level_up=receipt.character_level_up,
         message=f"{reply.message}. {receipt.message}" if reply.message else receipt.message,
     )
+
+
+def _signature(item: TimelineItem | TimelineItemState) -> tuple[object, ...]:
+    window = item.window
+    activity_type = item.reported_type() if isinstance(item, TimelineItem) else item.activity_type
+    return (item.code, item.title, window, sorted(item.xp.items()), activity_type)

@@ -60,6 +60,8 @@ class AgentApp(msgspec.Struct, kw_only=True):
     on_peer_status: Callable[[str, bool], Awaitable[None]] | None = None
     # Refreshes the app's own gauges before a scrape.
     collect: Callable[[Agent], Awaitable[None]] | None = None
+    # The contract this agent runs on (default: topics.toml as it is).
+    contract: Contract | None = None
 
 
 class Agent:
@@ -74,7 +76,7 @@ class Agent:
         self.settings = settings
         self.app = app
         self.name = app.name
-        self.contract = contract or default_contract()
+        self.contract = contract or app.contract or default_contract()
         self.metrics = metrics or Metrics()
         self.principal = settings.broker.username or self.name
         self.store: Store = open_store(settings.db_url)
@@ -405,6 +407,8 @@ class Agent:
             if found is not None and found[0].key == "status":
                 await self._peer_status(found[1]["agent"], msg.payload == b"online")
                 return 0
+            if found is None or found[0].key not in self._routes:
+                return 0  # e.g. homeassistant/status: caught by the +/status filter, not ours
         trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
         token = trace_id_var.set(trace_id)
         agent_token = agent_var.set(self.name)
@@ -416,14 +420,20 @@ class Agent:
 
     async def _dispatch(self, msg: Inbound, trace_id: str) -> int:
         found = self.contract.match(msg.topic)
-        route = self._routes.get(found[0].key) if found else None
-        if found is None or route is None:
+        if found is None:
             await self._fail(
                 msg,
                 "undeclared_topic",
                 f"{self.name} has no route for topic {msg.topic!r}",
                 trace_id,
             )
+            return 0
+        route = self._routes.get(found[0].key)
+        if route is None:
+            # A declared topic this agent does not handle, caught by a wider filter of its own
+            # (stats/character/+ also matches the request topic stats/character/get): not ours
+            # to answer or dead-letter; its own subscribers handle it.
+            log.debug("%s: %s is %s, not routed here", self.name, msg.topic, found[0].key)
             return 0
         entry, params = found
         self.metrics.received.labels(entry.key).inc()

@@ -34,10 +34,17 @@ def _build_lifeops(settings: Settings) -> AgentApp:
     return build(settings)
 
 
+def _build_ha_bridge(settings: Settings) -> AgentApp:
+    from ha_bridge.agent import build
+
+    return build(settings)
+
+
 # The agents that exist in this version; `up` starts all of them (in this order).
 BUILDERS: dict[str, Callable[[Settings], AgentApp]] = {
     "stats": _build_stats,
     "lifeops": _build_lifeops,
+    "ha_bridge": _build_ha_bridge,
 }
 
 

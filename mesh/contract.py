@@ -16,6 +16,7 @@ from mesh.errors import ContractError, DecodeError
 from mesh.schemas import SCHEMAS
 
 DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent.parent / "topics.toml"
+DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default MQTT discovery prefix
 
 Kind = Literal["event", "request", "state", "availability", "dlq", "reply"]
 _PARAM = re.compile(r"^\{([a-z_]+)\}$")
@@ -209,6 +210,18 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
         if principal not in e.publishers:
             return False
         return "agent" not in params or params["agent"] == principal
+
+    def with_discovery_prefix(self, prefix: str) -> Contract:
+        """This contract with Home Assistant's discovery prefix (`homeassistant/...`) replaced."""
+        if prefix == DISCOVERY_PREFIX:
+            return self
+        check_level(prefix, "discovery prefix")
+        topics: dict[str, TopicEntry] = {}
+        for key, e in self.topics.items():
+            first, _, rest = e.topic.partition("/")
+            topic = f"{prefix}/{rest}" if first == DISCOVERY_PREFIX else e.topic
+            topics[key] = msgspec.structs.replace(e, topic=topic)
+        return Contract(meta=self.meta, topics=topics)
 
     def for_agent(self, agent: str) -> Mapping[str, TopicEntry]:
         return {

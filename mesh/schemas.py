@@ -268,6 +268,82 @@ class HealthReport(Payload, kw_only=True):
         )
 
 
+# --- Home Assistant ------------------------------------------------------------------------
+
+
+class HaStat(Payload, kw_only=True):
+    level: int
+    xp: int
+
+
+class HaUserState(Payload, kw_only=True):
+    """One user's HA device state: every entity reads one field with a value_template."""
+
+    user_id: str
+    level: int | None = None
+    total_xp: int | None = None
+    xp_into_level: int | None = None
+    xp_to_next_level: int | None = None  # XP still needed for the next level
+    stats: dict[str, HaStat] = {}
+    achievements: int = 0
+    latest_achievement: str | None = None
+    achievement_list: list[str] = []
+    streaks: dict[str, int] = {}
+    timeline_date: dt.date | None = None
+    updated_at: dt.datetime | None = None
+
+
+class HaAvailability(msgspec.Struct, kw_only=True, omit_defaults=True):
+    topic: str
+    payload_available: str = "online"
+    payload_not_available: str = "offline"
+
+
+class HaDevice(msgspec.Struct, kw_only=True, omit_defaults=True):
+    identifiers: list[str]
+    name: str
+    manufacturer: str
+    model: str | None = None
+    sw_version: str | None = None
+
+
+class HaOrigin(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str
+    sw_version: str | None = None
+    support_url: str | None = None
+
+
+class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An HA MQTT discovery payload (sensor, binary_sensor or button); unset keys are left out."""
+
+    name: str | None = None
+    unique_id: str
+    object_id: str
+    default_entity_id: str
+    device: HaDevice
+    origin: HaOrigin
+    availability: list[HaAvailability] | None = None
+    availability_mode: Literal["all", "any", "latest"] | None = None
+    state_topic: str | None = None
+    value_template: str | None = None
+    json_attributes_topic: str | None = None
+    json_attributes_template: str | None = None
+    unit_of_measurement: str | None = None
+    state_class: Literal["measurement", "total", "total_increasing"] | None = None
+    device_class: str | None = None
+    entity_category: Literal["config", "diagnostic"] | None = None
+    icon: str | None = None
+    command_topic: str | None = None
+    payload_press: str | None = None
+    payload_on: str | None = None
+    payload_off: str | None = None
+    qos: int | None = None
+
+
+class SyncMarker(Payload, kw_only=True):
+    nonce: str
+
+
 SCHEMAS: dict[str, Any] = {
     "Availability": Availability,
     "Reply": Reply,
@@ -292,5 +368,8 @@ SCHEMAS: dict[str, Any] = {
     "OuraImportRequest": OuraImportRequest,
     "OuraImportReply": OuraImportReply,
     "HealthReport": HealthReport,
+    "HaUserState": HaUserState,
+    "HaDiscoveryConfig": HaDiscoveryConfig,
+    "SyncMarker": SyncMarker,
 }
 """Schema name (as written in topics.toml) -> type."""

@@ -64,6 +64,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     metrics_bind: str = "127.0.0.1"
     log_level: str = "INFO"
     log_json: bool = True
+    # Home Assistant bridge: the discovery prefix HA listens on, and users whose devices are
+    # created at startup even before they have a character or a timeline.
+    ha_discovery_prefix: str = "homeassistant"
+    ha_users: tuple[str, ...] = ()
 
     @property
     def client_id(self) -> str:
@@ -117,6 +121,8 @@ def build_settings(
         if metrics_port is not None
         else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
         metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
+        ha_discovery_prefix=env.get("LIFEOPS_HA_DISCOVERY_PREFIX") or "homeassistant",
+        ha_users=tuple(u.strip() for u in env.get("LIFEOPS_HA_USERS", "").split(",") if u.strip()),
     )
 
 

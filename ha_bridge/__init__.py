@@ -1,0 +1,1 @@
+"""Home Assistant bridge: MQTT discovery for every character and routine."""

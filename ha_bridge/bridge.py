@@ -1,0 +1,257 @@
+"""The Home Assistant bridge: mesh state in, discovery configs and device states out.
+
+- Character sheets (stats/character/<user>) and timelines (lifeops/timeline/<user>) are stored
+  per user; every change recomputes that user's entities and device state, and only what changed
+  is staged (retained, through the runtime's state table, published after the commit).
+- At startup the bridge reads back the broker's retained discovery configs and the mesh's current
+  state, then clears the configs it owns that no longer match a user, stat or item.
+- On Home Assistant's birth message it waits a short random delay, then republishes its
+  availability, every discovery config and every state.
+- Users it knows of without a timeline (or sheet) get one asked from LifeOps (or Stats), so a
+  new user's buttons appear before their first completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from ha_bridge import repository
+from ha_bridge.entities import EntityBuilder, encode_config, is_own_node
+from ha_bridge.readback import read_retained
+from ha_bridge.repository import Desired
+from mesh import codec
+from mesh.agent import Agent
+from mesh.contract import Contract
+from mesh.errors import DecodeError, HandlerError, MeshError
+from mesh.ids import check_user_id
+from mesh.inbox import Context
+from mesh.schemas import (
+    CharacterGetRequest,
+    CharacterReply,
+    CharacterSheet,
+    TimelineDay,
+    TimelineGetRequest,
+    TimelineReply,
+)
+from mesh.settings import Settings
+from mesh.store import Tx
+
+log = logging.getLogger("ha_bridge")
+
+BIRTH_DELAY_S = (0.5, 2.5)  # random, so many bridges do not answer HA's birth at once
+
+
+class Bridge:
+    def __init__(self, settings: Settings, contract: Contract) -> None:
+        self.settings = settings
+        self.contract = contract
+        self.builder = EntityBuilder(contract, list(contract.meta.agents))
+        self.agent: Agent | None = None
+        self._republish: asyncio.Task[None] | None = None
+        self._fill_wake = asyncio.Event()
+        self._fill_task: asyncio.Task[None] | None = None
+        self._asked: set[tuple[str, str]] = set()  # (user, key) answered since the peer came up
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, agent: Agent) -> None:
+        self.agent = agent
+        await self.reconcile()
+        self._fill_task = asyncio.create_task(self._fill_loop(), name="ha-fill")
+        self._fill_wake.set()
+
+    async def stop(self, agent: Agent) -> None:
+        for task in (self._fill_task, self._republish):
+            if task is not None:
+                task.cancel()
+
+    async def peer_status(self, agent: str, online: bool) -> None:
+        if online and agent in ("lifeops", "stats"):
+            self._asked = {a for a in self._asked if a[1] != agent}
+            self._fill_wake.set()
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def character_state(self, ctx: Context, sheet: CharacterSheet) -> None:
+        user_id = self._user(ctx, sheet.user_id)
+        sheet.user_id = user_id
+        await repository.save_sheet(ctx.tx, sheet)
+        await self.sync_user(ctx.tx, user_id, ctx.trace_id)
+        self._fill_wake.set()
+
+    async def timeline_state(self, ctx: Context, day: TimelineDay) -> None:
+        user_id = self._user(ctx, day.user_id)
+        day.user_id = user_id
+        await repository.save_timeline(ctx.tx, day)
+        await self.sync_user(ctx.tx, user_id, ctx.trace_id)
+        self._fill_wake.set()
+
+    async def ha_status(self, ctx: Context, status: str) -> None:
+        if status == "online":
+            log.info("Home Assistant is online: republishing discovery and states")
+            self.schedule_republish()
+
+    @staticmethod
+    def _user(ctx: Context, in_payload: str) -> str:
+        user_id = check_user_id(ctx.params["user_id"])
+        if in_payload and in_payload != user_id:
+            raise HandlerError(
+                "user_mismatch", f"payload user_id {in_payload[:64]!r} on the topic of {user_id!r}"
+            )
+        return user_id
+
+    # -- entities -------------------------------------------------------------------------------
+
+    async def sync_user(self, tx: Tx, user_id: str, trace_id: str | None) -> int:
+        inputs = await repository.load(tx, user_id)
+        entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline)
+        desired = [Desired(e.topic, "ha_discovery", encode_config(e)) for e in entities]
+        if entities:
+            state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline)
+            desired.append(
+                Desired(self.builder.state_topic(user_id), "ha_user_state", codec.encode(state))
+            )
+        return await repository.sync_owner(tx, f"user:{user_id}", desired, trace_id)
+
+    async def sync_mesh(self, tx: Tx) -> int:
+        desired = [
+            Desired(e.topic, "ha_discovery", encode_config(e)) for e in self.builder.mesh_entities()
+        ]
+        return await repository.sync_owner(tx, "mesh", desired, None)
+
+    async def reconcile(self) -> None:
+        """Read back the broker, bring every user up to date, clear what is no longer ours."""
+        agent = self._agent()
+        discovery = self.contract.subscription("ha_discovery")
+        inputs = [
+            self.contract.subscription("character_state"),
+            self.contract.subscription("timeline_state"),
+        ]
+        retained = await read_retained(self.settings, self.contract, [discovery, *inputs])
+        on_broker: set[str] = set()
+        async with agent.store.transaction() as tx:
+            for msg in retained:
+                found = self.contract.match(msg.topic)
+                if found is None:
+                    continue
+                entry, params = found
+                try:
+                    if entry.key == "ha_discovery":
+                        if is_own_node(params["node_id"]):
+                            on_broker.add(msg.topic)
+                    elif entry.key == "character_state":
+                        user_id = check_user_id(params["user_id"])
+                        sheet = codec.decode(msg.payload, CharacterSheet)
+                        sheet.user_id = user_id
+                        await repository.save_sheet(tx, sheet)
+                    elif entry.key == "timeline_state":
+                        user_id = check_user_id(params["user_id"])
+                        day = codec.decode(msg.payload, TimelineDay)
+                        day.user_id = user_id
+                        await repository.save_timeline(tx, day)
+                except (DecodeError, HandlerError) as exc:
+                    log.warning("retained %s ignored: %s", msg.topic, exc)
+            for user_id in self.settings.ha_users:
+                await repository.add_user(tx, check_user_id(user_id))
+            staged = await self.sync_mesh(tx)
+            for inputs_of in await repository.load_all(tx):
+                staged += await self.sync_user(tx, inputs_of.user_id, None)
+            owned = await repository.owned_topics(tx)
+            stale = sorted(on_broker - owned)
+            for topic in stale:
+                await repository.clear(tx, topic, None)
+            # Ours but gone from the broker (it lost retained messages): publish again.
+            lost = [t for t in owned if is_config(t, self.contract) and t not in on_broker]
+            for topic in lost:
+                await tx.execute("DELETE FROM mesh_state_published WHERE topic = ?", topic)
+        agent.states.changed()
+        log.info(
+            "discovery reconciled: %d retained configs found, %d stale cleared, %d restored, "
+            "%d staged",
+            len(on_broker),
+            len(stale),
+            len(lost),
+            staged,
+        )
+
+    # -- Home Assistant's birth -----------------------------------------------------------------
+
+    def schedule_republish(self) -> None:
+        if self._republish is not None and not self._republish.done():
+            return  # one republish answers a burst of births
+        self._republish = asyncio.create_task(self._republish_later(), name="ha-republish")
+
+    async def _republish_later(self) -> None:
+        agent = self._agent()
+        await asyncio.sleep(random.uniform(*BIRTH_DELAY_S))
+        try:
+            await agent.transport.publish(
+                agent.status_topic, b"online", qos=1, retain=True, timeout=10
+            )
+            await agent.states.republish_all()
+        except Exception as exc:
+            log.warning("republish after Home Assistant's birth failed: %s", exc)
+
+    # -- users the mesh has not told us everything about ----------------------------------------
+
+    async def _fill_loop(self) -> None:
+        while True:
+            await self._fill_wake.wait()
+            self._fill_wake.clear()
+            try:
+                await self._fill()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not fill in users: %s", exc)
+            await asyncio.sleep(1.0)
+
+    async def _fill(self) -> None:
+        agent = self._agent()
+        async with agent.store.transaction() as tx:
+            users = await repository.load_all(tx)
+        for user in users:
+            if user.timeline is None and agent.peers.get("lifeops"):
+                await self._ask(user.user_id, "timeline_get")
+            if user.sheet is None and agent.peers.get("stats"):
+                await self._ask(user.user_id, "character_get")
+
+    async def _ask(self, user_id: str, key: str) -> None:
+        agent = self._agent()
+        peer = "lifeops" if key == "timeline_get" else "stats"
+        if (user_id, peer) in self._asked:
+            return
+        try:
+            request = (
+                TimelineGetRequest(user_id=user_id)
+                if key == "timeline_get"
+                else CharacterGetRequest(user_id=user_id)
+            )
+            reply = await agent.requester.request(key, request)
+        except MeshError as exc:
+            log.info("%s for %s not answered: %s", key, user_id, exc)
+            return
+        self._asked.add((user_id, peer))
+        async with agent.store.transaction() as tx:
+            if isinstance(reply, TimelineReply) and reply.timeline is not None:
+                await repository.save_timeline(tx, reply.timeline, only_if_missing=True)
+            elif isinstance(reply, CharacterReply) and reply.character is not None:
+                sheet = reply.character
+                sheet.user_id = user_id
+                await repository.save_sheet(tx, sheet, only_if_missing=True)
+            else:
+                return
+            await self.sync_user(tx, user_id, None)
+        agent.states.changed()
+
+    def _agent(self) -> Agent:
+        if self.agent is None:
+            raise RuntimeError("the bridge has not started")
+        return self.agent
+
+
+def is_config(topic: str, contract: Contract) -> bool:
+    found = contract.match(topic)
+    return found is not None and found[0].key == "ha_discovery"
