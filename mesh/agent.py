@@ -152,7 +152,9 @@ class Agent:
         if "status" not in self._routes:
             filters.append(self.contract.subscription("status"))  # every agent's availability
         filters.append(DROPPED)
-        return filters
+        # Overlapping filters would bring a message once per filter (homeassistant/status is also
+        # +/status): keep only the widest.
+        return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -465,3 +467,18 @@ class Agent:
                     log.exception("after-commit hook of %s failed; replying without it", entry.key)
             await self._reply(msg, reply, payload, trace_id)
         return 0
+
+
+def covers(wide: str, narrow: str) -> bool:
+    """Whether every topic matching filter `narrow` also matches filter `wide`."""
+    if wide.startswith("$share/") or narrow.startswith("$share/"):
+        return False
+    w, n = wide.split("/"), narrow.split("/")
+    for i, level in enumerate(w):
+        if level == "#":
+            return True
+        if i >= len(n) or (level != "+" and level != n[i]) or (level != "+" and n[i] in "+#"):
+            return False
+        if level == "+" and n[i] == "#":
+            return False
+    return len(w) == len(n)

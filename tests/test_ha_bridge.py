@@ -330,9 +330,24 @@ async def test_bad_state_payload_is_dead_lettered(
                 )
             finally:
                 await stats.disconnect()
-            await eventually(lambda: _true(len(seen) == 2), what="two dead letters")
-            codes = sorted(json.loads(m.payload)["error"]["code"] for m in seen)
-            assert codes == ["invalid_json", "user_mismatch"]
+            ha = await connect_as(own_broker, "homeassistant")
+            try:
+                await ha.publish("homeassistant/status", b'{"online": true}', qos=1)
+                await ha.publish("homeassistant/status", b"\xff\xfe", qos=1)
+            finally:
+                await ha.disconnect()
+            await eventually(lambda: _true(len(seen) == 4), what="four dead letters")
+            letters = sorted(
+                (json.loads(m.payload)["topic"], json.loads(m.payload)["error"]["code"])
+                for m in seen
+            )
+            assert [t for t, _ in letters] == ["homeassistant/status"] * 2 + [
+                "stats/character/bob"
+            ] * 2
+            assert {c for t, c in letters if t == "stats/character/bob"} == {
+                "invalid_json",
+                "user_mismatch",
+            }
             assert bridge.transport.connected
         finally:
             await dlq.disconnect()
