@@ -359,3 +359,63 @@ async def _true(value: object) -> bool:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_topics_caught_by_wider_filters_are_left_to_their_owners(
+    own_broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start
+) -> None:
+    """The bridge's stats/character/+ also matches the request topic stats/character/get, and
+    every agent's +/status matches homeassistant/status: such messages are not answered, not
+    dead-lettered and not delivered twice; their own subscribers handle them."""
+    from mesh.agent import covers
+
+    async with (
+        start_agent("stats", own_broker, new_db()),
+        start_agent("lifeops", own_broker, new_db()),
+        start_agent("ha_bridge", own_broker, new_db()) as bridge,
+    ):
+        filters = bridge.subscriptions()
+        assert not [(f, g) for f in filters for g in filters if f != g and covers(g, f)]
+        assert "homeassistant/status" not in filters and "+/status" in filters
+        watcher = transport_for(own_broker, "tester", prefix="watch")
+        seen: list[Inbound] = []
+
+        async def on(msg: Inbound) -> int:
+            seen.append(msg)
+            return 0
+
+        watcher.on_message = on
+        await watcher.subscribe(["mesh/dlq/+", "reply/tester/+"])
+        await watcher.connect()
+        try:
+            await watcher.publish(
+                "stats/character/get",
+                b'{"user_id": "nobody"}',
+                qos=1,
+                response_topic="reply/tester/overlap",
+                correlation_data=b"c1",
+            )
+            ha = await connect_as(own_broker, "homeassistant")
+            try:
+                await ha.publish("homeassistant/status", b"online", qos=1)
+            finally:
+                await ha.disconnect()
+            await eventually(lambda: _true(seen), what="Stats' reply")
+            await asyncio.sleep(1.0)
+            replies = [m for m in seen if m.topic.startswith("reply/")]
+            assert len(replies) == 1  # Stats' answer only
+            assert json.loads(replies[0].payload)["error"]["code"] == "not_found"
+            # Stats dead-letters the refused request itself; nobody else writes a dead letter
+            assert {m.topic for m in seen} - {"reply/tester/overlap"} <= {"mesh/dlq/stats"}
+        finally:
+            await watcher.disconnect()
+
+
+def test_filter_cover() -> None:
+    from mesh.agent import covers
+
+    assert covers("+/status", "homeassistant/status")
+    assert not covers("homeassistant/status", "+/status")
+    assert covers("a/#", "a/b/c") and covers("a/+", "a/+")
+    assert not covers("a/+", "a/#") and not covers("a/+", "a/b/c")
+    assert not covers("$share/g/a/+", "a/b") and not covers("+/status", "reply/x/y")
