@@ -10,6 +10,7 @@ COPY pyproject.toml README.md topics.toml ./
 COPY mesh ./mesh
 COPY stats_agent ./stats_agent
 COPY lifeops_agent ./lifeops_agent
+COPY ha_bridge ./ha_bridge
 COPY broker ./broker
 RUN pip install --no-cache-dir -e .
 

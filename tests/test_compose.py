@@ -74,14 +74,22 @@ def test_every_agent_is_built_from_one_image_and_scraped() -> None:
     Prometheus has a scrape target for each."""
     spec = load()
     agents = _agent_services(spec)
-    assert {a for a, _ in agents.values()} == {"stats", "lifeops"}
+    assert {a for a, _ in agents.values()} == {"stats", "lifeops", "ha_bridge"}
     scrape = (ROOT / "deploy" / "prometheus.yml").read_text()
     for name, (_, port) in agents.items():
         svc = spec["services"][name]
         assert svc["build"] in (".", {"context": "."}) and svc["image"] == "lifeops-mesh:latest"
         assert f'"{name}:{port}"' in scrape, f"no scrape target for {name}"
         assert svc["environment"]["LIFEOPS_BROKER_URL"].startswith("mqtt://")
-    assert (ROOT / "Dockerfile").read_text().count("ENTRYPOINT") == 1
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.count("ENTRYPOINT") == 1
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    for pkg in (p.rstrip("*") for p in packages):
+        assert f"COPY {pkg} ./{pkg}" in dockerfile, f"the image lacks the package {pkg}"
 
 
 def test_scale_profile_runs_more_stats_agents_on_a_shared_subscription() -> None:
