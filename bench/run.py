@@ -144,7 +144,14 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 async def bench_stats(
-    broker: MosquittoProcess, db_url: str, work: Path, n: int, inflight: int, label: str
+    broker: MosquittoProcess,
+    db_url: str,
+    work: Path,
+    n: int,
+    inflight: int,
+    label: str,
+    *,
+    single: bool = True,
 ) -> tuple[Result, Result, float, float]:
     """(2): stats/activities/log end to end; also one-in-flight latency and the agent's RSS."""
     agent = AgentProcess(
@@ -173,12 +180,82 @@ async def bench_stats(
 
         await load(call, min(500, n), inflight)  # warm-up
         res = await load(lambda i: call(i + 10_000_000), n, inflight)
-        single = await load(lambda i: call(i + 20_000_000), min(300, n), 1)
+        alone = await load(lambda i: call(i + 20_000_000), min(300, n) if single else 1, 1)
     _, peak = rss_mb(agent.proc.pid)
     agent.stop()
     res.name = label
-    single.name = label + ", 1 in flight"
-    return res, single, idle_rss, peak
+    alone.name = label + ", 1 in flight"
+    return res, alone, idle_rss, peak
+
+
+async def bench_growth(
+    broker: MosquittoProcess, work: Path, n: int, inflight: int, users: int, activities: int
+) -> tuple[Result, float]:
+    """(2) on SQLite again, on a database that already holds `users` and `activities`."""
+    from bench.growth import seed_sqlite
+
+    path = work / "grown.db"
+    seconds = await asyncio.to_thread(seed_sqlite, path, users, activities)
+    res, _, _, _ = await bench_stats(
+        broker,
+        f"sqlite:///{path}",
+        work,
+        n,
+        inflight,
+        f"(2) Stats (SQLite), {users:,} users, {activities:,} activities",
+        single=False,
+    )
+    return res, seconds
+
+
+async def bench_soak(
+    broker: MosquittoProcess, work: Path, seconds: float, inflight: int
+) -> list[tuple[float, float]]:
+    """Load on Stats (SQLite) for `seconds`; (elapsed s, RSS MB) sampled after each batch."""
+    agent = AgentProcess(
+        "stats",
+        broker.url("stats"),
+        f"sqlite:///{work / 'soak.db'}",
+        data_dir=work,
+        instance=uuid.uuid4().hex[:6],
+        env={"LIFEOPS_LOG_LEVEL": "WARNING"},
+    )
+    agent.start()
+    assert agent.proc is not None
+    samples = [(0.0, rss_mb(agent.proc.pid)[0])]
+    run = uuid.uuid4().hex[:6]
+    t0 = time.monotonic()
+    batch = 0
+    async with MeshClient(broker.url("tester")) as client:
+
+        async def call(i: int) -> None:
+            r = await client.request(
+                "activities_log",
+                ActivityLogRequest(
+                    user_id=f"u{i % 5000}", activity_type="reading", source_ref=f"{run}-{i}"
+                ),
+                timeout=60,
+            )
+            assert r.success, r.error
+
+        while time.monotonic() - t0 < seconds:
+            base = batch * 2000
+            await load(lambda i, base=base: call(base + i), 2000, inflight)
+            batch += 1
+            samples.append((time.monotonic() - t0, rss_mb(agent.proc.pid)[0]))
+    agent.stop()
+    return samples
+
+
+def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of RSS over time, after the first minute (warm-up)."""
+    pts = [(t, m) for t, m in samples if t >= 60] or samples
+    if len(pts) < 2:
+        return 0.0
+    mt = sum(t for t, _ in pts) / len(pts)
+    mm = sum(m for _, m in pts) / len(pts)
+    den = sum((t - mt) ** 2 for t, _ in pts) or 1.0
+    return sum((t - mt) * (m - mm) for t, m in pts) / den * 60
 
 
 async def bench_chain(
@@ -366,6 +443,16 @@ async def main() -> int:
     ap.add_argument("--inflight", type=int, default=256)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument(
+        "--growth",
+        type=int,
+        nargs=2,
+        metavar=("USERS", "ACTIVITIES"),
+        help="also run (2) on a database seeded with USERS and ACTIVITIES (e.g. 100000 1000000)",
+    )
+    ap.add_argument(
+        "--soak", type=float, default=0, metavar="S", help="also load Stats for S seconds, RSS"
+    )
+    ap.add_argument(
         "--pg",
         default=os.environ.get(
             "LIFEOPS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -420,6 +507,11 @@ async def main() -> int:
         if fs is not None:
             results.append(fs)
         results += [single_echo, sq1]
+        grown = None
+        if args.growth:
+            grown = await bench_growth(broker, work, n, args.inflight, *args.growth)
+            results.append(grown[0])
+        soak = await bench_soak(broker, work, args.soak, args.inflight) if args.soak else []
     finally:
         broker.stop()
     print()
@@ -433,6 +525,21 @@ async def main() -> int:
         f"Stats agent RSS: idle {idle:.0f} MB, peak {peak_sq:.0f} MB (SQLite), "
         f"{peak_pg:.0f} MB (PostgreSQL); LifeOps peak {peak_chain:.0f} MB"
     )
+    if grown is not None:
+        print(
+            f"Growth: (2) on SQLite with {args.growth[0]:,} users and {args.growth[1]:,} stored "
+            f"activities: {grown[0].rate:.0f} req/s = {grown[0].rate / sq.rate:.0%} of the empty "
+            f"database's {sq.rate:.0f} req/s (seeded in {grown[1]:.0f} s)"
+        )
+    if soak:
+        rss = [m for _, m in soak]
+        minute = next((m for t, m in soak if t >= 60), rss[-1])
+        print(
+            f"Soak: Stats (SQLite) under {args.inflight} in flight for {soak[-1][0]:.0f} s, "
+            f"{(len(soak) - 1) * 2000:,} requests: RSS {rss[0]:.0f} MB at start, {minute:.0f} MB "
+            f"after 1 min, {rss[-1]:.0f} MB at the end, peak {max(rss):.0f} MB, slope after the "
+            f"first minute {slope_mb_per_min(soak):+.2f} MB/min"
+        )
     return 0
 
 
