@@ -183,6 +183,11 @@ async def _up(args: argparse.Namespace, data: Path) -> int:
                 "-t stats/activities/log -e reply/tester/1 "
                 '-m \'{"user_id":"alice","activity_type":"gym_session"}\' -W 5'
             )
+            print(
+                "Home Assistant: add the MQTT integration with broker <this host>, port "
+                f"{broker.port}, user homeassistant, password "
+                f"'{broker.credentials['homeassistant']}' (docs/homeassistant.md)"
+            )
         if args.demo:
             if broker is None:
                 print("  (--demo needs the embedded broker's tester account; skipped)")
