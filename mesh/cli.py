@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -222,7 +223,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_broker_acl(args: argparse.Namespace) -> int:
     from mesh.broker.acl import generate_acl
 
-    sys.stdout.write(generate_acl(default_contract()))
+    prefix = args.discovery_prefix or os.environ.get("LIFEOPS_HA_DISCOVERY_PREFIX") or ""
+    contract = default_contract()
+    if prefix:
+        contract = contract.with_discovery_prefix(prefix)
+    sys.stdout.write(generate_acl(contract))
     return 0
 
 
@@ -527,6 +532,11 @@ def parser() -> argparse.ArgumentParser:
         dest="what", required=True
     )
     acl = broker.add_parser("acl", help="print the ACL generated from topics.toml")
+    acl.add_argument(
+        "--discovery-prefix",
+        help="Home Assistant's discovery prefix when not `homeassistant` "
+        "(default: LIFEOPS_HA_DISCOVERY_PREFIX)",
+    )
     acl.set_defaults(func=cmd_broker_acl)
     pw = broker.add_parser("passwords", help="create the passwd file and credentials.toml")
     pw.add_argument("--dir", default="broker/local", help="where to write them")

@@ -159,3 +159,23 @@ def test_readme_topic_table_is_generated_from_the_contract() -> None:
 
     readme = (ROOT / "README.md").read_text()
     assert render_into(readme, default_contract()) == readme
+
+
+def test_discovery_prefix_moves_home_assistant_topics_and_their_acl() -> None:
+    """LIFEOPS_HA_DISCOVERY_PREFIX / --discovery-prefix: the bridge's contract and the ACL use
+    the new prefix for discovery configs and HA's birth, nothing else changes."""
+    from mesh.broker.acl import generate_acl
+
+    c = default_contract()
+    moved = c.with_discovery_prefix("hass")
+    assert moved.topic("ha_status") == "hass/status"
+    assert (
+        moved.topic("ha_discovery", component="sensor", node_id="n", object_id="o")
+        == "hass/sensor/n/o/config"
+    )
+    changed = {k for k in c.topics if c.topics[k].topic != moved.topics[k].topic}
+    assert changed == {"ha_status", "ha_discovery"}
+    assert moved.publisher_allowed("ha_bridge", "hass/sensor/lifeops_a/level/config")
+    acl = generate_acl(moved)
+    assert "topic readwrite hass/+/+/+/config" in acl and "homeassistant/" not in acl
+    assert c.with_discovery_prefix("homeassistant") is c
