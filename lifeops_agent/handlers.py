@@ -12,6 +12,7 @@ from lifeops_agent import days, repository
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
 from mesh import codec, state
+from mesh.contract import default_contract
 from mesh.errors import DecodeError, HandlerError
 from mesh.ids import check_user_id
 from mesh.inbox import Context
@@ -55,6 +56,7 @@ class LifeOpsHandlers:
         self.receipt_wait_s = receipt_wait_s
         self.receipts: ReceiptOutbox | None = None  # set when the agent starts
         self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
+        self.contract = default_contract()  # the agent's own, once it starts
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -177,8 +179,21 @@ class LifeOpsHandlers:
     # -- receipts -------------------------------------------------------------------------------
 
     async def on_receipt(self, tx: Tx, rec: ReceiptRecord, reply: Any) -> None:
-        if rec.topic_key == "activity_completed":
-            await repository.store_result(tx, rec.id, codec.encode(reply).decode())
+        """Stats answered: store its result, and restate the retained timeline (the XP is no
+        longer pending), in the receipt's transaction."""
+        if rec.topic_key != "activity_completed":
+            return
+        user_id = await repository.store_result(tx, rec.id, codec.encode(reply).decode())
+        if user_id is None:
+            return
+        fresh = await self.day_state(tx, user_id)
+        await state.put(
+            tx,
+            topic=self.contract.topic("timeline_state", user_id=user_id),
+            topic_key="timeline_state",
+            payload=codec.encode(fresh),
+            trace_id=rec.trace_id,
+        )
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ class Agent:
         )
         self.receipts.on_receipt = app.on_receipt
         self.receipts.after_receipt = app.after_receipt
+        self.receipts.on_stored = self.states.changed
         self.committer = GroupCommitter(
             agent=self.name,
             store=self.store,

@@ -12,6 +12,7 @@ stops the resends while the peer does not answer at all, probing it now and then
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -92,7 +93,14 @@ class ReceiptOutbox:
         self._wake = asyncio.Event()
         self.on_receipt: OnReceipt | None = None  # in the receipt's transaction
         self.after_receipt: AfterReceipt | None = None  # after its commit
+        self.on_stored: Callable[[], None] | None = None  # after each commit of receipts
         self._resend_all = False
+        # Receipts arriving together are stored in one transaction (as the inbox does).
+        self._to_store: list[tuple[ReceiptRecord, Any]] = []
+        self._store_wake = asyncio.Event()
+        self._storer: asyncio.Task[None] | None = None
+        # The latest receipts, so `wait` needs no database read on the fast path.
+        self._recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     # -- staging (inside the sender's transaction) ----------------------------------------------
 
@@ -129,13 +137,25 @@ class ReceiptOutbox:
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="receipts-sweep")
+        self._storer = asyncio.create_task(self._store_loop(), name="receipts-store")
 
     async def stop(self) -> None:
-        tasks = {t for t in (self._sweeper, *self._tasks) if t is not None}
+        tasks = {t for t in (self._sweeper, self._storer, *self._tasks) if t is not None}
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        if self._to_store:  # answered but not stored yet: store them, else they are resent
+            try:
+                async with asyncio.timeout(5):
+                    await self._store_batch(self._to_store)
+                self._to_store = []
+            except Exception as exc:
+                log.warning(
+                    "%d receipts not stored at stop (resent after restart): %s",
+                    len(self._to_store),
+                    exc,
+                )
 
     def submit(self, records: list[ReceiptRecord]) -> None:
         """Send records that were just committed, right away."""
@@ -150,16 +170,16 @@ class ReceiptOutbox:
 
     async def wait(self, record_id: str, timeout: float) -> Any | None:
         """The receipt of `record_id` if it comes within `timeout`, else None."""
+        if record_id in self._recent:  # stored already (no await between check and waiter)
+            return self._recent[record_id]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(record_id, []).append(fut)
         try:
             async with asyncio.timeout(timeout):
-                stored = await self.receipt_of(record_id)  # it may have come already
-                if stored is not None:
-                    return stored
                 return await fut
         except TimeoutError:
-            return None
+            # Stored long ago and forgotten by the recent list? The database knows.
+            return await self.receipt_of(record_id)
         finally:
             waiters = self._waiters.get(record_id, [])
             if fut in waiters:
@@ -236,6 +256,7 @@ class ReceiptOutbox:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, rec: ReceiptRecord) -> None:
+        handed_over = False
         try:
             if rec.attempts > 0 and not self.breaker.allow():
                 return  # retries wait until the circuit half-opens; first sends always go
@@ -254,13 +275,16 @@ class ReceiptOutbox:
                     await self._retry_later(rec, exc)
                     return
             self.breaker.success()
-            await self._store_receipt(rec, reply)
+            self._to_store.append((rec, reply))  # in flight until stored
+            handed_over = True
+            self._store_wake.set()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("receipt relay failed for %s", rec.id)
         finally:
-            self._inflight.discard(rec.id)
+            if not handed_over:
+                self._inflight.discard(rec.id)
 
     async def _retry_later(self, rec: ReceiptRecord, exc: Exception) -> None:
         delay = min(self._max, self._base * 2 ** min(rec.attempts, 16))
@@ -280,19 +304,66 @@ class ReceiptOutbox:
                 rec.id,
             )
 
-    async def _store_receipt(self, rec: ReceiptRecord, reply: Any) -> None:
+    async def _store_loop(self) -> None:
+        """Store every receipt that arrived since the last commit, in one transaction; never
+        dies (a database outage keeps them queued and retries)."""
+        backoff = 0.05
+        while True:
+            await self._store_wake.wait()
+            self._store_wake.clear()
+            batch, self._to_store = self._to_store, []
+            if not batch:
+                continue
+            try:
+                fresh = await self._store_batch(batch)
+            except asyncio.CancelledError:
+                self._to_store[:0] = batch
+                raise
+            except Exception as exc:
+                log.warning("storing %d receipts failed (%s); retrying", len(batch), exc)
+                self._to_store[:0] = batch
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._store_wake.set()
+                continue
+            backoff = 0.05
+            for rec, _ in batch:
+                self._inflight.discard(rec.id)
+            if fresh and self.on_stored is not None:
+                self.on_stored()
+            for rec, reply in fresh:
+                self._remember(rec.id, reply)
+                if self.after_receipt is not None:
+                    try:
+                        await self.after_receipt(rec, reply)
+                    except Exception:
+                        log.exception("after-receipt hook failed for %s", rec.id)
+                for fut in self._waiters.pop(rec.id, []):
+                    if not fut.done():
+                        fut.set_result(reply)
+
+    async def _store_batch(
+        self, batch: list[tuple[ReceiptRecord, Any]]
+    ) -> list[tuple[ReceiptRecord, Any]]:
+        """The receipts of `batch` that were not stored before (a resend's second answer is)."""
+        fresh = []
+        now = dt.datetime.now(dt.UTC).isoformat()
         async with self._store.transaction() as tx:
-            first = await tx.execute(
-                "UPDATE mesh_receipts SET receipt = ?, receipt_at = ?, attempts = attempts + 1"
-                " WHERE id = ? AND receipt_at IS NULL",
-                codec.encode(reply).decode(),
-                dt.datetime.now(dt.UTC).isoformat(),
-                rec.id,
-            )
-            if first and self.on_receipt is not None:
-                await self.on_receipt(tx, rec, reply)
-        if first and self.after_receipt is not None:
-            await self.after_receipt(rec, reply)
-        for fut in self._waiters.pop(rec.id, []):
-            if not fut.done():
-                fut.set_result(reply)
+            for rec, reply in batch:
+                first = await tx.execute(
+                    "UPDATE mesh_receipts SET receipt = ?, receipt_at = ?,"
+                    " attempts = attempts + 1 WHERE id = ? AND receipt_at IS NULL",
+                    codec.encode(reply).decode(),
+                    now,
+                    rec.id,
+                )
+                if first:
+                    if self.on_receipt is not None:
+                        await self.on_receipt(tx, rec, reply)
+                    fresh.append((rec, reply))
+        return fresh
+
+    def _remember(self, record_id: str, reply: Any, keep: int = 10_000) -> None:
+        self._recent[record_id] = reply
+        while len(self._recent) > keep:
+            self._recent.popitem(last=False)
