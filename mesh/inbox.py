@@ -120,6 +120,10 @@ class Context:
         self.staged_receipts.append(rec)
 
 
+class _HandlerFailed(Exception):
+    """A handler failed in a batch run without savepoints: run it again, isolated."""
+
+
 Handler = Callable[[Context, Any], Awaitable[Reply | None]]
 AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
 DedupKey = Callable[[Any], str | None]
@@ -240,10 +244,14 @@ class GroupCommitter:
     async def _commit_with_retries(self, batch: list[Delivery]) -> None:
         attempt = 0
         backoff = 0.05
+        isolate = False  # savepoints per message only once a handler of the batch has failed
         while True:
             try:
-                outcomes, records, receipts = await self._commit(batch)
+                outcomes, records, receipts = await self._commit(batch, isolate=isolate)
                 break
+            except _HandlerFailed:
+                isolate = True  # the transaction rolled back; again, each message on its own
+                continue
             except Exception as exc:
                 # Handler errors never get here (each message has its savepoint): what does is
                 # the transaction machinery itself. Outages wait; anything else is retried a
@@ -270,6 +278,8 @@ class GroupCommitter:
         now = time.perf_counter()
         for d, outcome in zip(batch, outcomes, strict=True):
             self._metrics.handler_seconds.labels(d.entry.key).observe(now - d.received)
+            if outcome.duplicate:
+                self._metrics.duplicates.labels(d.entry.key).inc()
             if not d.future.done():
                 d.future.set_result(outcome)
         self._relay.submit(records)
@@ -279,8 +289,12 @@ class GroupCommitter:
             self._on_state_changed()
 
     async def _commit(
-        self, batch: list[Delivery]
+        self, batch: list[Delivery], *, isolate: bool = True
     ) -> tuple[list[Outcome], list[OutboxRecord], list[ReceiptRecord]]:
+        """One transaction for the batch. With `isolate`, each message runs in a savepoint and
+        a failing handler rolls back only its own message; without, the first failure rolls
+        back the whole transaction (_HandlerFailed) and the caller runs the batch isolated:
+        the common all-good batch saves two statements per message."""
         outcomes: list[Outcome] = []
         records: list[OutboxRecord] = []
         receipts: list[ReceiptRecord] = []
@@ -297,8 +311,18 @@ class GroupCommitter:
                     receipts=self._receipts,
                 )
                 try:
-                    async with tx.savepoint():
-                        outcome = await self._handle(ctx, d)
+                    if isolate:
+                        async with tx.savepoint():
+                            outcome = await self._handle(ctx, d)
+                    else:
+                        try:
+                            outcome = await self._handle(ctx, d)
+                        except Exception as exc:
+                            if is_transient(exc):
+                                raise
+                            raise _HandlerFailed from exc
+                except _HandlerFailed:
+                    raise
                 except (HandlerError, DecodeError) as exc:
                     outcome = Outcome(error=ErrorInfo(code=exc.code, message=exc.message))
                 except Exception as exc:
@@ -328,7 +352,6 @@ class GroupCommitter:
                 ctx.now.isoformat(),
             )
             if claimed == 0:
-                self._metrics.duplicates.labels(d.entry.key).inc()
                 row = await ctx.tx.fetchone("SELECT reply FROM mesh_inbox WHERE key = ?", key)
                 reply = None
                 if row and row[0] and reply_type is not None:
