@@ -14,6 +14,7 @@ What it adds to gmqtt:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import struct
@@ -128,27 +129,49 @@ class _CoalescingWriter:
 
 
 class _Window:
-    """Bounds in-flight QoS>0 publishes to the broker's receive maximum."""
+    """Bounds in-flight QoS>0 publishes to the broker's receive maximum (no lock on the fast
+    path: a free slot is taken synchronously; waiters queue in order)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        if self.used < self.limit and not self._waiters:
+            self.used += 1
+            return True
+        return False
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used < self.limit)
-            self.used += 1
+        if self.try_acquire():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser counted the slot for us
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted while we were cancelled: hand it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.used -= 1
-            self._cond.notify()
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
 
-    async def resize(self, limit: int) -> None:
-        async with self._cond:
-            self.limit = limit
-            self._cond.notify_all()
+    def _wake(self) -> None:
+        while self._waiters and self.used < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.used += 1
+                fut.set_result(None)
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
 
 
 class Transport:
@@ -198,6 +221,8 @@ class Transport:
         self._handler = self._client._package_handler
         self._handler._handle_puback_packet = self._handle_puback  # type: ignore[attr-defined]
         self._window = _Window(_DEFAULT_WINDOW)
+        self._deadlines: dict[asyncio.Future[int], float] = {}
+        self._expirer: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._subscriptions: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -245,6 +270,9 @@ class Transport:
                 await self._client.disconnect()
         for task in list(self._tasks):
             task.cancel()
+        if self._expirer is not None:
+            self._expirer.cancel()
+            self._expirer = None
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: dict[str, Any]) -> None:
         session_present = bool(flags)
@@ -261,7 +289,7 @@ class Transport:
         self._spawn(self._after_connect(session_present, limit))
 
     async def _after_connect(self, session_present: bool, limit: int) -> None:
-        await self._window.resize(limit)
+        self._window.resize(limit)
         if self._subscriptions and not session_present:
             log.info("broker has no session for %s: resubscribing", self.client_id)
             self._send_subscribe(self._subscriptions)
@@ -311,27 +339,53 @@ class Transport:
             props["correlation_data"] = correlation_data
         if user_properties:
             props["user_property"] = list(user_properties.items())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                if qos == 0:
-                    await self._connected.wait()
-                    self._client.publish(topic, payload, qos=0, retain=retain, **props)
-                    return
-                await self._window.acquire()
+            if qos == 0:
+                if not self._connected.is_set():
+                    async with asyncio.timeout_at(deadline):
+                        await self._connected.wait()
+                self._client.publish(topic, payload, qos=0, retain=retain, **props)
+                return
+            # Fast path without timers: connected and a free slot in the window. Only the
+            # waits that really wait get a timeout of their own; the PUBACK's is enforced by
+            # one sweeper for all publishes (see _expire_loop).
+            if not self._window.try_acquire():
+                async with asyncio.timeout_at(deadline):
+                    await self._window.acquire()
+            try:
+                if not self._connected.is_set():
+                    async with asyncio.timeout_at(deadline):
+                        await self._connected.wait()
+                fut: asyncio.Future[int] = loop.create_future()
+                self._client.publish(topic, payload, qos=qos, retain=retain, **props)
+                mid = self._storage.last_mid
+                assert mid is not None
+                self._storage.waiters[mid] = fut
+                self._deadlines[fut] = deadline
+                if self._expirer is None:
+                    self._expirer = loop.create_task(self._expire_loop(), name="puback-timeouts")
                 try:
-                    await self._connected.wait()
-                    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-                    self._client.publish(topic, payload, qos=qos, retain=retain, **props)
-                    mid = self._storage.last_mid
-                    assert mid is not None
-                    self._storage.waiters[mid] = fut
                     reason = await fut
                 finally:
-                    await self._window.release()
+                    self._deadlines.pop(fut, None)
+            finally:
+                self._window.release()
         except TimeoutError as exc:
             raise TransportError(f"no PUBACK for {topic!r} within {timeout}s") from exc
         if reason >= 0x80:
             raise PublishRefused(topic, reason)
+
+    async def _expire_loop(self, interval: float = 0.1) -> None:
+        """Fail the PUBACK waits whose deadline has passed (one timer for all publishes)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for fut, deadline in list(self._deadlines.items()):
+                if deadline <= now and not fut.done():
+                    fut.set_exception(TimeoutError())
 
     # -- subscribe -----------------------------------------------------------------------------
 

@@ -128,3 +128,53 @@ async def test_emit_refuses_undeclared_publishing(
             assert r.success is False and "may not publish" in r.error.message
     finally:
         await agent.stop()
+
+
+async def test_puback_timeout_without_a_timer_per_publish(own_broker: MosquittoProcess) -> None:
+    """A broker that stops answering: the publish fails with `no PUBACK` close to its timeout
+    (the deadline sweeper), the window slot comes back, and publishing works after SIGCONT."""
+    import os
+    import signal
+    import time
+
+    from mesh.errors import TransportError
+    from mesh.testing.clients import connect_as
+
+    t = await connect_as(own_broker, "tester")
+    try:
+        assert own_broker.proc is not None
+        os.kill(own_broker.proc.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(TransportError, match="no PUBACK"):
+                await t.publish("stats/activities/log", b"{}", qos=1, timeout=0.5)
+            assert 0.45 <= time.monotonic() - start < 2.0
+        finally:
+            os.kill(own_broker.proc.pid, signal.SIGCONT)
+        assert t._window.used == 0
+        await t.publish("lifeops/timeline/get", b'{"user_id": "x"}', qos=1, timeout=10)
+    finally:
+        await t.disconnect()
+
+
+async def test_publish_window_bounds_in_flight_and_hands_on_slots() -> None:
+    """The in-flight window: a full window queues publishers in order; a cancelled waiter that
+    was already granted a slot passes it on; a resize wakes waiters."""
+    from mesh.transport import _Window
+
+    w = _Window(2)
+    assert w.try_acquire() and w.try_acquire() and not w.try_acquire()
+    first = asyncio.ensure_future(w.acquire())
+    second = asyncio.ensure_future(w.acquire())
+    await asyncio.sleep(0)
+    assert not first.done() and w.used == 2
+    w.release()  # the slot goes to `first`
+    first.cancel()  # ... which no longer wants it: handed on to `second`
+    await asyncio.sleep(0)
+    await asyncio.wait_for(second, 1)
+    assert w.used == 2
+    third = asyncio.ensure_future(w.acquire())
+    await asyncio.sleep(0)
+    w.resize(3)
+    await asyncio.wait_for(third, 1)
+    assert w.used == 3
