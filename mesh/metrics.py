@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -80,6 +82,18 @@ class Metrics:
         self.peer_up = Gauge(
             "mesh_peer_up", "Availability of the agents this one depends on", ["agent"], registry=r
         )
+        # labels() takes a lock and builds a key on every call; the label sets here are few and
+        # fixed (contract keys, error codes, agents), so each child is looked up once.
+        for metric in (
+            self.received,
+            self.published,
+            self.dead_letters,
+            self.duplicates,
+            self.handler_seconds,
+            self.request_timeouts,
+            self.peer_up,
+        ):
+            metric.labels = functools.lru_cache(maxsize=1024)(metric.labels)  # type: ignore[method-assign]
 
     def gauge(self, name: str, documentation: str) -> Gauge:
         """An agent's own gauge in this registry (created on first use)."""

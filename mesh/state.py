@@ -3,8 +3,9 @@ coalesced.
 
 A state topic (e.g. stats/character/<user>) only ever needs its newest value on the broker. The
 handler upserts it into `mesh_state` (one row per topic, a version counter); a publisher sends
-the rows whose version is newer than the one last acknowledged, at most every `interval_s`, so a
-user with ten activities in a second gets one retained update, not ten. Rows survive a crash and
+the rows whose version is newer than the one last acknowledged, at most every `interval_s` (four
+times that while flushes are large), so a user with ten activities in a second gets one retained
+update, not ten. Rows survive a crash and
 are published after the restart; when the broker has lost its retained messages (a new session),
 everything is republished.
 """
@@ -133,8 +134,10 @@ class StatePublisher:
                 pass
             self._wake.clear()
             try:
-                await self.flush()
-                backoff = self._interval
+                published = await self.flush()
+                # Under load, wait longer between flushes: more updates per topic coalesce
+                # into one publish (a busy user's sheet once a second, not four times).
+                backoff = self._interval if published < 100 else self._interval * 4
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
