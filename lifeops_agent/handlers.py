@@ -183,15 +183,27 @@ class LifeOpsHandlers:
         longer pending), in the receipt's transaction."""
         if rec.topic_key != "activity_completed":
             return
-        user_id = await repository.store_result(tx, rec.id, codec.encode(reply).decode())
-        if user_id is None:
+        done = await repository.store_result(tx, rec.id, codec.encode(reply).decode())
+        if done is None:
             return
-        fresh = await self.day_state(tx, user_id)
+        user_id, code, day = done
+        topic = self.contract.topic("timeline_state", user_id=user_id)
+        # The retained timeline was restated by the completion itself (same transaction order):
+        # only its item's xp_pending flips. Rebuilt from the database when it is not there.
+        row = await tx.fetchone("SELECT payload FROM mesh_state WHERE topic = ?", topic)
+        current = codec.decode(row[0].encode(), TimelineDay) if row else None
+        if current is not None and current.date != day:
+            return  # the retained day is another one: nothing it shows changed
+        item = next((i for i in current.items if i.code == code), None) if current else None
+        if current is None or item is None:
+            current = await self.day_state(tx, user_id)
+        else:
+            item.xp_pending = False
         await state.put(
             tx,
-            topic=self.contract.topic("timeline_state", user_id=user_id),
+            topic=topic,
             topic_key="timeline_state",
-            payload=codec.encode(fresh),
+            payload=codec.encode(current),
             trace_id=rec.trace_id,
         )
 

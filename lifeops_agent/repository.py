@@ -111,15 +111,15 @@ async def insert_completion(tx: Tx, user_id: str, c: Completion) -> bool:
     return n == 1
 
 
-async def store_result(tx: Tx, activity_id: str, result: str) -> str | None:
-    """Fill in Stats' answer; returns the completion's user id."""
+async def store_result(tx: Tx, activity_id: str, result: str) -> tuple[str, str, dt.date] | None:
+    """Fill in Stats' answer; returns the completion's (user id, item code, local day)."""
     row = await tx.fetchone(
         "UPDATE lifeops_completions SET result = ?, xp_pending = 0 WHERE activity_id = ?"
-        " RETURNING user_id",
+        " RETURNING user_id, item_code, day",
         result,
         activity_id,
     )
-    return row[0] if row else None
+    return (row[0], row[1], dt.date.fromisoformat(str(row[2]))) if row else None
 
 
 async def insert_oura_day(
