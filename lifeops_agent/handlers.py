@@ -79,7 +79,8 @@ class LifeOpsHandlers:
                 "invalid_time", f"completed_at {moment.isoformat()} is in the future"
             )
         day = days.local_day(moment, tz)
-        history = await repository.item_days(ctx.tx, user_id, item.code)
+        everything = await repository.completions(ctx.tx, user_id)  # also for the day state
+        history = {c.day: c for c in everything if c.item_code == item.code}
         done = set(history)
         if day in done:
             prior = history[day]
@@ -94,9 +95,8 @@ class LifeOpsHandlers:
         done.add(day)
         streak = days.run_ending_at(done, day)
         activity_id = completion_id(user_id, item.code, day)
-        await repository.insert_completion(
-            ctx.tx, user_id, Completion(item.code, day, moment, activity_id, streak, None, True)
-        )
+        completion = Completion(item.code, day, moment, activity_id, streak, None, True)
+        await repository.insert_completion(ctx.tx, user_id, completion)
         await ctx.request_with_receipt(
             "activity_completed",
             ActivityCompleted(
@@ -112,7 +112,10 @@ class LifeOpsHandlers:
             ),
             record_id=activity_id,
         )
-        await self._emit_state(ctx, user_id)
+        state = await self.day_state(
+            ctx.tx, user_id, now=ctx.now, tzname=tzname, history=[*everything, completion]
+        )
+        await ctx.emit("timeline_state", state, user_id=user_id)
         return TimelineCompleteReply(
             item_code=item.code,
             date=day,
@@ -213,12 +216,22 @@ class LifeOpsHandlers:
         return await repository.user_timezone(tx, user_id) or self.default_timezone
 
     async def day_state(
-        self, tx: Tx, user_id: str, day: dt.date | None = None, now: dt.datetime | None = None
+        self,
+        tx: Tx,
+        user_id: str,
+        day: dt.date | None = None,
+        now: dt.datetime | None = None,
+        *,
+        tzname: str | None = None,
+        history: list[Completion] | None = None,
     ) -> TimelineDay:
-        tzname = await self._timezone(tx, user_id)
+        """The user's timeline for `day` (default today); `tzname` and `history` when the
+        caller has read them already."""
+        tzname = tzname or await self._timezone(tx, user_id)
         today = days.local_day(now or dt.datetime.now(dt.UTC), days.zone(tzname))
         day = day or today
-        history = await repository.completions(tx, user_id)
+        if history is None:
+            history = await repository.completions(tx, user_id)
         items = []
         for item in self.timeline.items:
             done_days = {c.day for c in history if c.item_code == item.code}

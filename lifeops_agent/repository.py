@@ -73,29 +73,6 @@ async def completions(tx: Tx, user_id: str) -> list[Completion]:
     ]
 
 
-async def item_days(tx: Tx, user_id: str, item_code: str) -> dict[dt.date, Completion]:
-    """One item's completions of one user, by day (the primary key's prefix: an index scan)."""
-    rows = await tx.fetchall(
-        "SELECT item_code, day, completed_at, activity_id, streak, result, xp_pending"
-        " FROM lifeops_completions WHERE user_id = ? AND item_code = ?",
-        user_id,
-        item_code,
-    )
-    out = {}
-    for r in rows:
-        c = Completion(
-            r[0],
-            dt.date.fromisoformat(r[1]),
-            dt.datetime.fromisoformat(r[2]),
-            r[3],
-            int(r[4]),
-            r[5],
-            bool(r[6]),
-        )
-        out[c.day] = c
-    return out
-
-
 async def insert_completion(tx: Tx, user_id: str, c: Completion) -> bool:
     """False when the item was already completed that day."""
     n = await tx.execute(

@@ -131,14 +131,20 @@ async def character_sheet(
         known = (int(row[0]), int(row[1]), row[2])
     total, activities, updated = known
     xp = {s: 0 for s in stats}
-    for stat, value in await tx.fetchall(
-        "SELECT stat, xp FROM stats_stat_xp WHERE user_id = ?", user_id
+    codes: list[str] = []
+    # Stats and achievements in one statement: (0, stat, xp, NULL) rows, then (1, code, 0,
+    # awarded_at) rows in the order they were awarded.
+    for kind, name, value, _ in await tx.fetchall(
+        "SELECT 0, stat, xp, NULL FROM stats_stat_xp WHERE user_id = ?"
+        " UNION ALL SELECT 1, code, 0, awarded_at FROM stats_achievements WHERE user_id = ?"
+        " ORDER BY 1, 4, 2",
+        user_id,
+        user_id,
     ):
-        xp[stat] = int(value)
-    achievements = await tx.fetchall(
-        "SELECT code FROM stats_achievements WHERE user_id = ? ORDER BY awarded_at, code", user_id
-    )
-    codes = [a[0] for a in achievements]
+        if kind == 0:
+            xp[name] = int(value)
+        else:
+            codes.append(name)
     char = level_for(total)
     sheets = {}
     for stat, value in xp.items():
