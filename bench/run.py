@@ -143,6 +143,20 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.kill()
 
 
+def start_stats(broker: MosquittoProcess, db_url: str, work: Path) -> AgentProcess:
+    """A Stats agent as its own process, warnings only."""
+    agent = AgentProcess(
+        "stats",
+        broker.url("stats"),
+        db_url,
+        data_dir=work,
+        instance=uuid.uuid4().hex[:6],
+        env={"LIFEOPS_LOG_LEVEL": "WARNING"},
+    )
+    agent.start()
+    return agent
+
+
 async def bench_stats(
     broker: MosquittoProcess,
     db_url: str,
@@ -154,15 +168,7 @@ async def bench_stats(
     single: bool = True,
 ) -> tuple[Result, Result, float, float]:
     """(2): stats/activities/log end to end; also one-in-flight latency and the agent's RSS."""
-    agent = AgentProcess(
-        "stats",
-        broker.url("stats"),
-        db_url,
-        data_dir=work,
-        instance=uuid.uuid4().hex[:6],
-        env={"LIFEOPS_LOG_LEVEL": "WARNING"},
-    )
-    agent.start()
+    agent = start_stats(broker, db_url, work)
     assert agent.proc is not None
     idle_rss, _ = rss_mb(agent.proc.pid)
     run = uuid.uuid4().hex[:6]
@@ -216,15 +222,7 @@ async def bench_soak(
     broker: MosquittoProcess, work: Path, seconds: float, inflight: int
 ) -> list[tuple[float, float]]:
     """Load on Stats (SQLite) for `seconds`; (elapsed s, RSS MB) sampled after each batch."""
-    agent = AgentProcess(
-        "stats",
-        broker.url("stats"),
-        f"sqlite:///{work / 'soak.db'}",
-        data_dir=work,
-        instance=uuid.uuid4().hex[:6],
-        env={"LIFEOPS_LOG_LEVEL": "WARNING"},
-    )
-    agent.start()
+    agent = start_stats(broker, f"sqlite:///{work / 'soak.db'}", work)
     assert agent.proc is not None
     samples = [(0.0, rss_mb(agent.proc.pid)[0])]
     run = uuid.uuid4().hex[:6]

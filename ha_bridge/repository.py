@@ -42,22 +42,23 @@ class Desired(msgspec.Struct, frozen=True):
 
 
 async def save_sheet(tx: Tx, sheet: CharacterSheet, *, only_if_missing: bool = False) -> None:
-    condition = " WHERE ha_inputs.sheet IS NULL" if only_if_missing else ""
-    await tx.execute(
-        "INSERT INTO ha_inputs (user_id, sheet) VALUES (?, ?)"
-        " ON CONFLICT (user_id) DO UPDATE SET sheet = excluded.sheet" + condition,
-        sheet.user_id,
-        codec.encode(sheet).decode(),
-    )
+    await _save(tx, "sheet", sheet.user_id, codec.encode(sheet), only_if_missing)
 
 
 async def save_timeline(tx: Tx, timeline: TimelineDay, *, only_if_missing: bool = False) -> None:
-    condition = " WHERE ha_inputs.timeline IS NULL" if only_if_missing else ""
+    await _save(tx, "timeline", timeline.user_id, codec.encode(timeline), only_if_missing)
+
+
+async def _save(tx: Tx, column: str, user_id: str, body: bytes, only_if_missing: bool) -> None:
+    """Upsert one of a user's inputs (`only_if_missing`: keep one already there, which is at
+    least as new as an answer to the bridge's own request)."""
+    assert column in ("sheet", "timeline")
+    condition = f" WHERE ha_inputs.{column} IS NULL" if only_if_missing else ""
     await tx.execute(
-        "INSERT INTO ha_inputs (user_id, timeline) VALUES (?, ?)"
-        " ON CONFLICT (user_id) DO UPDATE SET timeline = excluded.timeline" + condition,
-        timeline.user_id,
-        codec.encode(timeline).decode(),
+        f"INSERT INTO ha_inputs (user_id, {column}) VALUES (?, ?)"
+        f" ON CONFLICT (user_id) DO UPDATE SET {column} = excluded.{column}" + condition,
+        user_id,
+        body.decode(),
     )
 
 
