@@ -127,12 +127,16 @@ async def test_user_device_entities_and_state(
             "ha_bridge/status",
             "lifeops/status",
         ]
-        # unique ids are unique, and every config is one HA accepts (a state topic or a command)
+        # unique ids are unique
         ids = [c["unique_id"] for c in configs.values()]
         assert len(ids) == len(set(ids))
         await eventually(
-            lambda: _true((s := view.state(uid)) and s.streaks.get("morning_stretch") == 1),
-            what="device state with the streak",
+            lambda: _true(
+                (s := view.state(uid))
+                and s.streaks.get("morning_stretch") == 1
+                and s.total_xp == 15
+            ),
+            what="device state with the streak and the XP",
         )
         state = view.state(uid)
         assert state is not None
@@ -183,7 +187,12 @@ async def test_button_press_completes_through_lifeops(
             what="70 XP from the gym session in the device state",
         )
         assert state.streaks["gym_session"] == 1
-        assert set(view.configs(node)) == user_config_keys()
+        # the character's sensors came with its first sheet (published in the same flush as
+        # the state, in any order)
+        await eventually(
+            lambda: _true(set(view.configs(node)) == user_config_keys()),
+            what="character sensors of the new user",
+        )
 
 
 async def test_startup_clears_ghosts_and_keeps_what_is_current(
@@ -301,8 +310,10 @@ async def test_timeline_change_adds_and_removes_entities(
                 lambda: _true(set(view.configs(node)) == user_config_keys(STATS, ["walk", "yoga"])),
                 what="reading's entities cleared, yoga's added",
             )
-            state = view.state(uid)
-            assert state is not None and state.streaks == {"walk": 1, "yoga": 0}
+            await eventually(
+                lambda: _true((st := view.state(uid)) and st.streaks == {"walk": 1, "yoga": 0}),
+                what="the device state lists walk and yoga",
+            )
 
 
 async def test_bad_state_payload_is_dead_lettered(
