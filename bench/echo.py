@@ -10,21 +10,12 @@ import asyncio
 import signal
 import sys
 
-from mesh.settings import parse_broker_url
-from mesh.transport import Inbound, Transport
+from mesh.client import plain_transport
+from mesh.transport import Inbound
 
 
 async def main(url: str) -> None:
-    u = parse_broker_url(url)
-    t = Transport(
-        client_id="bench-echo",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    t = plain_transport(url, client_id="bench-echo")
 
     async def on(msg: Inbound) -> int:
         if msg.response_topic:

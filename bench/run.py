@@ -32,11 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from mesh import codec  # noqa: E402
 from mesh.broker.process import MosquittoProcess, free_port  # noqa: E402
-from mesh.client import MeshClient  # noqa: E402
+from mesh.client import MeshClient, plain_transport  # noqa: E402
 from mesh.schemas import ActivityLogRequest, TimelineCompleteRequest  # noqa: E402
-from mesh.settings import parse_broker_url  # noqa: E402
 from mesh.testing.processes import AgentProcess  # noqa: E402
-from mesh.transport import Inbound, Transport  # noqa: E402
+from mesh.transport import Inbound  # noqa: E402
 
 BENCH_ACL = "user bench\ntopic readwrite #\n"  # a scratch account on a scratch broker
 
@@ -81,16 +80,7 @@ class Echo:
     """(1): a gmqtt requester against the echo process."""
 
     def __init__(self, url: str) -> None:
-        u = parse_broker_url(url)
-        self.t = Transport(
-            client_id=f"bench-req-{uuid.uuid4().hex[:6]}",
-            host=u.host,
-            port=u.port,
-            username=u.username,
-            password=u.password,
-            clean_start=True,
-            session_expiry_s=0,
-        )
+        self.t = plain_transport(url, prefix="bench-req")
         self.pending: dict[bytes, asyncio.Future[bytes]] = {}
         self.reply = f"bench/reply/{uuid.uuid4().hex[:6]}"
 
@@ -143,6 +133,23 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.kill()
 
 
+def activity_caller(client: MeshClient, users: int) -> Callable[[int], Awaitable[None]]:
+    """Request i: one `stats/activities/log` for user u<i % users>, a source_ref new to this run."""
+    run = uuid.uuid4().hex[:6]
+
+    async def call(i: int) -> None:
+        r = await client.request(
+            "activities_log",
+            ActivityLogRequest(
+                user_id=f"u{i % users}", activity_type="reading", source_ref=f"{run}-{i}"
+            ),
+            timeout=60,
+        )
+        assert r.success, r.error
+
+    return call
+
+
 def start_stats(broker: MosquittoProcess, db_url: str, work: Path) -> AgentProcess:
     """A Stats agent as its own process, warnings only."""
     agent = AgentProcess(
@@ -171,18 +178,8 @@ async def bench_stats(
     agent = start_stats(broker, db_url, work)
     assert agent.proc is not None
     idle_rss, _ = rss_mb(agent.proc.pid)
-    run = uuid.uuid4().hex[:6]
     async with MeshClient(broker.url("tester")) as client:
-
-        async def call(i: int) -> None:
-            r = await client.request(
-                "activities_log",
-                ActivityLogRequest(
-                    user_id=f"u{i % 1000}", activity_type="reading", source_ref=f"{run}-{i}"
-                ),
-                timeout=60,
-            )
-            assert r.success, r.error
+        call = activity_caller(client, users=1000)
 
         await load(call, min(500, n), inflight)  # warm-up
         res = await load(lambda i: call(i + 10_000_000), n, inflight)
@@ -225,20 +222,10 @@ async def bench_soak(
     agent = start_stats(broker, f"sqlite:///{work / 'soak.db'}", work)
     assert agent.proc is not None
     samples = [(0.0, rss_mb(agent.proc.pid)[0])]
-    run = uuid.uuid4().hex[:6]
     t0 = time.monotonic()
     batch = 0
     async with MeshClient(broker.url("tester")) as client:
-
-        async def call(i: int) -> None:
-            r = await client.request(
-                "activities_log",
-                ActivityLogRequest(
-                    user_id=f"u{i % 5000}", activity_type="reading", source_ref=f"{run}-{i}"
-                ),
-                timeout=60,
-            )
-            assert r.success, r.error
+        call = activity_caller(client, users=5000)
 
         while time.monotonic() - t0 < seconds:
             base = batch * 2000
