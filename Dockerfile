@@ -7,12 +7,16 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md topics.toml ./
+COPY broker ./broker
 COPY mesh ./mesh
+COPY lifeops_contract ./lifeops_contract
+COPY lifeops_oura ./lifeops_oura
 COPY stats_agent ./stats_agent
 COPY lifeops_agent ./lifeops_agent
 COPY ha_bridge ./ha_bridge
-COPY broker ./broker
-RUN pip install --no-cache-dir -e .
+COPY lifeops_mesh ./lifeops_mesh
+# A regular install (not editable): the contract and broker files are copied into the package.
+RUN pip install --no-cache-dir . && rm -rf /app/build
 
 ENV LIFEOPS_METRICS_BIND=0.0.0.0
 ENTRYPOINT ["lifeops-mesh"]

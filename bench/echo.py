@@ -10,8 +10,7 @@ import asyncio
 import signal
 import sys
 
-from mesh.client import plain_transport
-from mesh.transport import Inbound
+from mesh import Inbound, plain_transport
 
 
 async def main(url: str) -> None:

@@ -10,8 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mesh.agent import RUNTIME_MIGRATIONS
-from mesh.store import open_store
+from mesh import RUNTIME_MIGRATIONS, open_store
 from stats_agent.repository import MIGRATIONS as STATS_MIGRATIONS
 
 STATS = ("STR", "STA", "DEX", "INT", "WIS", "CHA")

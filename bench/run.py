@@ -30,12 +30,13 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh import codec  # noqa: E402
+from lifeops_contract import contract  # noqa: E402
+from lifeops_contract.schemas import ActivityLogRequest, TimelineCompleteRequest  # noqa: E402
+from lifeops_mesh.broker import local_broker  # noqa: E402
+from lifeops_mesh.processes import agent_process  # noqa: E402
+from mesh import Inbound, MeshClient, codec, plain_transport  # noqa: E402
 from mesh.broker.process import MosquittoProcess, free_port  # noqa: E402
-from mesh.client import MeshClient, plain_transport  # noqa: E402
-from mesh.schemas import ActivityLogRequest, TimelineCompleteRequest  # noqa: E402
 from mesh.testing.processes import AgentProcess  # noqa: E402
-from mesh.transport import Inbound  # noqa: E402
 
 BENCH_ACL = "user bench\ntopic readwrite #\n"  # a scratch account on a scratch broker
 
@@ -152,7 +153,7 @@ def activity_caller(client: MeshClient, users: int) -> Callable[[int], Awaitable
 
 def start_stats(broker: MosquittoProcess, db_url: str, work: Path) -> AgentProcess:
     """A Stats agent as its own process, warnings only."""
-    agent = AgentProcess(
+    agent = agent_process(
         "stats",
         broker.url("stats"),
         db_url,
@@ -178,7 +179,7 @@ async def bench_stats(
     agent = start_stats(broker, db_url, work)
     assert agent.proc is not None
     idle_rss, _ = rss_mb(agent.proc.pid)
-    async with MeshClient(broker.url("tester")) as client:
+    async with MeshClient(broker.url("tester"), contract()) as client:
         call = activity_caller(client, users=1000)
 
         await load(call, min(500, n), inflight)  # warm-up
@@ -224,12 +225,16 @@ async def bench_soak(
     samples = [(0.0, rss_mb(agent.proc.pid)[0])]
     t0 = time.monotonic()
     batch = 0
-    async with MeshClient(broker.url("tester")) as client:
+    async with MeshClient(broker.url("tester"), contract()) as client:
         call = activity_caller(client, users=5000)
 
         while time.monotonic() - t0 < seconds:
             base = batch * 2000
-            await load(lambda i, base=base: call(base + i), 2000, inflight)
+
+            async def shifted(i: int, base: int = base) -> None:
+                await call(base + i)
+
+            await load(shifted, 2000, inflight)
             batch += 1
             samples.append((time.monotonic() - t0, rss_mb(agent.proc.pid)[0]))
     agent.stop()
@@ -252,7 +257,7 @@ async def bench_chain(
 ) -> tuple[Result, float]:
     """(3): lifeops/timeline/complete -> LifeOps -> Stats -> reply."""
     tag = uuid.uuid4().hex[:6]
-    stats = AgentProcess(
+    stats = agent_process(
         "stats",
         broker.url("stats"),
         f"sqlite:///{work / f'cs{tag}.db'}",
@@ -260,7 +265,7 @@ async def bench_chain(
         instance="c" + tag,
         env={"LIFEOPS_LOG_LEVEL": "WARNING"},
     )
-    lifeops = AgentProcess(
+    lifeops = agent_process(
         "lifeops",
         broker.url("lifeops"),
         f"sqlite:///{work / f'cl{tag}.db'}",
@@ -280,7 +285,7 @@ async def bench_chain(
         "call_a_friend",
     ]
     now = dt.datetime.now(dt.UTC)
-    async with MeshClient(broker.url("tester")) as client:
+    async with MeshClient(broker.url("tester"), contract()) as client:
         users = 500
 
         async def call(i: int) -> None:
@@ -450,7 +455,7 @@ async def main() -> int:
     args = ap.parse_args()
     n = 3000 if args.quick else args.requests
     work = Path(tempfile.mkdtemp(prefix="lifeops-bench-"))
-    broker = MosquittoProcess(work / "broker", extra_acl=BENCH_ACL, extra_accounts=("bench",))
+    broker = local_broker(work / "broker", extra_acl=BENCH_ACL, extra_accounts=("bench",))
     broker.start()
     results: list[Result] = []
     try:

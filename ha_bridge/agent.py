@@ -1,20 +1,39 @@
-"""The Home Assistant bridge's route table."""
+"""The Home Assistant bridge's route table (entry point `lifeops_mesh.agents: ha_bridge`)."""
 
 from __future__ import annotations
 
+import msgspec
+
 from ha_bridge.bridge import Bridge
 from ha_bridge.repository import MIGRATIONS
-from mesh.agent import AgentApp
-from mesh.contract import default_contract
-from mesh.inbox import Route
-from mesh.settings import Settings
+from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
+from mesh import AgentApp, Route, Settings
+
+
+class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The bridge's own options: Home Assistant's discovery prefix
+    (LIFEOPS_HA_DISCOVERY_PREFIX) and users whose devices exist from the start
+    (LIFEOPS_HA_USERS, comma-separated)."""
+
+    discovery_prefix: str = DISCOVERY_PREFIX
+    users: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> BridgeConfig:
+        users = tuple(u.strip() for u in env.get("LIFEOPS_HA_USERS", "").split(",") if u.strip())
+        return cls(
+            discovery_prefix=env.get("LIFEOPS_HA_DISCOVERY_PREFIX") or DISCOVERY_PREFIX,
+            users=users,
+        )
 
 
 def build(settings: Settings) -> AgentApp:
-    contract = default_contract().with_discovery_prefix(settings.ha_discovery_prefix)
-    bridge = Bridge(settings, contract)
+    config = BridgeConfig.from_env(settings.env)
+    bridge_contract = with_discovery_prefix(contract(), config.discovery_prefix)
+    bridge = Bridge(config.users, bridge_contract)
     return AgentApp(
         name="ha_bridge",
+        contract=bridge_contract,
         migrations=MIGRATIONS,
         routes=[
             Route("character_state", bridge.character_state),
@@ -25,5 +44,4 @@ def build(settings: Settings) -> AgentApp:
         on_stop=bridge.stop,
         depends_on=("stats", "lifeops"),
         on_peer_status=bridge.peer_status,
-        contract=contract,
     )

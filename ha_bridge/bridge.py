@@ -21,13 +21,8 @@ from ha_bridge import repository
 from ha_bridge.entities import EntityBuilder, encode_config, is_own_node
 from ha_bridge.readback import read_retained
 from ha_bridge.repository import Desired
-from mesh import codec
-from mesh.agent import Agent
-from mesh.contract import Contract
-from mesh.errors import DecodeError, HandlerError, MeshError
-from mesh.ids import check_user_id
-from mesh.inbox import Context
-from mesh.schemas import (
+from lifeops_contract.ids import check_user_id
+from lifeops_contract.schemas import (
     CharacterGetRequest,
     CharacterReply,
     CharacterSheet,
@@ -35,8 +30,7 @@ from mesh.schemas import (
     TimelineGetRequest,
     TimelineReply,
 )
-from mesh.settings import Settings
-from mesh.store import Tx
+from mesh import Agent, Context, Contract, DecodeError, HandlerError, MeshError, Tx, codec, state
 
 log = logging.getLogger("ha_bridge")
 
@@ -44,10 +38,10 @@ BIRTH_DELAY_S = (0.5, 2.5)  # random, so many bridges do not answer HA's birth a
 
 
 class Bridge:
-    def __init__(self, settings: Settings, contract: Contract) -> None:
-        self.settings = settings
+    def __init__(self, users: tuple[str, ...], contract: Contract) -> None:
+        self.users = users  # devices created at startup, before the mesh knows them
         self.contract = contract
-        self.builder = EntityBuilder(contract, list(contract.meta.agents))
+        self.builder = EntityBuilder(contract, list(contract.agents))
         self.agent: Agent | None = None
         self._republish: asyncio.Task[None] | None = None
         self._fill_wake = asyncio.Event()
@@ -129,7 +123,8 @@ class Bridge:
             self.contract.subscription("character_state"),
             self.contract.subscription("timeline_state"),
         ]
-        retained = await read_retained(self.settings, self.contract, [discovery, *inputs])
+        connection = agent.transport.sibling(f"{agent.settings.client_id}-readback")
+        retained = await read_retained(connection, self.contract, [discovery, *inputs])
         on_broker: set[str] = set()
         async with agent.store.transaction() as tx:
             for msg in retained:
@@ -153,7 +148,7 @@ class Bridge:
                         await repository.save_timeline(tx, day)
                 except (DecodeError, HandlerError) as exc:
                     log.warning("retained %s ignored: %s", msg.topic, exc)
-            for user_id in self.settings.ha_users:
+            for user_id in self.users:
                 await repository.add_user(tx, check_user_id(user_id))
             staged = await self.sync_mesh(tx)
             for inputs_of in await repository.load_all(tx):
@@ -164,8 +159,7 @@ class Bridge:
                 await repository.clear(tx, topic, None)
             # Ours but gone from the broker (it lost retained messages): publish again.
             lost = [t for t in owned if is_config(t, self.contract) and t not in on_broker]
-            for topic in lost:
-                await tx.execute("DELETE FROM mesh_state_published WHERE topic = ?", topic)
+            await state.forget_published(tx, lost)
         agent.states.changed()
         log.info(
             "discovery reconciled: %d retained configs found, %d stale cleared, %d restored, "

@@ -14,12 +14,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+from typing import Any
 
 import msgspec
 
-from mesh import codec
-from mesh.contract import Contract
-from mesh.schemas import (
+from lifeops_contract.schemas import (
     CharacterSheet,
     HaAvailability,
     HaDevice,
@@ -29,6 +28,7 @@ from mesh.schemas import (
     HaUserState,
     TimelineDay,
 )
+from mesh import Contract, codec
 
 MESH_NODE = "lifeops-mesh"
 USER_NODE_PREFIX = "lifeops_"
@@ -69,7 +69,7 @@ class EntityBuilder:
 
     # -- topics ---------------------------------------------------------------------------------
 
-    def _config_topic(self, component: str, node_id: str, what: str) -> str:
+    def config_topic(self, component: str, node_id: str, what: str) -> str:
         return self.contract.topic(
             "ha_discovery", component=component, node_id=node_id, object_id=what
         )
@@ -77,7 +77,7 @@ class EntityBuilder:
     def state_topic(self, user_id: str) -> str:
         return self.contract.topic("ha_user_state", user_id=user_id)
 
-    def _availability(self, *agents: str) -> list[HaAvailability]:
+    def availability(self, *agents: str) -> list[HaAvailability]:
         return [HaAvailability(topic=self.contract.topic("status", agent=a)) for a in agents]
 
     # -- the agents' device ---------------------------------------------------------------------
@@ -95,7 +95,7 @@ class EntityBuilder:
             object_id = f"lifeops_mesh_{user_slug(agent)}"
             out.append(
                 Entity(
-                    topic=self._config_topic("binary_sensor", MESH_NODE, agent),
+                    topic=self.config_topic("binary_sensor", MESH_NODE, agent),
                     config=HaDiscoveryConfig(
                         name=f"{agent} agent",
                         unique_id=f"lifeops_mesh:agent:{agent}",
@@ -119,133 +119,15 @@ class EntityBuilder:
     def user_entities(
         self, user_id: str, sheet: CharacterSheet | None, timeline: TimelineDay | None
     ) -> list[Entity]:
-        node = USER_NODE_PREFIX + user_id
-        slug = user_slug(user_id)
-        device = HaDevice(
-            identifiers=[f"lifeops_mesh:user:{user_id}"],
-            name=f"LifeOps {user_id}",
-            manufacturer=MANUFACTURER,
-            model="Character",
-            sw_version=VERSION,
-        )
-        state_topic = self.state_topic(user_id)
+        """Every entity of one user's device: the character's sensors once Stats knows them,
+        a streak sensor and a completion button per timeline item once LifeOps does."""
+        device = _UserDevice(self, user_id)
         out: list[Entity] = []
-
-        def add(
-            component: str, what: str, availability: list[HaAvailability], **kw: object
-        ) -> None:
-            object_id = f"lifeops_{slug}_{what}"
-            out.append(
-                Entity(
-                    topic=self._config_topic(component, node, what),
-                    config=HaDiscoveryConfig(
-                        unique_id=f"lifeops_mesh:user:{user_id}:{what}",
-                        object_id=object_id,
-                        default_entity_id=f"{component}.{object_id}",
-                        device=device,
-                        origin=ORIGIN,
-                        availability=availability,
-                        availability_mode="all",
-                        **kw,  # type: ignore[arg-type]
-                    ),
-                )
-            )
-
-        def sensor(what: str, field: str, availability: list[HaAvailability], **kw: object) -> None:
-            add(
-                "sensor",
-                what,
-                availability,
-                state_topic=state_topic,
-                value_template=f"{{{{ value_json.{field} }}}}",
-                **kw,
-            )
-
         if sheet is not None:
-            stats = self._availability("ha_bridge", "stats")
-            sensor(
-                "level",
-                "level",
-                stats,
-                name="Level",
-                state_class="measurement",
-                icon="mdi:shield-star",
-            )
-            sensor(
-                "total_xp",
-                "total_xp",
-                stats,
-                name="Total XP",
-                unit_of_measurement="XP",
-                state_class="total_increasing",
-                icon="mdi:star-four-points",
-            )
-            sensor(
-                "xp_to_next_level",
-                "xp_to_next_level",
-                stats,
-                name="XP to next level",
-                unit_of_measurement="XP",
-                state_class="measurement",
-                icon="mdi:arrow-up-bold-circle",
-            )
-            sensor(
-                "achievements",
-                "achievements",
-                stats,
-                name="Achievements",
-                state_class="measurement",
-                icon="mdi:trophy",
-                json_attributes_topic=state_topic,
-                json_attributes_template=(
-                    '{{ {"latest_achievement": value_json.latest_achievement,'
-                    ' "achievements": value_json.achievement_list} | tojson }}'
-                ),
-            )
-            for stat in sorted(sheet.stats):
-                low = stat.lower()
-                sensor(
-                    f"{low}_level",
-                    f"stats.{stat}.level",
-                    stats,
-                    name=f"{stat} level",
-                    state_class="measurement",
-                    icon="mdi:chart-line",
-                )
-                sensor(
-                    f"{low}_xp",
-                    f"stats.{stat}.xp",
-                    stats,
-                    name=f"{stat} XP",
-                    unit_of_measurement="XP",
-                    state_class="total_increasing",
-                    icon="mdi:chart-line",
-                )
+            out += device.character_sensors()
+            out += device.stat_sensors(sorted(sheet.stats))
         if timeline is not None:
-            lifeops = self._availability("ha_bridge", "lifeops")
-            complete = self.contract.topic("timeline_complete")
-            for item in timeline.items:
-                sensor(
-                    f"{item.code}_streak",
-                    f"streaks.{item.code} | default(0)",
-                    lifeops,
-                    name=f"{item.title} streak",
-                    unit_of_measurement="d",
-                    state_class="measurement",
-                    icon="mdi:fire",
-                )
-                add(
-                    "button",
-                    f"{item.code}_complete",
-                    lifeops,
-                    name=f"Complete {item.title}",
-                    command_topic=complete,
-                    payload_press=json.dumps(
-                        {"user_id": user_id, "item_code": item.code}, separators=(",", ":")
-                    ),
-                    qos=1,
-                    icon="mdi:check-circle-outline",
-                )
+            out += device.timeline_entities(timeline)
         return out
 
     def user_state(
@@ -268,6 +150,135 @@ class EntityBuilder:
             state.streaks = {i.code: i.current_streak for i in timeline.items}
             state.timeline_date = timeline.date
         return state
+
+
+class _UserDevice:
+    """The entities of one user's device (`LifeOps <user>`)."""
+
+    def __init__(self, builder: EntityBuilder, user_id: str) -> None:
+        self.builder = builder
+        self.user_id = user_id
+        self.node = USER_NODE_PREFIX + user_id
+        self.slug = user_slug(user_id)
+        self.state_topic = builder.state_topic(user_id)
+        self.device = HaDevice(
+            identifiers=[f"lifeops_mesh:user:{user_id}"],
+            name=f"LifeOps {user_id}",
+            manufacturer=MANUFACTURER,
+            model="Character",
+            sw_version=VERSION,
+        )
+
+    def entity(
+        self, component: str, what: str, availability: list[HaAvailability], config: Any
+    ) -> Entity:
+        """One entity: ids derived from the user id and `what` only; `config` holds the rest."""
+        object_id = f"lifeops_{self.slug}_{what}"
+        return Entity(
+            topic=self.builder.config_topic(component, self.node, what),
+            config=msgspec.structs.replace(
+                config,
+                unique_id=f"lifeops_mesh:user:{self.user_id}:{what}",
+                object_id=object_id,
+                default_entity_id=f"{component}.{object_id}",
+                device=self.device,
+                origin=ORIGIN,
+                availability=availability,
+                availability_mode="all",
+            ),
+        )
+
+    def sensor(
+        self, what: str, field: str, availability: list[HaAvailability], **kw: Any
+    ) -> Entity:
+        """A sensor reading `field` of the user's device state."""
+        config = _config(
+            state_topic=self.state_topic, value_template=f"{{{{ value_json.{field} }}}}", **kw
+        )
+        return self.entity("sensor", what, availability, config)
+
+    def character_sensors(self) -> list[Entity]:
+        stats = self.builder.availability("ha_bridge", "stats")
+        attributes = (
+            '{{ {"latest_achievement": value_json.latest_achievement,'
+            ' "achievements": value_json.achievement_list} | tojson }}'
+        )
+        return [
+            self.sensor(
+                "level", "level", stats,
+                name="Level", state_class="measurement", icon="mdi:shield-star",
+            ),
+            self.sensor(
+                "total_xp", "total_xp", stats,
+                name="Total XP", unit_of_measurement="XP", state_class="total_increasing",
+                icon="mdi:star-four-points",
+            ),
+            self.sensor(
+                "xp_to_next_level", "xp_to_next_level", stats,
+                name="XP to next level", unit_of_measurement="XP", state_class="measurement",
+                icon="mdi:arrow-up-bold-circle",
+            ),
+            self.sensor(
+                "achievements", "achievements", stats,
+                name="Achievements", state_class="measurement", icon="mdi:trophy",
+                json_attributes_topic=self.state_topic, json_attributes_template=attributes,
+            ),
+        ]  # fmt: skip
+
+    def stat_sensors(self, stats: list[str]) -> list[Entity]:
+        availability = self.builder.availability("ha_bridge", "stats")
+        out = []
+        for stat in stats:
+            low = stat.lower()
+            out.append(
+                self.sensor(
+                    f"{low}_level", f"stats.{stat}.level", availability,
+                    name=f"{stat} level", state_class="measurement", icon="mdi:chart-line",
+                )
+            )  # fmt: skip
+            out.append(
+                self.sensor(
+                    f"{low}_xp", f"stats.{stat}.xp", availability,
+                    name=f"{stat} XP", unit_of_measurement="XP",
+                    state_class="total_increasing", icon="mdi:chart-line",
+                )
+            )  # fmt: skip
+        return out
+
+    def timeline_entities(self, timeline: TimelineDay) -> list[Entity]:
+        lifeops = self.builder.availability("ha_bridge", "lifeops")
+        complete = self.builder.contract.topic("timeline_complete")
+        out = []
+        for item in timeline.items:
+            out.append(
+                self.sensor(
+                    f"{item.code}_streak", f"streaks.{item.code} | default(0)", lifeops,
+                    name=f"{item.title} streak", unit_of_measurement="d",
+                    state_class="measurement", icon="mdi:fire",
+                )
+            )  # fmt: skip
+            press = json.dumps({"user_id": self.user_id, "item_code": item.code})
+            button = _config(
+                name=f"Complete {item.title}",
+                command_topic=complete,
+                payload_press=press.replace(", ", ",").replace(": ", ":"),
+                qos=1,
+                icon="mdi:check-circle-outline",
+            )
+            out.append(self.entity("button", f"{item.code}_complete", lifeops, button))
+        return out
+
+
+_PLACEHOLDER_DEVICE = HaDevice(identifiers=[], name="", manufacturer="")
+
+
+def _config(**kw: Any) -> HaDiscoveryConfig:
+    """A discovery config with the entity's own keys; ids, device, origin and availability
+    are filled in by `_UserDevice.entity`."""
+    return HaDiscoveryConfig(
+        unique_id="", object_id="", default_entity_id="", device=_PLACEHOLDER_DEVICE,
+        origin=ORIGIN, **kw,
+    )  # fmt: skip
 
 
 def encode_config(entity: Entity) -> bytes:

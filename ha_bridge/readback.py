@@ -10,26 +10,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from mesh import codec
-from mesh.contract import Contract
-from mesh.schemas import SyncMarker
-from mesh.settings import Settings
-from mesh.transport import Inbound, Transport
+from lifeops_contract.schemas import SyncMarker
+from mesh import Contract, Inbound, Transport, codec
 
 
 async def read_retained(
-    settings: Settings, contract: Contract, filters: list[str], *, timeout: float = 15.0
+    connection: Transport, contract: Contract, filters: list[str], *, timeout: float = 15.0
 ) -> list[Inbound]:
-    """Every retained message under `filters` (empty payloads are left out)."""
-    transport = Transport(
-        client_id=f"{settings.client_id}-readback",
-        host=settings.broker.host,
-        port=settings.broker.port,
-        username=settings.broker.username,
-        password=settings.broker.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    """Every retained message under `filters` (empty payloads are left out), read on
+    `connection` (a new, clean one: retained messages come with new subscriptions)."""
     nonce = uuid.uuid4().hex
     marker = contract.topic("ha_sync", nonce=nonce)
     found: list[Inbound] = []
@@ -42,15 +31,15 @@ async def read_retained(
             found.append(msg)
         return 0
 
-    transport.on_message = on_message
-    await transport.subscribe([*filters, marker])
+    connection.on_message = on_message
+    await connection.subscribe([*filters, marker])
     try:
         async with asyncio.timeout(timeout):
-            await transport.connect(timeout=timeout)
-            await transport.publish(
+            await connection.connect(timeout=timeout)
+            await connection.publish(
                 marker, codec.encode(SyncMarker(nonce=nonce)), qos=1, timeout=timeout
             )
             await done.wait()
     finally:
-        await transport.disconnect()
+        await connection.disconnect()
     return found

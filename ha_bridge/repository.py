@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
-from mesh import codec, state
-from mesh.schemas import CharacterSheet, TimelineDay
-from mesh.store import Migration, Tx
+from lifeops_contract.schemas import CharacterSheet, TimelineDay
+from mesh import Migration, Tx, codec, state
 
 MIGRATIONS = (
     Migration(
@@ -92,12 +91,11 @@ async def sync_owner(tx: Tx, owner: str, desired: list[Desired], trace_id: str |
     """Make `owner`'s retained topics exactly `desired`: new or changed payloads are staged for
     publishing, topics no longer wanted are cleared (empty retained payload). Returns the
     number of topics staged; unchanged payloads are not published again."""
-    rows = await tx.fetchall(
-        "SELECT e.topic, s.payload FROM ha_entities e LEFT JOIN mesh_state s ON s.topic = e.topic"
-        " WHERE e.owner = ?",
-        owner,
-    )
-    current = {r[0]: r[1] for r in rows}
+    owned = [
+        r[0] for r in await tx.fetchall("SELECT topic FROM ha_entities WHERE owner = ?", owner)
+    ]
+    on_file = await state.read_many(tx, owned)
+    current = {t: on_file.get(t) for t in owned}
     wanted = {d.topic for d in desired}
     staged = 0
     for topic in sorted(set(current) - wanted):
@@ -112,7 +110,7 @@ async def sync_owner(tx: Tx, owner: str, desired: list[Desired], trace_id: str |
                 d.topic,
                 owner,
             )
-        if current.get(d.topic) != d.payload.decode():
+        if current.get(d.topic) != d.payload:
             await state.put(
                 tx, topic=d.topic, topic_key=d.topic_key, payload=d.payload, trace_id=trace_id
             )

@@ -1,25 +1,45 @@
-"""The LifeOps agent's route table."""
+"""The LifeOps agent's route table (entry point `lifeops_mesh.agents: lifeops`)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import msgspec
 
 from lifeops_agent.handlers import LifeOpsHandlers
 from lifeops_agent.repository import MIGRATIONS
 from lifeops_agent.timeline import load_timeline
-from mesh.agent import Agent, AgentApp
-from mesh.inbox import Route
-from mesh.settings import Settings
+from lifeops_contract import contract
+from mesh import Agent, AgentApp, Route, Settings
 
 log = logging.getLogger("lifeops_agent")
 
 
+class LifeOpsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """LifeOps' own options (`run lifeops --timeline FILE --timezone ZONE`, or
+    LIFEOPS_TIMELINE_FILE and LIFEOPS_TIMEZONE)."""
+
+    timeline_file: Path | None = None
+    timezone: str = "UTC"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> LifeOpsConfig:
+        timeline = env.get("LIFEOPS_TIMELINE_FILE")
+        return cls(
+            timeline_file=Path(timeline) if timeline else None,
+            timezone=env.get("LIFEOPS_TIMEZONE") or "UTC",
+        )
+
+
 def build(settings: Settings) -> AgentApp:
-    handlers = LifeOpsHandlers(load_timeline(settings.timeline_file), settings.timezone)
+    config = LifeOpsConfig.from_env(settings.env)
+    handlers = LifeOpsHandlers(load_timeline(config.timeline_file), config.timezone)
+    the_contract = contract()
+    handlers.contract = the_contract
 
     async def on_start(agent: Agent) -> None:
         handlers.receipts = agent.receipts
-        handlers.contract = agent.contract
         async with agent.store.transaction() as tx:
             changed = await handlers.refresh_states(tx)
         if changed:
@@ -28,6 +48,7 @@ def build(settings: Settings) -> AgentApp:
 
     return AgentApp(
         name="lifeops",
+        contract=the_contract,
         migrations=MIGRATIONS,
         routes=[
             Route("timeline_complete", handlers.complete, after_commit=handlers.after_complete),

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mesh.errors import HandlerError
+from mesh import HandlerError
 
 
 def zone(name: str) -> ZoneInfo:

@@ -11,20 +11,14 @@ import msgspec
 from lifeops_agent import days, repository
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
-from mesh import codec, state
-from mesh.contract import default_contract
-from mesh.errors import DecodeError, HandlerError
-from mesh.ids import check_user_id
-from mesh.inbox import Context
-from mesh.receipts import ReceiptOutbox, ReceiptRecord
-from mesh.schemas import (
+from lifeops_contract import contract
+from lifeops_contract.ids import check_user_id
+from lifeops_contract.schemas import (
     ActivityCompleted,
     ActivityLogReply,
-    ErrorInfo,
     OuraImportReply,
     OuraImportRequest,
     OuraSynced,
-    Reply,
     TimelineCompleteReply,
     TimelineCompleteRequest,
     TimelineDay,
@@ -34,7 +28,19 @@ from mesh.schemas import (
     UserSettingsReply,
     UserSettingsRequest,
 )
-from mesh.store import Tx
+from mesh import (
+    Context,
+    Contract,
+    DecodeError,
+    ErrorInfo,
+    HandlerError,
+    ReceiptOutbox,
+    ReceiptRecord,
+    Reply,
+    Tx,
+    codec,
+    state,
+)
 
 _NS = uuid.UUID("0b7d2f5e-3c1a-4e8b-9f60-7a5d4c3b2a19")
 MAX_OURA_DAYS = 400
@@ -56,29 +62,37 @@ class LifeOpsHandlers:
         self.receipt_wait_s = receipt_wait_s
         self.receipts: ReceiptOutbox | None = None  # set when the agent starts
         self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
-        self.contract = default_contract()  # the agent's own, once it starts
+        self.contract: Contract = contract()
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def complete(self, ctx: Context, req: TimelineCompleteRequest) -> TimelineCompleteReply:
-        user_id = check_user_id(req.user_id)
-        item = self.timeline.by_code.get(req.item_code)
+    def _item(self, code: str) -> TimelineItem:
+        item = self.timeline.by_code.get(code)
         if item is None:
             raise HandlerError(
                 "unknown_item",
-                f"no timeline item {req.item_code[:64]!r} (known: "
-                f"{', '.join(self.timeline.by_code)})",
+                f"no timeline item {code[:64]!r} (known: {', '.join(self.timeline.by_code)})",
             )
-        tzname = await self._timezone(ctx.tx, user_id)
-        tz = days.zone(tzname)
-        moment = req.completed_at or ctx.now
+        return item
+
+    @staticmethod
+    def _moment(req: TimelineCompleteRequest, now: dt.datetime) -> dt.datetime:
+        """When the item was done: `completed_at` (naive as UTC), never in the future."""
+        moment = req.completed_at or now
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.UTC)
-        if moment > ctx.now + FUTURE_SLACK:
+        if moment > now + FUTURE_SLACK:
             raise HandlerError(
                 "invalid_time", f"completed_at {moment.isoformat()} is in the future"
             )
-        day = days.local_day(moment, tz)
+        return moment
+
+    async def complete(self, ctx: Context, req: TimelineCompleteRequest) -> TimelineCompleteReply:
+        user_id = check_user_id(req.user_id)
+        item = self._item(req.item_code)
+        tzname = await self._timezone(ctx.tx, user_id)
+        moment = self._moment(req, ctx.now)
+        day = days.local_day(moment, days.zone(tzname))
         everything = await repository.completions(ctx.tx, user_id)  # also for the day state
         history = {c.day: c for c in everything if c.item_code == item.code}
         done = set(history)
@@ -99,17 +113,7 @@ class LifeOpsHandlers:
         await repository.insert_completion(ctx.tx, user_id, completion)
         await ctx.request_with_receipt(
             "activity_completed",
-            ActivityCompleted(
-                activity_id=activity_id,
-                user_id=user_id,
-                activity_type=item.reported_type(),
-                source="lifeops",
-                source_ref=f"{user_id}:{item.code}:{day.isoformat()}",
-                activity_time=moment,
-                custom_xp=dict(item.xp),
-                streak=streak,
-                item_code=item.code,
-            ),
+            completed_event(user_id, item, completion),
             record_id=activity_id,
         )
         state = await self.day_state(
@@ -193,8 +197,8 @@ class LifeOpsHandlers:
         topic = self.contract.topic("timeline_state", user_id=user_id)
         # The retained timeline was restated by the completion itself (same transaction order):
         # only its item's xp_pending flips. Rebuilt from the database when it is not there.
-        row = await tx.fetchone("SELECT payload FROM mesh_state WHERE topic = ?", topic)
-        current = codec.decode(row[0].encode(), TimelineDay) if row else None
+        staged = await state.read(tx, topic)
+        current = codec.decode(staged, TimelineDay) if staged else None
         if current is not None and current.date != day:
             return  # the retained day is another one: nothing it shows changed
         item = next((i for i in current.items if i.code == code), None) if current else None
@@ -267,14 +271,12 @@ class LifeOpsHandlers:
     async def refresh_states(self, tx: Tx) -> int:
         """After a timeline file change: restate every retained timeline that lists other items,
         so subscribers (the HA bridge) see new items appear and removed ones disappear."""
-        rows = await tx.fetchall(
-            "SELECT topic, payload, trace_id FROM mesh_state WHERE topic_key = ?", "timeline_state"
-        )
+        rows = await state.read_all(tx, "timeline_state")
         wanted = [_signature(i) for i in self.timeline.items]
         changed = 0
         for topic, payload, trace_id in rows:
             try:
-                day = codec.decode(payload.encode(), TimelineDay)
+                day = codec.decode(payload, TimelineDay)
             except DecodeError:
                 day = None
             if day is not None and [_signature(i) for i in day.items] == wanted:
@@ -307,6 +309,21 @@ class LifeOpsHandlers:
         if c.result:
             reply = merge_receipt(reply, codec.decode(c.result.encode(), ActivityLogReply))
         return reply
+
+
+def completed_event(user_id: str, item: TimelineItem, c: Completion) -> ActivityCompleted:
+    """What Stats is told of a completion (its activity id is the completion's)."""
+    return ActivityCompleted(
+        activity_id=c.activity_id,
+        user_id=user_id,
+        activity_type=item.reported_type(),
+        source="lifeops",
+        source_ref=f"{user_id}:{item.code}:{c.day.isoformat()}",
+        activity_time=c.completed_at,
+        custom_xp=dict(item.xp),
+        streak=c.streak,
+        item_code=item.code,
+    )
 
 
 def merge_receipt(reply: TimelineCompleteReply, receipt: ActivityLogReply) -> TimelineCompleteReply:

@@ -6,7 +6,7 @@ import datetime as dt
 
 import msgspec
 
-from mesh.store import Migration, Tx
+from mesh import Migration, Tx
 
 MIGRATIONS = (
     Migration(

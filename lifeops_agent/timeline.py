@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from mesh.errors import ConfigError
+from mesh import ConfigError
 
 DEFAULT_TIMELINE = Path(__file__).resolve().parent / "default_timeline.toml"
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")

@@ -1,36 +1,39 @@
-"""Agent lifecycle: store, broker session, availability, routing, replies and dead letters.
+"""Agent lifecycle: store, broker session, availability, publishing.
 
-An agent module provides an `AgentApp` (its name, route table and migrations); `Agent` runs it.
-The constructor does nothing; `start()` opens the store, migrates, connects (durable session,
-Last Will), publishes `online`, subscribes, and starts the group committer and outbox relay.
+An agent package provides an `AgentApp` (its name, contract, route table and migrations);
+`Agent` runs it over the `Transport` and `Store` it is given (`mqtt_agent()` builds both from
+the settings). The constructor does nothing; `start()` opens the store, migrates, connects
+(durable session, Last Will), publishes `online`, subscribes, and starts the group committer,
+the outbox relay, the state publisher and the receipts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh import codec, dlq, inbox, outbox, receipts, state
+from mesh import codec, dlq, health, inbox, outbox, receipts, state
 from mesh.broker.acl import DROPPED
-from mesh.contract import Contract, default_contract
-from mesh.errors import ContractError, DecodeError, PublishRefused, TransportError
+from mesh.contract import Contract
+from mesh.dispatch import Dispatcher
+from mesh.errors import ContractError, TransportError
+from mesh.handler import Route
 from mesh.http import HttpEndpoint
-from mesh.inbox import Delivery, GroupCommitter, Route
-from mesh.logs import agent_var, trace_id_var
+from mesh.inbox import GroupCommitter
+from mesh.logs import agent_var
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.rpc import TRACE_PROPERTY, Requester
-from mesh.schemas import Check, ErrorInfo, ErrorReply, HealthReport, Reply
+from mesh.schemas import HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
-from mesh.transport import Inbound, Transport, Will
+from mesh.topics import covers, shared
+from mesh.transport import MqttTransport, Transport, Will
+from mesh.transport.mqtt import tls_context
 
 log = logging.getLogger("mesh.agent")
 lifecycle = logging.getLogger("mesh.lifecycle")  # start/stop lines, logged at any level
@@ -48,6 +51,7 @@ class AgentApp(msgspec.Struct, kw_only=True):
     """What an agent package provides to the runtime."""
 
     name: str
+    contract: Contract
     routes: list[Route]
     migrations: Sequence[Migration] = ()
     on_start: Callable[[Agent], Awaitable[None]] | None = None
@@ -60,8 +64,41 @@ class AgentApp(msgspec.Struct, kw_only=True):
     on_peer_status: Callable[[str, bool], Awaitable[None]] | None = None
     # Refreshes the app's own gauges before a scrape.
     collect: Callable[[Agent], Awaitable[None]] | None = None
-    # The contract this agent runs on (default: topics.toml as it is).
-    contract: Contract | None = None
+
+
+AgentBuilder = Callable[[Settings], AgentApp]
+"""What an agent package exposes as its `lifeops_mesh.agents` entry point."""
+
+
+def availability_will(contract: Contract, agent: str) -> Will:
+    """The Last Will of an agent: a retained `offline` on its availability topic."""
+    return Will(topic=contract.topic("status", agent=agent), payload=b"offline", retain=True)
+
+
+def mqtt_transport(settings: Settings, *, will: Will | None = None) -> MqttTransport:
+    """The durable MQTT v5 session of an agent, as its settings describe it."""
+    b = settings.broker
+    return MqttTransport(
+        client_id=settings.client_id,
+        host=b.host,
+        port=b.port,
+        username=b.username,
+        password=b.password,
+        tls=tls_context(b.ca_file) if b.tls else None,
+        session_expiry_s=settings.session_expiry_s,
+        will=will,
+    )
+
+
+def mqtt_agent(settings: Settings, app: AgentApp, *, metrics: Metrics | None = None) -> Agent:
+    """An agent on the broker and the database its settings name."""
+    return Agent(
+        settings,
+        app,
+        transport=mqtt_transport(settings, will=availability_will(app.contract, app.name)),
+        store=open_store(settings.db_url),
+        metrics=metrics,
+    )
 
 
 class Agent:
@@ -70,25 +107,30 @@ class Agent:
         settings: Settings,
         app: AgentApp,
         *,
-        contract: Contract | None = None,
+        transport: Transport,
+        store: Store,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
         self.name = app.name
-        self.contract = contract or app.contract or default_contract()
+        self.contract = app.contract
         self.metrics = metrics or Metrics()
         self.principal = settings.broker.username or self.name
-        self.store: Store = open_store(settings.db_url)
-        self.transport = Transport(
-            client_id=settings.client_id,
-            host=settings.broker.host,
-            port=settings.broker.port,
-            username=settings.broker.username,
-            password=settings.broker.password,
-            session_expiry_s=settings.session_expiry_s,
-            will=Will(topic=self.status_topic, payload=b"offline", qos=1, retain=True),
-        )
+        self.store = store
+        self.transport = transport
+        self._routes = {r.key: r for r in app.routes}
+        self._check_routes()
+        self._assemble()
+        self._started = False
+        self.peers: dict[str, bool] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.http: HttpEndpoint | None = None
+
+    def _assemble(self) -> None:
+        """The parts: outbox relay, state publisher, requester, receipts, group committer,
+        dead letters, and the dispatcher that feeds them."""
+        settings, app = self.settings, self.app
         self.relay = OutboxRelay(self.store, self._publish_record)
         self.states = state.StatePublisher(self.store, self._publish_state)
         self.requester = Requester(
@@ -124,12 +166,17 @@ class Agent:
         )
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
-        self._started = False
-        self.peers: dict[str, bool] = {}
-        self._health_task: asyncio.Task[None] | None = None
-        self._state_task: asyncio.Future[None] | None = None
-        self.http: HttpEndpoint | None = None
-        self._sweep_task: asyncio.Future[int] | None = None
+        self.dispatcher = Dispatcher(
+            name=self.name,
+            contract=self.contract,
+            routes=self._routes,
+            transport=self.transport,
+            requester=self.requester,
+            committer=self.committer,
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            on_peer_status=self._peer_status,
+        )
 
     @property
     def status_topic(self) -> str:
@@ -146,8 +193,8 @@ class Agent:
         for key in self._routes:
             entry = self.contract.entry(key)
             f = self.contract.subscription(key)  # {agent} as +: every agent's status
-            if self.settings.share_group and entry.kind in ("event", "request"):
-                f = f"$share/{self.settings.share_group}/{f}"
+            if entry.kind in ("event", "request"):
+                f = shared(self.settings.share_group, f)
             filters.append(f)
         filters.append(self.requester.reply_filter)
         if "status" not in self._routes:
@@ -173,7 +220,7 @@ class Agent:
                 await self.store.migrate(component, migrations)
             if self.app.migrations:
                 await self.store.migrate(self.name, self.app.migrations)
-            self.transport.on_message = self._on_message
+            self.transport.on_message = self.dispatcher.on_message
             self.transport.on_connect = self._on_connect
             await self.committer.start()
             await self.transport.subscribe(self.subscriptions())
@@ -181,12 +228,10 @@ class Agent:
             await self.relay.start()
             await self.states.start()
             await self.receipts.start()
-            self._health_task = asyncio.create_task(self._health_loop(), name="health")
+            self._spawn(health.publish_loop(self))
             if self.settings.metrics_port is not None:
                 self.http = HttpEndpoint(
-                    {"/metrics": self._metrics_page, "/healthz": self._health_page},
-                    self.settings.metrics_bind,
-                    self.settings.metrics_port,
+                    health.pages(self), self.settings.metrics_bind, self.settings.metrics_port
                 )
                 await self.http.start()
             if self.app.on_start is not None:
@@ -214,14 +259,19 @@ class Agent:
         except TimeoutError:
             log.warning("%s: clean stop timed out", self.name)
         await self.committer.stop()
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         if self.http is not None:
             await self.http.stop()
         await self.transport.disconnect()
         await self.store.close()
         self.metrics.connected.set(0)
         lifecycle.info("%s stopped", self.name)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_connect(self, session_present: bool) -> None:
         self.metrics.connected.set(1)
@@ -234,17 +284,17 @@ class Agent:
         except TransportError as exc:
             log.warning("could not publish online: %s", exc)
         if self._started:
-            self._sweep_task = asyncio.ensure_future(self.relay.sweep())
+            self._spawn(self.relay.sweep())
             self.receipts.reconnected()
             if not session_present:  # the broker may have lost retained messages too
-                self._state_task = asyncio.ensure_future(self.states.republish_all())
+                self._spawn(self.states.republish_all())
 
     # -- publishing ----------------------------------------------------------------------------
 
     async def publish(
         self, key: str, payload: Any, *, trace_id: str | None = None, **params: str
     ) -> None:
-        """Publish an event by contract key right away (not through the outbox)."""
+        """Publish by contract key right away (not through the outbox)."""
         entry = self.contract.entry(key)
         if self.name not in entry.publishers:
             raise ContractError(f"{self.name} may not publish {key!r} ({entry.topic})")
@@ -284,41 +334,6 @@ class Agent:
         await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)
         self.metrics.published.labels("dlq").inc()
 
-    async def _reply(self, msg: Inbound, reply: Reply, request: Any, trace_id: str) -> None:
-        if not msg.response_topic:
-            return
-        transaction = getattr(request, "transaction", None)
-        if transaction is not None and reply.transaction is None:
-            reply = msgspec.structs.replace(reply, transaction=transaction)
-        try:
-            await self.transport.publish(
-                msg.response_topic,
-                codec.encode(reply),
-                qos=1,
-                correlation_data=msg.correlation_data,
-                user_properties={TRACE_PROPERTY: trace_id},
-                timeout=10,
-            )
-            self.metrics.published.labels("reply").inc()
-        except PublishRefused as exc:
-            log.warning(
-                "reply to %s refused by the broker (reason %d): response topics must be "
-                "under reply/<username>/",
-                msg.response_topic,
-                exc.reason_code,
-            )
-        except TransportError as exc:
-            log.warning("reply to %s not delivered: %s", msg.response_topic, exc)
-
-    async def _fail(
-        self, msg: Inbound, code: str, message: str, trace_id: str, request: Any = None
-    ) -> None:
-        """A message that retrying cannot fix: dead letter, then an error reply if one was asked."""
-        await self.dead_letters.send(msg, code, message, trace_id)
-        await self._reply(
-            msg, ErrorReply(error=ErrorInfo(code=code, message=message)), request, trace_id
-        )
-
     # -- observing ------------------------------------------------------------------------------
 
     async def _peer_status(self, agent: str, online: bool) -> None:
@@ -332,154 +347,4 @@ class Agent:
                 await self.app.on_peer_status(agent, online)
 
     async def health(self) -> HealthReport:
-        checks = {
-            "broker": Check(
-                ok=self.transport.connected,
-                detail=f"{'connected to' if self.transport.connected else 'no connection to'} "
-                f"{self.settings.broker.host}:{self.settings.broker.port}",
-            )
-        }
-        try:
-            async with asyncio.timeout(2):
-                await self.store.ping()
-            checks["database"] = Check(ok=True, detail=f"{self.store.dialect} answers")
-        except Exception as exc:
-            checks["database"] = Check(ok=False, detail=f"{self.store.dialect}: {exc}")
-        for dep in self.app.depends_on:
-            state = self.peers.get(dep)
-            checks[dep] = Check(
-                ok=state is True,
-                detail={True: "online", False: "offline", None: "no status seen"}[state],
-            )
-        outbox_n, outbox_age, receipts_n, receipts_age = 0, 0.0, 0, 0.0
-        if checks["database"].ok:
-            outbox_n, outbox_age = await self.relay.pending()
-            receipts_n, receipts_age = await self.receipts.pending()
-        return HealthReport.of(
-            self.name,
-            checks,
-            outbox_pending=outbox_n,
-            outbox_oldest_age_seconds=outbox_age,
-            receipts_pending=receipts_n,
-            receipts_oldest_age_seconds=receipts_age,
-        )
-
-    async def _health_loop(self, interval: float = 15.0) -> None:
-        """Publish the health report (retained) so `lifeops-mesh health` can read it."""
-        while True:
-            try:
-                if self.transport.connected:
-                    await self.publish("health", await self.health())
-            except Exception as exc:
-                log.warning("could not publish health: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def _health_page(self) -> tuple[int, str, bytes]:
-        report = await self.health()
-        status = 200 if report.status == "healthy" else 503
-        return status, "application/json", codec.encode(report) + b"\n"
-
-    async def _metrics_page(self) -> tuple[int, str, bytes]:
-        try:
-            n, age = await self.relay.pending()
-            self.metrics.outbox_depth.set(n)
-            self.metrics.outbox_oldest_age.set(age)
-            n, age = await self.receipts.pending()
-            self.metrics.receipts_pending.set(n)
-            self.metrics.receipts_oldest_age.set(age)
-            if self.app.collect is not None:
-                await self.app.collect(self)
-        except Exception as exc:
-            log.warning("metrics refresh failed: %s", exc)
-        self.metrics.connected.set(1 if self.transport.connected else 0)
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
-
-    # -- receiving -----------------------------------------------------------------------------
-
-    async def _on_message(self, msg: Inbound) -> int:
-        if msg.topic == self.requester.reply_topic:
-            if not self.requester.deliver(msg):
-                log.info("late or unknown reply on %s dropped", msg.topic)
-            return 0
-        if msg.topic == DROPPED:
-            with contextlib.suppress(ValueError):
-                self.metrics.broker_dropped.set(int(msg.payload))
-            return 0
-        if "status" not in self._routes and msg.topic.endswith("/status"):
-            found = self.contract.match(msg.topic)
-            if found is not None and found[0].key == "status":
-                await self._peer_status(found[1]["agent"], msg.payload == b"online")
-                return 0
-            if found is None or found[0].key not in self._routes:
-                return 0  # e.g. homeassistant/status: caught by the +/status filter, not ours
-        trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
-        token = trace_id_var.set(trace_id)
-        agent_token = agent_var.set(self.name)
-        try:
-            return await self._dispatch(msg, trace_id)
-        finally:
-            agent_var.reset(agent_token)
-            trace_id_var.reset(token)
-
-    async def _dispatch(self, msg: Inbound, trace_id: str) -> int:
-        found = self.contract.match(msg.topic)
-        if found is None:
-            await self._fail(
-                msg,
-                "undeclared_topic",
-                f"{self.name} has no route for topic {msg.topic!r}",
-                trace_id,
-            )
-            return 0
-        route = self._routes.get(found[0].key)
-        if route is None:
-            # A declared topic this agent does not handle, caught by a wider filter of its own
-            # (stats/character/+ also matches the request topic stats/character/get): not ours
-            # to answer or dead-letter; its own subscribers handle it.
-            log.debug("%s: %s is %s, not routed here", self.name, msg.topic, found[0].key)
-            return 0
-        entry, params = found
-        self.metrics.received.labels(entry.key).inc()
-        try:
-            payload = codec.decode(msg.payload, entry.schema_type, entry.format)
-        except DecodeError as exc:
-            await self._fail(msg, exc.code, f"{entry.topic}: {exc.message}", trace_id)
-            return 0
-        delivery = Delivery(
-            msg=msg, entry=entry, params=params, route=route, payload=payload, trace_id=trace_id
-        )
-        outcome = await self.committer.process(delivery)
-        log.info(
-            "%s %s -> %s",
-            entry.key,
-            msg.topic,
-            "error " + outcome.error.code
-            if outcome.error
-            else ("duplicate" if outcome.duplicate else "ok"),
-        )
-        if outcome.error is not None:
-            await self._fail(msg, outcome.error.code, outcome.error.message, trace_id, payload)
-        elif outcome.reply is not None:
-            reply = outcome.reply
-            if route.after_commit is not None:
-                try:
-                    reply = await route.after_commit(payload, reply)
-                except Exception:
-                    log.exception("after-commit hook of %s failed; replying without it", entry.key)
-            await self._reply(msg, reply, payload, trace_id)
-        return 0
-
-
-def covers(wide: str, narrow: str) -> bool:
-    """Whether every topic matching filter `narrow` also matches filter `wide`."""
-    if wide.startswith("$share/") or narrow.startswith("$share/"):
-        return False
-    w, n = wide.split("/"), narrow.split("/")
-    for i, level in enumerate(w):
-        if level == "#":
-            return True
-        if i >= len(n) or (level != "+" and level != n[i]) or (level != "+" and n[i] in "+#"):
-            return False
-        if level == "+" and n[i] == "#":
-            return False
-    return len(w) == len(n)
+        return await health.report(self)

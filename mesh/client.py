@@ -2,39 +2,61 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from mesh.contract import Contract, default_contract
+from mesh.contract import Contract
 from mesh.rpc import Requester
 from mesh.settings import parse_broker_url
-from mesh.transport import Inbound, Transport
+from mesh.transport import Inbound, MqttTransport, Transport
+from mesh.transport.mqtt import tls_context
 
 
 def plain_transport(
-    broker_url: str, *, client_id: str | None = None, prefix: str = "lifeops-mesh-cli"
-) -> Transport:
-    """A connection for tools and tests: the URL's account, a clean session, nothing durable."""
-    url = parse_broker_url(broker_url)
-    return Transport(
+    broker_url: str,
+    *,
+    client_id: str | None = None,
+    prefix: str = "lifeops-mesh-cli",
+    ca_file: str | None = None,
+) -> MqttTransport:
+    """A connection for tools and tests: the URL's account, a clean session, nothing durable.
+    For mqtts:// the broker's certificate is checked against `ca_file`, else
+    LIFEOPS_BROKER_CA_FILE, else the system's CAs."""
+    url = parse_broker_url(broker_url, ca_file=ca_file or os.environ.get("LIFEOPS_BROKER_CA_FILE"))
+    return MqttTransport(
         client_id=client_id or f"{prefix}-{uuid.uuid4().hex[:8]}",
         host=url.host,
         port=url.port,
         username=url.username,
         password=url.password,
+        tls=tls_context(url.ca_file) if url.tls else None,
         clean_start=True,
         session_expiry_s=0,
     )
 
 
 class MeshClient:
+    """Requests by contract key over a plain connection of the URL's account (or over any
+    `Transport`, e.g. one of the in-memory twin, with `MeshClient.over`)."""
+
     def __init__(
-        self, broker_url: str, *, contract: Contract | None = None, client_id: str | None = None
+        self, broker_url: str, contract: Contract, *, client_id: str | None = None
     ) -> None:
         url = parse_broker_url(broker_url)
-        self.principal = url.username or "tester"
-        self.contract = contract or default_contract()
-        self.transport = plain_transport(broker_url, client_id=client_id)
+        self._setup(plain_transport(broker_url, client_id=client_id), contract, url.username)
+
+    @classmethod
+    def over(cls, transport: Transport, contract: Contract, principal: str) -> MeshClient:
+        client = cls.__new__(cls)
+        client._setup(transport, contract, principal)
+        return client
+
+    def _setup(self, transport: Transport, contract: Contract, principal: str | None) -> None:
+        self.principal = principal or "tester"
+        self.contract = contract
+        self.transport = transport
         self.requester = Requester(
             principal=self.principal,
             client_id=self.transport.client_id,
@@ -58,10 +80,10 @@ class MeshClient:
         *,
         timeout: float | None = None,
         trace_id: str | None = None,
-        **params: str,
+        params: Mapping[str, str] | None = None,
     ) -> Any:
         return await self.requester.request(
-            key, payload, timeout=timeout, trace_id=trace_id, **params
+            key, payload, timeout=timeout, trace_id=trace_id, params=params
         )
 
     async def close(self) -> None:

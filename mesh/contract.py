@@ -1,4 +1,8 @@
-"""topics.toml as typed entries: topic rendering, subscription filters, matching, checks."""
+"""A topics.toml contract as typed entries: topic rendering, subscription filters, matching, checks.
+
+The runtime knows no particular contract: an application loads its own file with the registry of
+its payload schemas (`Contract.load(path, schemas)`), on top of the runtime's `RUNTIME_SCHEMAS`.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,7 @@ import msgspec
 
 from mesh import codec
 from mesh.errors import ContractError, DecodeError
-from mesh.schemas import SCHEMAS
-
-DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent.parent / "topics.toml"
-DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default MQTT discovery prefix
+from mesh.schemas import RUNTIME_SCHEMAS
 
 Kind = Literal["event", "request", "state", "availability", "dlq", "reply"]
 _PARAM = re.compile(r"^\{([a-z_]+)\}$")
@@ -25,11 +26,12 @@ _SAFE_LEVEL = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 class Meta(msgspec.Struct, forbid_unknown_fields=True):
     version: int
-    agents: list[str]
     principals: list[str]
+    # Topic filters a principal may read beyond its entries (e.g. `$SYS/#` for operators).
+    extra_read: dict[str, list[str]] = {}
 
 
-class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
     topic: str
     kind: Kind
     schema: str
@@ -55,11 +57,13 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     @property
     def schema_type(self) -> Any:
-        return SCHEMAS[self.schema]
+        """The payload type (resolved from the contract's schema registry at load)."""
+        return self.__dict__["_schema_type"]
 
     @property
     def reply_type(self) -> Any:
-        return SCHEMAS[self.reply_schema] if self.reply_schema else None
+        """The reply payload type, None when the entry is no request/response pair."""
+        return self.__dict__["_reply_type"]
 
 
 class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
@@ -69,8 +73,9 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> Contract:
-        path = Path(path) if path else DEFAULT_CONTRACT_PATH
+    def load(cls, path: Path | str, schemas: Mapping[str, Any] | None = None) -> Contract:
+        """Load and check `path`; `schemas` maps the schema names it uses to their types."""
+        path = Path(path)
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -79,26 +84,50 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             contract = msgspec.convert(raw, cls)
         except msgspec.ValidationError as exc:
             raise ContractError(f"{path}: {exc}") from exc
-        for key, entry in contract.topics.items():
-            entry.key = key
+        contract._bind({**RUNTIME_SCHEMAS, **(schemas or {})})
         problems = contract.problems()
         if problems:
             raise ContractError(f"{path}: " + "; ".join(problems))
         return contract
+
+    def _bind(self, schemas: Mapping[str, Any]) -> None:
+        """Name each entry by its key and resolve its schemas from the registry."""
+        self.__dict__["schemas"] = dict(schemas)
+        for key, entry in self.topics.items():
+            entry.key = key
+            entry.__dict__["_schema_type"] = schemas.get(entry.schema)
+            entry.__dict__["_reply_type"] = (
+                schemas.get(entry.reply_schema) if entry.reply_schema else None
+            )
+
+    @property
+    def schemas(self) -> dict[str, Any]:
+        """Schema name -> type: the runtime's and the application's."""
+        return dict(self.__dict__.get("schemas", RUNTIME_SCHEMAS))
+
+    @functools.cached_property
+    def agents(self) -> list[str]:
+        """The principals that run as agents: those publishing an `{agent}` topic (their
+        availability, health and dead letters), in the order the contract names them."""
+        found = {p for e in self.topics.values() if "{agent}" in e.topic for p in e.publishers}
+        return [p for p in self.meta.principals if p in found]
 
     def problems(self) -> list[str]:
         """Every inconsistency in the contract, as readable sentences (empty when sound)."""
         out: list[str] = []
         principals = set(self.meta.principals)
         seen_topics: dict[str, str] = {}
+        schemas = self.schemas
         for key, e in self.topics.items():
             where = f"topics.{key}"
-            if e.schema not in SCHEMAS:
-                out.append(f"{where}: schema {e.schema!r} is not in mesh.schemas")
+            if e.schema not in schemas:
+                out.append(f"{where}: schema {e.schema!r} is not in the schema registry")
                 continue
             if e.reply_schema is not None:
-                if e.reply_schema not in SCHEMAS:
-                    out.append(f"{where}: reply_schema {e.reply_schema!r} is not in mesh.schemas")
+                if e.reply_schema not in schemas:
+                    out.append(
+                        f"{where}: reply_schema {e.reply_schema!r} is not in the schema registry"
+                    )
                 if e.timeout_s is None or e.timeout_s <= 0:
                     out.append(f"{where}: a request/response pair needs a positive timeout_s")
             if e.kind == "request" and e.reply_schema is None:
@@ -106,8 +135,6 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             for who in (*e.publishers, *e.subscribers):
                 if who not in principals:
                     out.append(f"{where}: unknown principal {who!r}")
-            if "{agent}" in e.topic and not set(e.publishers) <= set(self.meta.agents):
-                out.append(f"{where}: only agents may publish to an {{agent}} topic")
             for lvl in e.levels:
                 if not lvl or ("{" in lvl and not _PARAM.match(lvl)) or lvl in ("+", "#"):
                     out.append(f"{where}: bad topic level {lvl!r} in {e.topic!r}")
@@ -115,7 +142,7 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
                 out.append(f"{where}: topic {e.topic!r} is also declared by {seen_topics[e.topic]}")
             seen_topics[e.topic] = key
             try:
-                codec.decode(e.example.encode(), e.schema_type, e.format)
+                codec.decode(e.example.encode(), schemas[e.schema], e.format)
             except DecodeError as exc:
                 out.append(f"{where}: example does not match {e.schema}: {exc}")
         return out
@@ -183,8 +210,6 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
                 continue
             params: list[tuple[str, str]] = []
             for p, actual in zip(pattern, levels, strict=True):
-                if p is None:
-                    continue
                 if p.startswith("{"):
                     params.append((p[1:-1], actual))
                 elif p != actual:
@@ -211,17 +236,20 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
             return False
         return "agent" not in params or params["agent"] == principal
 
-    def with_discovery_prefix(self, prefix: str) -> Contract:
-        """This contract with Home Assistant's discovery prefix (`homeassistant/...`) replaced."""
-        if prefix == DISCOVERY_PREFIX:
+    def with_first_level(self, old: str, new: str) -> Contract:
+        """This contract with every topic whose first level is `old` moved under `new` (e.g.
+        another Home Assistant discovery prefix)."""
+        if new == old:
             return self
-        check_level(prefix, "discovery prefix")
+        check_level(new, "topic prefix")
         topics: dict[str, TopicEntry] = {}
         for key, e in self.topics.items():
             first, _, rest = e.topic.partition("/")
-            topic = f"{prefix}/{rest}" if first == DISCOVERY_PREFIX else e.topic
+            topic = f"{new}/{rest}" if first == old else e.topic
             topics[key] = msgspec.structs.replace(e, topic=topic)
-        return Contract(meta=self.meta, topics=topics)
+        moved = Contract(meta=self.meta, topics=topics)
+        moved._bind(self.schemas)
+        return moved
 
     def for_agent(self, agent: str) -> Mapping[str, TopicEntry]:
         return {
@@ -235,14 +263,3 @@ def check_level(value: str, name: str = "value") -> None:
         raise ContractError(
             f"{name} {value!r} cannot be a topic level: use 1-128 of [A-Za-z0-9_.:-]"
         )
-
-
-_default: Contract | None = None
-
-
-def default_contract() -> Contract:
-    """The repository's topics.toml, loaded once."""
-    global _default
-    if _default is None:
-        _default = Contract.load()
-    return _default

@@ -7,7 +7,8 @@ MeshError
 ├── HandlerError           a handler refuses a message with a code (becomes an error reply)
 │   └── NotFound
 ├── TransportError         the broker connection failed or refused something
-│   └── PublishRefused     a QoS 1 publish was answered with a failure reason code
+│   ├── PublishRefused     a QoS 1 publish was answered with a failure reason code
+│   └── PacketTooLarge     a publish would exceed the broker's Maximum Packet Size
 ├── RequestTimeout         no reply within the contract's timeout
 └── StoreError             the database failed
 """
@@ -59,6 +60,18 @@ class PublishRefused(TransportError):
         super().__init__(f"broker refused publish to {topic!r} with reason code {reason_code}")
         self.topic = topic
         self.reason_code = reason_code
+
+
+class PacketTooLarge(TransportError):
+    """Never sent: the broker would close the connection on a packet over its limit."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"publish to {topic!r} is {size} bytes, over the broker's maximum packet size {limit}"
+        )
+        self.topic = topic
+        self.size = size
+        self.limit = limit
 
 
 class RequestTimeout(MeshError):

@@ -1,37 +1,39 @@
 """Idempotent consumer with group commit.
 
 Decoded messages queue up; one writer takes everything that queued while the previous commit ran
-(no fixed wait), handles each message in a savepoint of one transaction, and commits once. Only
-then are the messages' futures resolved, so the MQTT acknowledgement and the reply follow the
-commit. A message whose dedup key is already in `mesh_inbox` is answered with the stored reply
-and changes nothing.
+(no fixed wait), runs every message's handler in one transaction, and commits once. Only then
+are the messages' futures resolved, so the MQTT acknowledgement and the reply follow the commit.
+A message whose dedup key is already in `mesh_inbox` is answered with the stored reply and
+changes nothing.
 
-Failures: a handler's refusal (HandlerError) or a bug rolls back that message's savepoint alone
-and becomes an error outcome (dead letter + error reply). A database outage keeps the batch
-un-acknowledged and retries it with backoff for as long as it lasts; other transient errors
-(deadlock, busy) retry the batch, then each message alone, then give up on that message.
+Failures: when a handler of the batch refuses its message (HandlerError) or fails (a bug), the
+transaction is rolled back and the batch runs again with a savepoint per message, so only that
+message becomes an error outcome (dead letter + error reply); the all-good batch, the common
+case, needs no savepoints. A database outage keeps the batch un-acknowledged and retries it with
+backoff for as long as it lasts; other transient errors (deadlock, busy) retry the batch, then
+each message alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from mesh import codec, state
+from mesh import codec
 from mesh.contract import Contract, TopicEntry
-from mesh.errors import ContractError, DecodeError, HandlerError
+from mesh.errors import DecodeError, HandlerError
+from mesh.handler import Context, Route
 from mesh.metrics import Metrics
-from mesh.outbox import OutboxRecord, OutboxRelay, stage
+from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import ErrorInfo, Reply
-from mesh.store import Migration, Store, Tx
+from mesh.store import Migration, Store
 from mesh.store.errors import is_connection_error, is_transient
 from mesh.transport import Inbound
 
@@ -49,95 +51,8 @@ MIGRATIONS = (
 )
 
 
-class Context:
-    """What a handler gets: the open transaction, the message, and a way to emit events."""
-
-    def __init__(
-        self,
-        *,
-        tx: Tx,
-        agent: str,
-        contract: Contract,
-        msg: Inbound,
-        params: dict[str, str],
-        trace_id: str,
-        relay: OutboxRelay,
-        receipts: ReceiptOutbox | None = None,
-    ) -> None:
-        self.tx = tx
-        self.agent = agent
-        self.msg = msg
-        self.params = params
-        self.trace_id = trace_id
-        self.now = dt.datetime.now(dt.UTC)
-        self._contract = contract
-        self._relay = relay
-        self._receipts = receipts
-        self.staged: list[OutboxRecord] = []
-        self.staged_receipts: list[ReceiptRecord] = []
-        self.state_changed = False
-
-    async def emit(self, key: str, payload: Any, **params: str) -> None:
-        """Stage an event in this transaction; it is published after the commit."""
-        entry = self._contract.entry(key)
-        if self.agent not in entry.publishers:
-            raise ContractError(f"{self.agent} may not publish {key!r} ({entry.topic})")
-        topic = self._contract.topic(key, agent=self.agent, **params)
-        if not self._contract.publisher_allowed(self.agent, topic):
-            raise ContractError(f"{topic!r} is not {key!r}; {self.agent} may not publish there")
-        if entry.kind == "state" and entry.retain:
-            # Latest value wins: one row per topic, published coalesced after the commit.
-            await state.put(
-                self.tx,
-                topic=topic,
-                topic_key=key,
-                trace_id=self.trace_id,
-                payload=codec.encode_value(payload, entry.format),
-            )
-            self.state_changed = True
-            return
-        rec = await stage(
-            self.tx,
-            topic_key=key,
-            topic=topic,
-            payload=codec.encode_value(payload, entry.format),
-            qos=entry.qos,
-            retain=entry.retain,
-            trace_id=self.trace_id,
-            seq=self._relay.next_seq(),
-        )
-        self.staged.append(rec)
-
-    async def request_with_receipt(
-        self, key: str, payload: Any, *, record_id: str, **params: str
-    ) -> None:
-        """Stage a request to another agent, kept and resent until its reply is stored."""
-        if self._receipts is None:
-            raise RuntimeError("this agent has no receipt outbox")
-        rec = await self._receipts.stage(
-            self.tx, key, payload, record_id=record_id, trace_id=self.trace_id, **params
-        )
-        self.staged_receipts.append(rec)
-
-
 class _HandlerFailed(Exception):
     """A handler failed in a batch run without savepoints: run it again, isolated."""
-
-
-Handler = Callable[[Context, Any], Awaitable[Reply | None]]
-AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
-DedupKey = Callable[[Any], str | None]
-
-
-class Route(msgspec.Struct, frozen=True):
-    """How an agent handles one contract key."""
-
-    key: str
-    handler: Handler
-    dedup: DedupKey | None = None
-    # Runs after the commit, before the reply and the acknowledgement (e.g. to wait briefly for
-    # a receipt and put its result into the reply).
-    after_commit: AfterCommit | None = None
 
 
 class Outcome(msgspec.Struct, kw_only=True):

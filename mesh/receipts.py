@@ -268,7 +268,7 @@ class ReceiptOutbox:
                         rec.topic_key,
                         payload,
                         trace_id=rec.trace_id,
-                        **(self._contract.match(rec.topic) or (None, {}))[1],
+                        params=(self._contract.match(rec.topic) or (None, {}))[1],
                     )
                 except MeshError as exc:
                     self.breaker.failure()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from mesh import codec
@@ -62,16 +63,17 @@ class Requester:
         *,
         timeout: float | None = None,
         trace_id: str | None = None,
-        **params: str,
+        params: Mapping[str, str] | None = None,
     ) -> Any:
-        """Send request `key` and return its decoded reply; RequestTimeout when none comes."""
+        """Send request `key` (its topic parameters in `params`) and return its decoded reply;
+        RequestTimeout when none comes."""
         entry = self._contract.entry(key)
         if entry.reply_schema is None:
             raise ContractError(f"{key!r} is not a request/response pair")
         if self.principal not in entry.publishers:
             raise ContractError(f"{self.principal} may not publish {key!r}")
         wait = timeout if timeout is not None else float(entry.timeout_s or 5.0)
-        topic = self._contract.topic(key, **params)
+        topic = self._contract.topic(key, **(params or {}))
         correlation = uuid.uuid4().bytes
         fut: asyncio.Future[Inbound] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = fut

@@ -1,9 +1,16 @@
-"""Settings decoded once from CLI flags and an injected environment mapping."""
+"""Settings decoded once from CLI flags and an injected environment mapping.
+
+`Settings` holds what the runtime needs to run any agent. An agent's own options (a rules file,
+a time zone, ...) are read by the agent from `settings.env`, the environment it was started
+with, into a typed Struct of its own; the CLI turns its agent flags into those `LIFEOPS_*`
+variables, so flags and environment mean the same everywhere.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -12,7 +19,7 @@ import msgspec
 
 from mesh.errors import ConfigError
 
-AGENTS = ("lifeops", "stats", "ha_bridge")
+DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
 
 class BrokerURL(msgspec.Struct, frozen=True):
@@ -20,28 +27,33 @@ class BrokerURL(msgspec.Struct, frozen=True):
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None  # for mqtts://: the CA that signed the broker's certificate
 
     def __str__(self) -> str:
         auth = f"{self.username}:***@" if self.username else ""
-        return f"mqtt://{auth}{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
-def parse_broker_url(url: str) -> BrokerURL:
-    """mqtt://[user:pass@]host[:port]; the port defaults to 1883."""
+def parse_broker_url(url: str, *, ca_file: str | None = None) -> BrokerURL:
+    """mqtt://[user:pass@]host[:port] (port 1883) or mqtts://... (TLS, port 8883)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ConfigError(f"broker URL {url!r}: use mqtt://[user:pass@]host:port")
+    if parts.scheme not in DEFAULT_PORTS:
+        raise ConfigError(f"broker URL {url!r}: use mqtt://[user:pass@]host:port or mqtts://...")
     if not parts.hostname:
         raise ConfigError(f"broker URL {url!r} has no host")
     try:
-        port = parts.port or 1883
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
     except ValueError as exc:
         raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+    tls = parts.scheme in ("mqtts", "ssl")
     return BrokerURL(
         host=parts.hostname,
         port=port,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+        ca_file=ca_file if tls else None,
     )
 
 
@@ -52,9 +64,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     instance: str = "0"
     share_group: str | None = None
     data_dir: Path = Path("data")
-    rules_file: Path | None = None
-    timeline_file: Path | None = None
-    timezone: str = "UTC"
     batch_max: int = 512
     session_expiry_s: int = 7 * 24 * 3600
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
@@ -64,10 +73,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     metrics_bind: str = "127.0.0.1"
     log_level: str = "INFO"
     log_json: bool = True
-    # Home Assistant bridge: the discovery prefix HA listens on, and users whose devices are
-    # created at startup even before they have a character or a timeline.
-    ha_discovery_prefix: str = "homeassistant"
-    ha_users: tuple[str, ...] = ()
+    # The environment the agent was started with (LIFEOPS_* variables, CLI flags included):
+    # each agent decodes its own options from it.
+    env: dict[str, str] = {}
 
     @property
     def client_id(self) -> str:
@@ -82,27 +90,20 @@ def build_settings(
     data_dir: str | Path | None = None,
     instance: str | None = None,
     share_group: str | None = None,
-    rules_file: str | Path | None = None,
-    timeline_file: str | Path | None = None,
-    timezone: str | None = None,
     metrics_port: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """CLI values win over environment variables (LIFEOPS_*), which win over defaults."""
-    env = os.environ if env is None else env
-    if agent not in AGENTS:
-        raise ConfigError(f"unknown agent {agent!r}: choose one of {', '.join(AGENTS)}")
+    env = dict(os.environ if env is None else env)
     data = Path(data_dir or env.get("LIFEOPS_DATA_DIR", "data"))
     broker = broker_url or env.get("LIFEOPS_BROKER_URL")
-    creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
     if not broker:
         raise ConfigError(
             "no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL"
         )
     db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
-    rules = rules_file or env.get("LIFEOPS_RULES_FILE")
-    timeline = timeline_file or env.get("LIFEOPS_TIMELINE_FILE")
-    parsed_broker = parse_broker_url(broker)
+    parsed_broker = parse_broker_url(broker, ca_file=env.get("LIFEOPS_BROKER_CA_FILE"))
+    creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
     if parsed_broker.username and parsed_broker.password is None and creds_file:
         parsed_broker = _with_password(parsed_broker, Path(creds_file))
     return Settings(
@@ -112,24 +113,18 @@ def build_settings(
         instance=instance or env.get("LIFEOPS_INSTANCE") or "0",
         share_group=share_group or env.get("LIFEOPS_SHARE_GROUP") or None,
         data_dir=data,
-        rules_file=Path(rules) if rules else None,
-        timeline_file=Path(timeline) if timeline else None,
-        timezone=timezone or env.get("LIFEOPS_TIMEZONE") or "UTC",
         log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
         failpoint=env.get("LIFEOPS_FAILPOINT") or None,
         metrics_port=metrics_port
         if metrics_port is not None
         else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
         metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
-        ha_discovery_prefix=env.get("LIFEOPS_HA_DISCOVERY_PREFIX") or "homeassistant",
-        ha_users=tuple(u.strip() for u in env.get("LIFEOPS_HA_USERS", "").split(",") if u.strip()),
+        env={k: v for k, v in env.items() if k.startswith("LIFEOPS_")},
     )
 
 
 def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
     """Fill in the password of url's user from a credentials.toml ([users] name = "...")."""
-    import tomllib
-
     try:
         users = tomllib.loads(path.read_text(encoding="utf-8")).get("users", {})
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -58,6 +58,43 @@ async def put(tx: Tx, *, topic: str, topic_key: str, payload: bytes, trace_id: s
     )
 
 
+async def read(tx: Tx, topic: str) -> bytes | None:
+    """The latest payload staged for a retained topic (b"" when cleared), None when never."""
+    row = await tx.fetchone("SELECT payload FROM mesh_state WHERE topic = ?", topic)
+    return row[0].encode("utf-8") if row else None
+
+
+async def read_many(tx: Tx, topics: list[str]) -> dict[str, bytes]:
+    """The latest payloads of several retained topics (those never staged are left out)."""
+    out: dict[str, bytes] = {}
+    for start in range(0, len(topics), 500):
+        part = topics[start : start + 500]
+        marks = ", ".join("?" for _ in part)
+        rows = await tx.fetchall(
+            f"SELECT topic, payload FROM mesh_state WHERE topic IN ({marks})", *part
+        )
+        out.update({r[0]: r[1].encode("utf-8") for r in rows})
+    return out
+
+
+async def read_all(tx: Tx, topic_key: str) -> list[tuple[str, bytes, str | None]]:
+    """(topic, payload, trace id) of every retained topic of one contract key."""
+    rows = await tx.fetchall(
+        "SELECT topic, payload, trace_id FROM mesh_state WHERE topic_key = ? ORDER BY topic",
+        topic_key,
+    )
+    return [(r[0], r[1].encode("utf-8"), r[2]) for r in rows]
+
+
+async def forget_published(tx: Tx, topics: list[str] | None = None) -> None:
+    """Forget that `topics` (all when None) were published: the publisher sends them again
+    (after the broker lost retained messages)."""
+    if topics is None:
+        await tx.execute("DELETE FROM mesh_state_published")
+        return
+    await tx.executemany("DELETE FROM mesh_state_published WHERE topic = ?", [(t,) for t in topics])
+
+
 class StatePublisher:
     def __init__(self, store: Store, publish: Publish, *, interval_s: float = 0.25) -> None:
         self._store = store
@@ -84,7 +121,7 @@ class StatePublisher:
     async def republish_all(self) -> None:
         """The broker lost its retained messages: send every state again."""
         async with self._store.transaction() as tx:
-            await tx.execute("DELETE FROM mesh_state_published")
+            await forget_published(tx)
         self._wake.set()
 
     async def pending(self) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite: lint, format check, then pytest against a real Mosquitto (started by
+# Run the whole test suite: lint, format check, strict type check, then pytest against a real Mosquitto (started by
 # the tests on free ports from broker/) and PostgreSQL. Installs what it needs.
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -13,5 +13,7 @@ ensure_test_tools
 log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+log "mypy (strict)"
+.venv/bin/mypy
 log "pytest"
 exec .venv/bin/python -m pytest "$@"

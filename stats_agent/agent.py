@@ -1,19 +1,35 @@
-"""The Stats agent's route table."""
+"""The Stats agent's route table (entry point `lifeops_mesh.agents: stats`)."""
 
 from __future__ import annotations
 
-from mesh.agent import Agent, AgentApp
-from mesh.inbox import Route
-from mesh.settings import Settings
+from pathlib import Path
+
+import msgspec
+
+from lifeops_contract import contract
+from mesh import Agent, AgentApp, Route, Settings
 from stats_agent.handlers import StatsHandlers, activity_identity, oura_identity
 from stats_agent.repository import MIGRATIONS
 from stats_agent.rules import load_rules
 
 
+class StatsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The Stats agent's own options (`run stats --rules FILE`, or LIFEOPS_RULES_FILE)."""
+
+    rules_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> StatsConfig:
+        rules = env.get("LIFEOPS_RULES_FILE")
+        return cls(rules_file=Path(rules) if rules else None)
+
+
 def build(settings: Settings) -> AgentApp:
-    handlers = StatsHandlers(load_rules(settings.rules_file))
+    config = StatsConfig.from_env(settings.env)
+    handlers = StatsHandlers(load_rules(config.rules_file))
     return AgentApp(
         name="stats",
+        contract=contract(),
         migrations=MIGRATIONS,
         routes=[
             Route("activities_log", handlers.log_activity, dedup=activity_identity),

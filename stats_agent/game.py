@@ -6,8 +6,8 @@ import math
 
 import msgspec
 
-from mesh.errors import HandlerError
-from mesh.ids import check_user_id
+from lifeops_contract.ids import check_user_id
+from mesh import HandlerError
 from stats_agent.rules import AchievementRule, Rules
 
 
@@ -104,7 +104,6 @@ def earned(rule: AchievementRule, p: Progress) -> bool:
             return any(xp >= rule.threshold for xp in p.stat_xp.values())
         case "streak":
             return p.streak >= rule.threshold
-    return False
 
 
 __all__ = ["check_user_id"]

@@ -7,19 +7,18 @@ import uuid
 
 import msgspec
 
-from mesh import codec
-from mesh.errors import NotFound
-from mesh.inbox import Context
-from mesh.schemas import (
+from lifeops_contract.schemas import (
     AchievementUnlocked,
     ActivityCompleted,
     ActivityLogReply,
     ActivityLogRequest,
     CharacterGetRequest,
     CharacterReply,
+    CharacterSheet,
     LevelUp,
     OuraSynced,
 )
+from mesh import Context, NotFound, codec
 from stats_agent import game, repository
 from stats_agent.rules import Rules
 
@@ -52,8 +51,8 @@ class StatsHandlers:
         if req.activity_id and req.source_ref:
             prior = await repository.activity_by_source(ctx.tx, req.source, req.source_ref)
         if prior is not None:
-            reply = codec.decode(prior.encode(), ActivityLogReply)
-            return msgspec.structs.replace(reply, duplicate=True)
+            original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
+            return msgspec.structs.replace(original, duplicate=True)
         grants = game.grants_for(self.rules, req.activity_type, req.custom_xp)
         activity_id = req.activity_id or (
             str(uuid.uuid5(_NS, f"{req.source}:{req.source_ref}"))
@@ -138,23 +137,7 @@ class StatsHandlers:
             stat_xp={s: st.xp for s, st in sheet.stats.items()},
             streak=streak,
         )
-        new_achievements: list[str] = []
-        for rule in self.rules.achievements:
-            if rule.code in sheet.achievements or not game.earned(rule, progress):
-                continue
-            if await repository.award(ctx.tx, user_id, rule.code, rule.title, activity_id, ctx.now):
-                new_achievements.append(rule.code)
-                await ctx.emit(
-                    "achievement",
-                    AchievementUnlocked(
-                        event_id=f"ach:{user_id}:{rule.code}",
-                        user_id=user_id,
-                        achievement_code=rule.code,
-                        title=rule.title,
-                        activity_id=activity_id,
-                        awarded_at=ctx.now,
-                    ),
-                )
+        new_achievements = await self._award(ctx, user_id, activity_id, sheet, progress)
         if new_achievements:
             sheet = msgspec.structs.replace(
                 sheet,
@@ -172,6 +155,35 @@ class StatsHandlers:
             achievements=new_achievements,
             message=game.gained_message(grants),
         )
+
+    async def _award(
+        self,
+        ctx: Context,
+        user_id: str,
+        activity_id: str,
+        sheet: CharacterSheet,
+        progress: game.Progress,
+    ) -> list[str]:
+        """Award every achievement the character has now earned and did not have; returns
+        their codes in rule order, each staged as a stats/achievement event."""
+        new: list[str] = []
+        for rule in self.rules.achievements:
+            if rule.code in sheet.achievements or not game.earned(rule, progress):
+                continue
+            if await repository.award(ctx.tx, user_id, rule.code, rule.title, activity_id, ctx.now):
+                new.append(rule.code)
+                await ctx.emit(
+                    "achievement",
+                    AchievementUnlocked(
+                        event_id=f"ach:{user_id}:{rule.code}",
+                        user_id=user_id,
+                        achievement_code=rule.code,
+                        title=rule.title,
+                        activity_id=activity_id,
+                        awarded_at=ctx.now,
+                    ),
+                )
+        return new
 
 
 async def _level_up(

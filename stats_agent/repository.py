@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from mesh.schemas import CharacterSheet, StatSheet
-from mesh.store import Migration, Tx
+from lifeops_contract.schemas import CharacterSheet, StatSheet
+from mesh import Migration, Tx
 from stats_agent.game import level_for
 
 MIGRATIONS = (

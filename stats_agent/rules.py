@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from mesh.errors import ConfigError
+from mesh import ConfigError
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.toml"
 _STAT = re.compile(r"^[A-Z]{2,8}$")

@@ -1,4 +1,10 @@
-"""Shared fixtures: a real Mosquitto from broker/, clean PostgreSQL databases, running agents."""
+"""Shared fixtures: a real Mosquitto from broker/ (or the in-memory twin), clean PostgreSQL
+databases, running agents.
+
+Nothing here needs a broker or a database until a test asks for one: pure tests run anywhere.
+A test that needs Mosquitto or PostgreSQL and cannot have it fails with the reason (never a
+silent skip).
+"""
 
 from __future__ import annotations
 
@@ -12,30 +18,39 @@ from typing import Any
 import msgspec
 import pytest
 
-from mesh.agent import Agent
-from mesh.broker.process import MosquittoProcess
-from mesh.client import MeshClient
-from mesh.settings import Settings, parse_broker_url
-from mesh.testing.postgres import (
-    PostgresServer,
-    PostgresUnavailable,
-    postgres_server,
-    run_sync,
+from lifeops_contract import contract
+from lifeops_mesh import registry
+from lifeops_mesh.broker import local_broker
+from mesh import (
+    Agent,
+    AgentApp,
+    MeshClient,
+    Settings,
+    availability_will,
+    open_store,
+    parse_broker_url,
 )
-from mesh.testing.wait import eventually
+from mesh.broker.process import MosquittoProcess
+from mesh.testing.brokers import BrokerUnderTest, InMemoryBroker, as_test_broker
+from mesh.testing.postgres import PostgresServer, PostgresUnavailable, postgres_server, run_sync
 
-for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr", "mosquitto_passwd"):
-    if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-        raise pytest.UsageError(
-            f"{tool} not found: install the Debian packages 'mosquitto' and 'mosquitto-clients' "
-            "(scripts/test.sh does this when run as root)"
-        )
+MOSQUITTO_TOOLS = ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr")
+
+
+def require_mosquitto() -> None:
+    for tool in MOSQUITTO_TOOLS:
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise pytest.UsageError(
+                f"{tool} not found: install the Debian packages 'mosquitto' and "
+                "'mosquitto-clients' (scripts/test.sh does this when run as root)"
+            )
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
     """One Mosquitto for the session, started from the project's broker/ config on a free port."""
-    proc = MosquittoProcess(tmp_path_factory.mktemp("broker"))
+    require_mosquitto()
+    proc = local_broker(tmp_path_factory.mktemp("broker"))
     proc.start()
     yield proc
     proc.stop()
@@ -44,10 +59,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProces
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     """A Mosquitto of this test's own, for tests that restart or kill it."""
-    proc = MosquittoProcess(tmp_path / "broker")
+    require_mosquitto()
+    proc = local_broker(tmp_path / "broker")
     proc.start()
     yield proc
     proc.kill()
+
+
+@pytest.fixture(params=["memory", "mosquitto"])
+def mesh_broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
+    """The same behaviour test on the in-memory twin and on the real Mosquitto."""
+    if request.param == "memory":
+        return InMemoryBroker()
+    return as_test_broker(request.getfixturevalue("broker"))
 
 
 @pytest.fixture(scope="session")
@@ -104,11 +128,12 @@ def new_db(
 
 
 def make_settings(
-    agent: str, broker: MosquittoProcess, db_url: str, tmp: Path, **kw: Any
+    agent: str, broker: BrokerUnderTest | MosquittoProcess, db_url: str, tmp: Path, **kw: Any
 ) -> Settings:
+    url = broker.url(agent) if isinstance(broker, MosquittoProcess) else "mqtt://memory:1"
     return Settings(
         agent=agent,
-        broker=parse_broker_url(broker.url(agent)),
+        broker=parse_broker_url(url),
         db_url=db_url,
         instance=kw.pop("instance", uuid.uuid4().hex[:8]),
         data_dir=tmp,
@@ -123,16 +148,46 @@ StartAgent = Callable[..., "contextlib.AbstractAsyncContextManager[Agent]"]
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Agent]]:
-    """Start an agent in this process: `async with start_agent("stats", broker, db) as agent`."""
-    from mesh.cli import BUILDERS
+def start_agent(tmp_path: Path) -> StartAgent:
+    """Start an agent in this process: `async with start_agent("stats", broker, db) as agent`
+    (`broker`: the session's Mosquitto, or any BrokerUnderTest such as the in-memory twin)."""
 
     @contextlib.asynccontextmanager
     async def start(
-        name: str, broker: MosquittoProcess, db_url: str, **kw: Any
+        name: str, broker: BrokerUnderTest | MosquittoProcess, db_url: str, **kw: Any
     ) -> AsyncIterator[Agent]:
         settings = make_settings(name, broker, db_url, tmp_path, **kw)
-        agent = Agent(settings, BUILDERS[name](settings))
+        app = registry.build(settings)
+        transport = as_test_broker(broker).agent_transport(
+            settings, name, availability_will(app.contract, name)
+        )
+        agent = Agent(settings, app, transport=transport, store=open_store(db_url))
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            await agent.stop()
+
+    return start
+
+
+StartApp = Callable[..., "contextlib.AbstractAsyncContextManager[Agent]"]
+
+
+@pytest.fixture
+def start_app(tmp_path: Path) -> StartApp:
+    """Run an AgentApp in this process on any broker:
+    `async with start_app(app, mesh_broker, db_url) as agent`."""
+
+    @contextlib.asynccontextmanager
+    async def start(
+        app: AgentApp, broker: BrokerUnderTest | MosquittoProcess, db_url: str, **kw: Any
+    ) -> AsyncIterator[Agent]:
+        settings = make_settings(app.name, broker, db_url, tmp_path, **kw)
+        transport = as_test_broker(broker).agent_transport(
+            settings, app.name, availability_will(app.contract, app.name)
+        )
+        agent = Agent(settings, app, transport=transport, store=open_store(db_url))
         await agent.start()
         try:
             yield agent
@@ -143,11 +198,11 @@ def start_agent(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContext
 
 
 @pytest.fixture
-def start_stats(start_agent: Callable[..., Any]) -> StartAgent:
+def start_stats(start_agent: StartAgent) -> StartAgent:
     """Start a Stats agent in this process: `async with start_stats(broker, db_url) as agent`."""
 
     def start(
-        broker: MosquittoProcess, db_url: str, **kw: Any
+        broker: BrokerUnderTest | MosquittoProcess, db_url: str, **kw: Any
     ) -> contextlib.AbstractAsyncContextManager[Agent]:
         return start_agent("stats", broker, db_url, **kw)
 
@@ -165,7 +220,7 @@ async def stats(
 @pytest.fixture
 async def tester(broker: MosquittoProcess) -> AsyncIterator[MeshClient]:
     """A mesh client with the `tester` account."""
-    async with MeshClient(broker.url("tester")) as client:
+    async with MeshClient(broker.url("tester"), contract()) as client:
         yield client
 
 
@@ -178,4 +233,4 @@ def to_builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-__all__ = ["eventually", "make_settings", "to_builtins", "user"]
+__all__ = ["StartAgent", "StartApp", "make_settings", "to_builtins", "user"]

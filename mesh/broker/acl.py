@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from mesh.contract import Contract
+from mesh.topics import matches
 
 HEADER = """\
 # Mosquitto ACL for LifeOps Mesh: GENERATED from topics.toml, do not edit.
 # Regenerate with: lifeops-mesh broker acl > broker/acl
 """
 
-# Operational read-only access for the manual-testing account (broker figures in `health`).
-# Agents read the broker's dropped-message counter to export it as a metric.
+# Every agent reads the broker's dropped-message counter to export it as a metric.
 DROPPED = "$SYS/broker/publish/messages/dropped"
-EXTRA_READ = {
-    "tester": ["$SYS/#"],
-    "doctor": ["#", "$SYS/#"],  # `lifeops-mesh doctor` watches all traffic, publishes nothing
-    "lifeops": [DROPPED],
-    "stats": [DROPPED],
-    "ha_bridge": [DROPPED],
-}
+
+
+def extra_reads(contract: Contract, principal: str) -> list[str]:
+    """Filters `principal` may read beyond its contract entries ([meta.extra_read], and the
+    dropped-message counter for agents)."""
+    extra = list(contract.meta.extra_read.get(principal, []))
+    if principal in contract.agents and DROPPED not in extra:
+        extra.insert(0, DROPPED)
+    return extra
 
 
 def _filter_for(contract: Contract, key: str, principal: str, publishing: bool) -> str:
@@ -27,7 +29,7 @@ def _filter_for(contract: Contract, key: str, principal: str, publishing: bool) 
         # Responders write to any requester's response topic; a requester reads only its own.
         return "reply/+/+" if publishing else f"reply/{principal}/+"
     # An agent writes only its own {agent} topics; anyone reading sees every agent's.
-    agent = principal if publishing and principal in contract.meta.agents else None
+    agent = principal if publishing and principal in contract.agents else None
     return contract.subscription(key, agent=agent)
 
 
@@ -39,20 +41,9 @@ def rights_of(contract: Contract, principal: str) -> dict[str, set[str]]:
             rights.setdefault(_filter_for(contract, key, principal, True), set()).add("write")
         if principal in entry.subscribers:
             rights.setdefault(_filter_for(contract, key, principal, False), set()).add("read")
-    for f in EXTRA_READ.get(principal, []):
+    for f in extra_reads(contract, principal):
         rights.setdefault(f, set()).add("read")
     return rights
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic-filter matching, as the broker applies ACL entries."""
-    f, t = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(f):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(f) == len(t)
 
 
 def broker_allows(contract: Contract, principal: str, topic: str, mode: str) -> bool:
@@ -69,7 +60,7 @@ def shadowed(contract: Contract) -> list[tuple[str, str, str]]:
     out = []
     literals = [e for e in contract.topics.values() if not e.params]
     for principal in contract.meta.principals:
-        if "#" in EXTRA_READ.get(principal, []):
+        if "#" in contract.meta.extra_read.get(principal, []):
             continue  # reads everything by design (the doctor)
         for e in literals:
             for mode, allowed in (

@@ -1,25 +1,23 @@
-"""Render the project's broker/mosquitto.conf for a local run (port and paths only)."""
+"""Render a deployment mosquitto.conf for a local run (port and paths only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-BROKER_DIR = Path(__file__).resolve().parent.parent.parent / "broker"
-
 
 def render_local_config(
     *,
+    base: Path,
     port: int,
     run_dir: Path,
     acl_file: Path,
     password_file: Path,
-    base: Path | None = None,
     bind: str = "127.0.0.1",
     run_as_root: bool = False,
     overrides: dict[str, str] | None = None,
 ) -> str:
-    """broker/mosquitto.conf with the listener and file paths pointed at `run_dir`."""
-    text = (base or BROKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")
+    """The config at `base` with the listener and file paths pointed at `run_dir`."""
+    text = base.read_text(encoding="utf-8")
     out: list[str] = []
     for line in text.splitlines():
         key = line.split(" ", 1)[0]
@@ -43,3 +41,12 @@ def render_local_config(
     if run_as_root:
         out.append("user root")
     return "\n".join(out) + "\n"
+
+
+def listener_port(conf: Path) -> int | None:
+    """The port of the first `listener` line of a mosquitto.conf, None when there is none."""
+    for line in conf.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
+            return int(parts[1])
+    return None

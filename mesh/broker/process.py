@@ -1,4 +1,4 @@
-"""Run a Mosquitto from the project's broker/ config: used by `lifeops-mesh up` and the tests."""
+"""Run a Mosquitto from a deployment config and ACL on loopback (for `up`, tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.broker.accounts import PASSWD, ensure_accounts
-from mesh.broker.config import BROKER_DIR, render_local_config
-from mesh.contract import Contract, default_contract
+from mesh.broker.config import render_local_config
 from mesh.errors import ConfigError
 
 INSTALL_HINT = (
@@ -34,15 +34,20 @@ class MosquittoProcess:
     def __init__(
         self,
         run_dir: Path,
+        *,
+        config: Path,
+        acl: str,
+        principals: Sequence[str],
         port: int | None = None,
-        contract: Contract | None = None,
         overrides: dict[str, str] | None = None,
         extra_acl: str = "",
         extra_accounts: tuple[str, ...] = (),
     ) -> None:
         self.run_dir = run_dir
         self.port = port or free_port()
-        self.contract = contract or default_contract()
+        self.config = config  # the deployment mosquitto.conf this one is rendered from
+        self.acl = acl
+        self.principals = list(principals)
         self.proc: subprocess.Popen[bytes] | None = None
         self.credentials: dict[str, str] = {}
         self.overrides = overrides  # config lines to change (tests of limits only)
@@ -65,15 +70,12 @@ class MosquittoProcess:
         self._binary = binary
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "persistence").mkdir(exist_ok=True)
-        self.credentials = ensure_accounts(
-            self.run_dir, [*self.contract.meta.principals, *self.extra_accounts]
-        )
+        self.credentials = ensure_accounts(self.run_dir, [*self.principals, *self.extra_accounts])
         acl = self.run_dir / "acl"
-        shutil.copyfile(BROKER_DIR / "acl", acl)
-        if self.extra_acl:
-            with acl.open("a", encoding="utf-8") as fh:
-                fh.write("\n" + self.extra_acl)
+        text = self.acl + ("\n" + self.extra_acl if self.extra_acl else "")
+        acl.write_text(text, encoding="utf-8")
         conf = render_local_config(
+            base=self.config,
             port=self.port,
             run_dir=self.run_dir,
             acl_file=acl,
@@ -124,7 +126,7 @@ class MosquittoProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.proc = None
+        self._forget()
 
     def kill(self) -> None:
         """SIGKILL: whatever came after the last autosave is lost."""
@@ -133,6 +135,11 @@ class MosquittoProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.proc = None
 
     def __enter__(self) -> MosquittoProcess:

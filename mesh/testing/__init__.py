@@ -1,4 +1,5 @@
-"""Testing kit: real processes, a PostgreSQL for tests, polling with deadlines.
-
-Used by the test suite and by the reliability run in bench/; nothing here runs in production.
+"""Testing kit: brokers (the real Mosquitto and the in-memory twin behind one interface), a
+recorder, a wrapper for the mosquitto CLIs, real agent processes, a PostgreSQL for tests, and
+waits with deadlines. Used by the test suite and the reliability run; nothing here runs in
+production.
 """

@@ -57,6 +57,24 @@ class PostgresServer:
         base, _, _ = self.admin_url.rpartition("/")
         return f"{base}/{dbname}"
 
+    def stop(self) -> None:
+        """Stop a private cluster (an outage); `start()` brings it back."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        assert self.data_dir is not None
+        self._pg_ctl("-l", str(self.data_dir.parent / "log"), "-o", self.options, "-w", "start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        if self.bindir is None or self.data_dir is None:
+            raise PostgresUnavailable("only a private cluster can be stopped and started")
+        subprocess.run(
+            [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), *args],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+
     async def create_database(self) -> str:
         name = "lifeops_test_" + uuid.uuid4().hex[:12]
         conn = await asyncpg.connect(self.admin_url, timeout=10)
@@ -102,7 +120,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _private_cluster() -> Iterator[PostgresServer]:
+def private_cluster() -> Iterator[PostgresServer]:
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         raise PostgresUnavailable(INSTALL_HINT)
@@ -163,5 +181,5 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     if "LIFEOPS_TEST_PG_URL" in os.environ:
         raise PostgresUnavailable(f"LIFEOPS_TEST_PG_URL={url} is not reachable. " + INSTALL_HINT)
-    with _private_cluster() as server:
+    with private_cluster() as server:
         yield server

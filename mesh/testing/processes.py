@@ -1,14 +1,15 @@
-"""Agents as real OS processes (`python -m mesh run ...`), for kill -9 and restart tests."""
+"""Agents as real OS processes (`<cli> run <agent> ...`), for kill -9 and restart tests."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _LIVE: set[subprocess.Popen[str]] = set()
@@ -29,6 +30,7 @@ class AgentProcess:
         broker_url: str,
         db_url: str,
         *,
+        cli: Sequence[str],
         data_dir: Path,
         instance: str = "p0",
         env: dict[str, str] | None = None,
@@ -38,9 +40,7 @@ class AgentProcess:
         self.log_file = log_file  # every stderr line is also appended here
         self.agent = agent
         self.args = [
-            sys.executable,
-            "-m",
-            "mesh",
+            *cli,
             "run",
             agent,
             "--broker",
@@ -78,12 +78,14 @@ class AgentProcess:
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
-        sink = self.log_file.open("a", encoding="utf-8") if self.log_file else None
-        for line in proc.stderr:
-            self.lines.append(line)
-            if sink is not None:
-                sink.write(line)
-                sink.flush()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(proc.stderr)
+            sink = stack.enter_context(self.log_file.open("a")) if self.log_file else None
+            for line in proc.stderr:
+                self.lines.append(line)
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None

@@ -1,0 +1,67 @@
+"""`lifeops-mesh`: run the mesh, one agent, or the operator tools.
+
+Each command is a module of this package that declares its arguments beside its handler
+(`register(subparsers)`); this module only puts them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lifeops_mesh.cli import (
+    broker,
+    contract,
+    demo,
+    dlq,
+    doctor,
+    health,
+    oura,
+    reliability,
+    request,
+    run,
+    tail,
+    trace,
+    up,
+)
+from lifeops_mesh.cli.common import Command
+from mesh import MeshError
+
+COMMANDS: tuple[Command, ...] = (
+    up,
+    run,
+    broker,
+    oura,
+    tail,
+    request,
+    health,
+    demo,
+    doctor,
+    reliability,
+    trace,
+    dlq,
+    contract,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="lifeops-mesh", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MeshError as exc:
+        print(f"lifeops-mesh: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main", "parser"]

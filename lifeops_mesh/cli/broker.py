@@ -1,0 +1,49 @@
+"""`lifeops-mesh broker acl|passwords`: the broker's ACL and accounts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lifeops_contract import with_discovery_prefix
+from lifeops_mesh.cli.common import Subparsers, the_contract
+from mesh.broker.accounts import ensure_accounts
+from mesh.broker.acl import generate_acl
+
+
+def register(sub: Subparsers) -> None:
+    broker = sub.add_parser("broker", help="broker tooling").add_subparsers(
+        dest="what", required=True
+    )
+    acl = broker.add_parser("acl", help="print the ACL generated from topics.toml")
+    acl.add_argument(
+        "--discovery-prefix",
+        help="Home Assistant's discovery prefix when not `homeassistant` "
+        "(default: LIFEOPS_HA_DISCOVERY_PREFIX)",
+    )
+    acl.set_defaults(func=cmd_acl)
+    pw = broker.add_parser("passwords", help="create the passwd file and credentials.toml")
+    pw.add_argument("--dir", default="broker/local", help="where to write them")
+    pw.add_argument("--rotate", action="store_true", help="generate new passwords for everyone")
+    pw.set_defaults(func=cmd_passwords)
+
+
+def cmd_acl(args: argparse.Namespace) -> int:
+    prefix = args.discovery_prefix or os.environ.get("LIFEOPS_HA_DISCOVERY_PREFIX") or ""
+    contract = the_contract()
+    if prefix:
+        contract = with_discovery_prefix(contract, prefix)
+    sys.stdout.write(generate_acl(contract))
+    return 0
+
+
+def cmd_passwords(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    creds = ensure_accounts(directory, list(the_contract().meta.principals), rotate=args.rotate)
+    print(
+        f"{directory / 'passwd'}: {len(creds)} accounts ({', '.join(sorted(creds))}); "
+        f"passwords in {directory / 'credentials.toml'}"
+    )
+    return 0

@@ -1,0 +1,42 @@
+"""`lifeops-mesh request KEY JSON`: request/response by contract key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+
+from lifeops_mesh.cli.common import Subparsers, add_tool_args, the_contract
+from lifeops_mesh.local import tool_broker_url
+from mesh import ConfigError, DecodeError, MeshClient, codec
+
+
+def register(sub: Subparsers) -> None:
+    p = add_tool_args(
+        sub.add_parser("request", help="request/response by contract key, printing the reply")
+    )
+    p.add_argument("key", help="contract key, e.g. activities_log (see `contract check`)")
+    p.add_argument("json", help="the request payload")
+    p.add_argument("--timeout", type=float, help="seconds (default: the contract's)")
+    p.set_defaults(func=cmd_request)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    url = tool_broker_url(args.broker, args.data)
+    contract = the_contract()
+    entry = contract.entry(args.key)
+    try:
+        payload = codec.decode(args.json.encode("utf-8"), entry.schema_type, entry.format)
+    except DecodeError as exc:
+        raise ConfigError(f"payload for {args.key} ({entry.schema}): {exc}") from exc
+
+    async def go() -> int:
+        trace_id = uuid.uuid4().hex
+        print(f"trace {trace_id}", file=sys.stderr)
+        async with MeshClient(url, contract) as client:
+            reply = await client.request(args.key, payload, timeout=args.timeout, trace_id=trace_id)
+        print(codec.encode(reply).decode())
+        return 0 if getattr(reply, "success", True) else 1
+
+    return asyncio.run(go())

@@ -1,0 +1,140 @@
+"""compose.yaml checks: the Compose specification, health checks, start order, network, and
+every agent scraped by Prometheus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lifeops_mesh.tools.doctor.report import Finding, Report
+
+EXTRA_HINT = "install the `doctor` extra: pip install 'lifeops-mesh[doctor]'"
+
+
+def load_spec(path: Path, report: Report) -> dict[str, Any] | None:
+    """compose.yaml parsed and checked against the Compose specification; None (with a
+    finding) when it cannot be."""
+    try:
+        import compose_spec
+    except ImportError:
+        report.add(
+            Finding(
+                service="compose",
+                issue=f"{path} not checked: the Compose-spec parser is not installed",
+                impact="compose problems go unnoticed",
+                fix=EXTRA_HINT,
+                severity="warning",
+            )
+        )
+        return None
+    try:
+        c = compose_spec.PyCompose.from_yaml(path.read_text())
+        c.to_spec()
+        spec: dict[str, Any] = c.to_dict()
+    except (OSError, ValueError) as exc:
+        report.add(
+            Finding(
+                service="compose",
+                issue=f"{path}: {exc}",
+                impact="docker compose refuses the file",
+                fix="fix the key named",
+            )
+        )
+        return None
+    return spec
+
+
+def compose_checks(path: Path, report: Report) -> None:
+    spec = load_spec(path, report)
+    if spec is None:
+        return
+    services: dict[str, dict[str, Any]] = spec.get("services", {})
+    scrape = path.parent / "deploy" / "prometheus.yml"
+    scrape_text = scrape.read_text() if scrape.exists() else ""
+    ok = {"hc": True, "dep": True, "net": True, "scrape": True}
+    for name, svc in services.items():
+        ok["hc"] &= _health_check(name, svc, report)
+        ok["dep"] &= _start_order(name, svc, services, report)
+        ok["net"] &= _network(name, svc, report)
+        ok["scrape"] &= _scraped(name, svc, scrape_text, report)
+    for check, key in (
+        ("compose: every service has a health check", "hc"),
+        ("compose: depends_on waits for health", "dep"),
+        ("compose: one network", "net"),
+        ("compose: every agent is scraped", "scrape"),
+    ):
+        report.check(check, ok[key], "yes" if ok[key] else "see issues")
+
+
+def _health_check(name: str, svc: dict[str, Any], report: Report) -> bool:
+    hc = svc.get("healthcheck") or {}
+    if svc.get("restart") == "no" or (hc.get("test") and not hc.get("disable")):
+        return True
+    report.add(
+        Finding(
+            service=name,
+            issue="no health check",
+            impact="dependants start before it works; failures go unnoticed",
+            fix="add a healthcheck",
+        )
+    )
+    report.compose_updates.append(f"{name}: add a healthcheck")
+    return False
+
+
+def _start_order(
+    name: str, svc: dict[str, Any], services: dict[str, dict[str, Any]], report: Report
+) -> bool:
+    ok = True
+    for dep, cond in (svc.get("depends_on") or {}).items():
+        if dep in services and (
+            services[dep].get("restart") == "no" or cond.get("condition") == "service_healthy"
+        ):
+            continue
+        ok = False
+        report.add(
+            Finding(
+                service=name,
+                issue=f"depends_on {dep} without condition: service_healthy"
+                if dep in services
+                else f"depends on missing service {dep}",
+                impact="start order races",
+                fix="condition: service_healthy",
+            )
+        )
+        report.compose_updates.append(f"{name}: depends_on {dep}: service_healthy")
+    return ok
+
+
+def _network(name: str, svc: dict[str, Any], report: Report) -> bool:
+    if svc.get("networks") in (["mesh"], {"mesh": None}, {"mesh": {}}):
+        return True
+    report.add(
+        Finding(
+            service=name,
+            issue="not on the mesh network",
+            impact="cannot reach the broker",
+            fix="networks: [mesh]",
+            severity="warning",
+        )
+    )
+    return False
+
+
+def _scraped(name: str, svc: dict[str, Any], scrape_text: str, report: Report) -> bool:
+    cmd = svc.get("command") or []
+    if len(cmd) < 2 or cmd[0] != "run":
+        return True
+    port = str((svc.get("environment") or {}).get("LIFEOPS_METRICS_PORT", ""))
+    if f"{name}:{port}" in scrape_text:
+        return True
+    report.add(
+        Finding(
+            service=name,
+            issue="agent not scraped by Prometheus",
+            impact="no metrics, no alerts",
+            fix=f"add {name}:{port} to deploy/prometheus.yml",
+            severity="warning",
+        )
+    )
+    return False

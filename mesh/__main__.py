@@ -1,7 +1,0 @@
-"""`python -m mesh` is `lifeops-mesh`."""
-
-import sys
-
-from mesh.cli import main
-
-sys.exit(main())

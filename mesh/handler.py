@@ -1,0 +1,112 @@
+"""The handler API: a `Route` per contract key, and the `Context` a handler runs in.
+
+A handler is `async def handle(ctx: Context, payload) -> Reply | None`. It runs inside the group
+commit's transaction (`ctx.tx`); what it emits (`ctx.emit`) and the requests it sends with a
+receipt (`ctx.request_with_receipt`) are written in that transaction and go out after the
+commit. Raising `HandlerError` refuses the message with a code; the runtime answers with an
+error reply and a dead letter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from mesh import codec, state
+from mesh.contract import Contract
+from mesh.errors import ContractError
+from mesh.outbox import OutboxRecord, OutboxRelay, stage
+from mesh.receipts import ReceiptOutbox, ReceiptRecord
+from mesh.schemas import Reply
+from mesh.store import Tx
+from mesh.transport import Inbound
+
+
+class Context:
+    """What a handler gets: the open transaction, the message, and a way to emit events."""
+
+    def __init__(
+        self,
+        *,
+        tx: Tx,
+        agent: str,
+        contract: Contract,
+        msg: Inbound,
+        params: dict[str, str],
+        trace_id: str,
+        relay: OutboxRelay,
+        receipts: ReceiptOutbox | None = None,
+    ) -> None:
+        self.tx = tx
+        self.agent = agent
+        self.msg = msg
+        self.params = params
+        self.trace_id = trace_id
+        self.now = dt.datetime.now(dt.UTC)
+        self._contract = contract
+        self._relay = relay
+        self._receipts = receipts
+        self.staged: list[OutboxRecord] = []
+        self.staged_receipts: list[ReceiptRecord] = []
+        self.state_changed = False
+
+    async def emit(self, key: str, payload: Any, **params: str) -> None:
+        """Stage an event in this transaction; it is published after the commit."""
+        entry = self._contract.entry(key)
+        if self.agent not in entry.publishers:
+            raise ContractError(f"{self.agent} may not publish {key!r} ({entry.topic})")
+        topic = self._contract.topic(key, agent=self.agent, **params)
+        if not self._contract.publisher_allowed(self.agent, topic):
+            raise ContractError(f"{topic!r} is not {key!r}; {self.agent} may not publish there")
+        if entry.kind == "state" and entry.retain:
+            # Latest value wins: one row per topic, published coalesced after the commit.
+            await state.put(
+                self.tx,
+                topic=topic,
+                topic_key=key,
+                trace_id=self.trace_id,
+                payload=codec.encode_value(payload, entry.format),
+            )
+            self.state_changed = True
+            return
+        rec = await stage(
+            self.tx,
+            topic_key=key,
+            topic=topic,
+            payload=codec.encode_value(payload, entry.format),
+            qos=entry.qos,
+            retain=entry.retain,
+            trace_id=self.trace_id,
+            seq=self._relay.next_seq(),
+        )
+        self.staged.append(rec)
+
+    async def request_with_receipt(
+        self, key: str, payload: Any, *, record_id: str, **params: str
+    ) -> None:
+        """Stage a request to another agent, kept and resent until its reply is stored."""
+        if self._receipts is None:
+            raise RuntimeError("this agent has no receipt outbox")
+        rec = await self._receipts.stage(
+            self.tx, key, payload, record_id=record_id, trace_id=self.trace_id, **params
+        )
+        self.staged_receipts.append(rec)
+
+
+Handler = Callable[["Context", Any], Awaitable[Reply | None]]
+AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
+DedupKey = Callable[[Any], str | None]
+
+
+class Route(msgspec.Struct, frozen=True):
+    """How an agent handles one contract key."""
+
+    key: str
+    handler: Handler
+    dedup: DedupKey | None = None
+    # Runs after the commit, before the reply and the acknowledgement (e.g. to wait briefly for
+    # a receipt and put its result into the reply).
+    after_commit: AfterCommit | None = None

@@ -1,0 +1,98 @@
+"""What the runtime needs from a broker connection: the `Transport` protocol and its messages.
+
+Two implementations: `MqttTransport` (gmqtt, MQTT v5, the one that counts) and
+`MemoryTransport` on a `MemoryBroker` (in-process, for fast unit tests of routing, handlers and
+the inbox; the same behaviour suites also run against the real Mosquitto).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+
+class Inbound(msgspec.Struct, kw_only=True):
+    """A message received from the broker."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    dup: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: dict[str, str] = {}
+    # Seconds left of the publisher's MQTT v5 Message Expiry Interval (None: never expires).
+    expiry_s: int | None = None
+
+
+class Will(msgspec.Struct, kw_only=True):
+    """The Last Will the broker publishes when the connection dies without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+MessageHandler = Callable[[Inbound], Awaitable[int]]
+"""Handles one inbound message; the int it returns is the PUBACK reason code (0: success)."""
+ConnectHandler = Callable[[bool], Awaitable[None]]
+"""Called after every (re)connect with the broker's `session present` flag."""
+
+
+class Transport(Protocol):
+    """One broker connection. Construct, set handlers and subscriptions, then `connect()`."""
+
+    client_id: str
+    on_message: MessageHandler | None
+    on_connect: ConnectHandler | None
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first one."""
+        ...
+
+    @property
+    def refused_filters(self) -> list[str]:
+        """Subscriptions the broker refused (SUBACK failure codes), empty when all granted."""
+        ...
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect once; the transport then reconnects by itself until `disconnect()`."""
+        ...
+
+    async def wait_connected(self, timeout: float) -> None: ...
+
+    async def disconnect(self, timeout: float = 5.0, *, end_session: bool = False) -> None:
+        """Close the connection (no Last Will); `end_session` also ends a durable session."""
+        ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: dict[str, str] | None = None,
+        expiry_s: int | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Publish; for QoS 1, return on PUBACK and raise PublishRefused on a failure code."""
+        ...
+
+    async def subscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        """Subscribe (now, or at connect); kept and renewed when the broker loses the session."""
+        ...
+
+    def sibling(self, client_id: str) -> Transport:
+        """A new, not yet connected, clean and non-durable connection with the same account."""
+        ...

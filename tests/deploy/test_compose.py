@@ -1,0 +1,122 @@
+"""compose.yaml, checked without a Docker engine: Compose-spec parse plus cross-references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import compose_spec
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def load(text: str | None = None) -> dict[str, Any]:
+    c = compose_spec.PyCompose.from_yaml(text or (ROOT / "compose.yaml").read_text())
+    c.to_spec()  # validates every key against the Compose specification
+    c.validate()
+    return c.to_dict()
+
+
+def test_compose_file_follows_the_specification() -> None:
+    """compose.yaml parses against the Compose spec; a misspelled key is reported."""
+    spec = load()
+    assert {
+        "mosquitto",
+        "stats",
+        "lifeops",
+        "stats-db",
+        "lifeops-db",
+        "homeassistant",
+        "prometheus",
+    } <= set(spec["services"])
+    broken = (ROOT / "compose.yaml").read_text().replace("depends_on:", "depend_on:", 1)
+    with pytest.raises(ValueError, match="depend_on"):
+        load(broken)
+
+
+def test_health_checks_start_order_network_and_volumes() -> None:
+    """Every long-running service has a health check; dependencies exist and wait for health;
+    one network; named volumes are declared."""
+    spec = load()
+    services = spec["services"]
+    for name, svc in services.items():
+        hc = svc.get("healthcheck", {})
+        if svc.get("restart") != "no":
+            assert hc.get("test") and not hc.get("disable"), f"{name} has no health check"
+        assert svc.get("networks") == ["mesh"], f"{name} is not on the mesh network"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on missing {dep}"
+            assert cond["condition"] in CONDITIONS
+            if services[dep].get("restart") != "no":
+                assert cond["condition"] == "service_healthy", f"{name} -> {dep}"
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0] if isinstance(vol, str) else vol["source"]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in spec["volumes"], f"{name} uses undeclared volume {source}"
+    assert set(spec["networks"]) == {"mesh"}
+
+
+def _agent_services(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, svc in spec["services"].items():
+        cmd = svc.get("command") or []
+        if len(cmd) >= 2 and cmd[0] == "run":
+            out[name] = (cmd[1], str(svc["environment"]["LIFEOPS_METRICS_PORT"]))
+    return out
+
+
+def test_every_agent_is_built_from_one_image_and_scraped() -> None:
+    """Each agent service runs `lifeops-mesh run <agent>` from the one Dockerfile, and
+    Prometheus has a scrape target for each."""
+    spec = load()
+    agents = _agent_services(spec)
+    assert {a for a, _ in agents.values()} == {"stats", "lifeops", "ha_bridge"}
+    scrape = (ROOT / "deploy" / "prometheus.yml").read_text()
+    for name, (_, port) in agents.items():
+        svc = spec["services"][name]
+        assert svc["build"] in (".", {"context": "."}) and svc["image"] == "lifeops-mesh:latest"
+        assert f'"{name}:{port}"' in scrape, f"no scrape target for {name}"
+        assert svc["environment"]["LIFEOPS_BROKER_URL"].startswith("mqtt://")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.count("ENTRYPOINT") == 1
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    for pkg in (p.rstrip("*") for p in packages):
+        assert f"COPY {pkg} ./{pkg}" in dockerfile, f"the image lacks the package {pkg}"
+
+
+def test_scale_profile_runs_more_stats_agents_on_a_shared_subscription() -> None:
+    """The `scale` profile adds Stats agents with their own instance names, all in one shared
+    subscription group, on the same PostgreSQL."""
+    spec = load()
+    stats = {
+        n: s
+        for n, s in spec["services"].items()
+        if (s.get("command") or [None, None])[:2] == ["run", "stats"]
+    }
+    assert len(stats) == 3
+    instances = set()
+    for svc in stats.values():
+        cmd = svc["command"]
+        assert cmd[cmd.index("--shared") + 1] == "stats"
+        instances.add(cmd[cmd.index("--instance") + 1])
+        assert svc["environment"]["LIFEOPS_DB_URL"].startswith("postgresql://")
+    assert len(instances) == 3
+    assert sum(1 for s in stats.values() if "scale" in (s.get("profiles") or [])) == 2
+
+
+def test_broker_config_mounts_match_the_config_paths() -> None:
+    """The paths in broker/mosquitto.conf are where compose mounts the files."""
+    conf = (ROOT / "broker" / "mosquitto.conf").read_text()
+    mounts = load()["services"]["mosquitto"]["volumes"]
+    targets = {(v.split(":")[1] if isinstance(v, str) else v["target"]) for v in mounts}
+    assert "/mosquitto/config/acl" in targets and "acl_file /mosquitto/config/acl" in conf
+    assert "/mosquitto/secrets" in targets and "password_file /mosquitto/secrets/passwd" in conf
+    assert "/mosquitto/data" in targets and "persistence_location /mosquitto/data/" in conf

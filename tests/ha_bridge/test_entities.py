@@ -1,0 +1,118 @@
+"""The bridge's discovery payloads, as pure functions: golden files and tables.
+
+`golden/user_and_mesh_entities.json` is what the first shipped bridge published for one user
+(two stats, one timeline item) and the agents' device; Home Assistant keys its registries on
+these ids, so they may never change without a migration. The tables below name, per entity,
+what HA's validation cares about (component, unit, device and state class).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ha_bridge.entities import EntityBuilder, encode_config, is_own_node, user_slug
+from lifeops_contract import contract, with_discovery_prefix
+from lifeops_contract.schemas import (
+    CharacterSheet,
+    StatSheet,
+    TimelineDay,
+    TimelineItemState,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "user_and_mesh_entities.json"
+SHEET = CharacterSheet(user_id="alice", stats={"STR": StatSheet(xp=50), "DEX": StatSheet()})
+TIMELINE = TimelineDay(
+    user_id="alice",
+    date=dt.date(2026, 11, 27),
+    timezone="UTC",
+    items=[TimelineItemState(code="walk", title="Walk", activity_type="timeline_walk", xp={})],
+)
+
+
+def _payloads(builder: EntityBuilder, user: str) -> list[tuple[str, Any]]:
+    entities = builder.user_entities(user, SHEET, TIMELINE) + builder.mesh_entities()
+    return [(e.topic, json.loads(encode_config(e))) for e in entities]
+
+
+def test_payloads_equal_the_golden_file() -> None:
+    """Every topic and discovery payload, byte for byte as JSON, equals the golden file."""
+    builder = EntityBuilder(contract(), list(contract().agents))
+    expected = [tuple(row) for row in json.loads(GOLDEN.read_text())]
+    assert [list(p) for p in _payloads(builder, "Alice-1")] == [list(p) for p in expected]
+
+
+ROWS = [
+    # what, component, unit, state class, device class
+    ("level", "sensor", None, "measurement", None),
+    ("total_xp", "sensor", "XP", "total_increasing", None),
+    ("xp_to_next_level", "sensor", "XP", "measurement", None),
+    ("achievements", "sensor", None, "measurement", None),
+    ("str_level", "sensor", None, "measurement", None),
+    ("str_xp", "sensor", "XP", "total_increasing", None),
+    ("walk_streak", "sensor", "d", "measurement", None),
+    ("walk_complete", "button", None, None, None),
+]
+
+
+@pytest.mark.parametrize(("what", "component", "unit", "state_class", "device_class"), ROWS)
+def test_each_entity_has_the_keys_home_assistant_validates(
+    what: str, component: str, unit: str | None, state_class: str | None, device_class: str | None
+) -> None:
+    """ids from the user id only; entity id through object_id and default_entity_id; units
+    that fit their (absent) device class; availability on the agents behind the entity."""
+    builder = EntityBuilder(contract(), list(contract().agents))
+    by_what = {e.topic.split("/")[3]: e for e in builder.user_entities("Alice-1", SHEET, TIMELINE)}
+    e = by_what[what]
+    c = e.config
+    assert e.topic == f"homeassistant/{component}/lifeops_Alice-1/{what}/config"
+    assert c.unique_id == f"lifeops_mesh:user:Alice-1:{what}"
+    assert (
+        c.default_entity_id == f"{component}.lifeops_alice_1_{what}" == f"{component}.{c.object_id}"
+    )
+    assert (c.unit_of_measurement, c.state_class, c.device_class) == (
+        unit,
+        state_class,
+        device_class,
+    )
+    agents = [a.topic for a in c.availability or []]
+    behind = "lifeops" if what.startswith("walk") else "stats"
+    assert agents == ["ha_bridge/status", f"{behind}/status"] and c.availability_mode == "all"
+
+
+def test_button_press_is_a_timeline_completion() -> None:
+    """The button's payload_press is a valid lifeops/timeline/complete request for its item."""
+    builder = EntityBuilder(contract(), list(contract().agents))
+    (button,) = [e for e in builder.user_entities("bo", None, TIMELINE) if "button" in e.topic]
+    assert button.config.command_topic == "lifeops/timeline/complete"
+    assert json.loads(button.config.payload_press or "") == {"user_id": "bo", "item_code": "walk"}
+
+
+def test_what_a_user_has_decides_the_entities() -> None:
+    """No sheet: no character sensors; no timeline: no streaks or buttons; neither: nothing."""
+    builder = EntityBuilder(contract(), list(contract().agents))
+    assert builder.user_entities("bo", None, None) == []
+    only_sheet = {e.topic.split("/")[3] for e in builder.user_entities("bo", SHEET, None)}
+    assert "walk_complete" not in only_sheet and "level" in only_sheet
+    only_timeline = {e.topic.split("/")[3] for e in builder.user_entities("bo", None, TIMELINE)}
+    assert only_timeline == {"walk_streak", "walk_complete"}
+
+
+def test_another_discovery_prefix_moves_only_the_config_topics() -> None:
+    """LIFEOPS_HA_DISCOVERY_PREFIX=hass: configs under hass/, payloads otherwise the same."""
+    moved = with_discovery_prefix(contract(), "hass")
+    default = _payloads(EntityBuilder(contract(), list(contract().agents)), "bo")
+    hass = _payloads(EntityBuilder(moved, list(moved.agents)), "bo")
+    assert [t for t, _ in hass] == [t.replace("homeassistant/", "hass/", 1) for t, _ in default]
+    assert [p for _, p in hass] == [p for _, p in default]
+
+
+def test_node_ids_and_slugs() -> None:
+    """The bridge owns `lifeops_*` and `lifeops-mesh` nodes only; slugs follow HA's rules."""
+    assert is_own_node("lifeops_alice") and is_own_node("lifeops-mesh")
+    assert not is_own_node("zigbee2mqtt") and not is_own_node("lifeopsx")
+    assert user_slug("Alice-1.x") == "alice_1_x"

@@ -1,0 +1,295 @@
+"""A real Home Assistant core (2024.3.3, its own cached virtualenv) against the test Mosquitto.
+
+What HA itself created is checked: entity ids, unique ids and device grouping (HA's registries),
+numeric states equal to the character sheet, availability, no discovery errors in HA's log; a
+button pressed through HA's REST API completes the item, grants XP and updates the sensors; the
+documented automation (docs/homeassistant/automations.yaml) fires on the level-up; every entity
+of the documented dashboard exists; and after an HA restart, a bridge restart and a broker
+restart every entity is available again and shows its current value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifeops_agent.timeline import load_timeline
+from lifeops_contract import contract as default_contract
+from lifeops_contract.schemas import CharacterGetRequest, CharacterSheet, TimelineCompleteRequest
+from mesh.broker.process import MosquittoProcess
+from mesh.client import MeshClient
+from mesh.testing.wait import eventually
+from stats_agent.rules import load_rules
+from tests.support.homeassistant import HomeAssistantProcess
+
+pytestmark = pytest.mark.timeout(600)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "homeassistant"
+UID = "alice"  # the documented dashboard's user; this test has a broker of its own
+Start = Callable[..., Any]
+
+
+def expected_entities() -> dict[str, str]:
+    """entity id -> unique id of everything the bridge should create for alice and the mesh."""
+    what = ["level", "total_xp", "xp_to_next_level", "achievements"]
+    what += [f"{s.lower()}_{k}" for s in load_rules().game.stats for k in ("level", "xp")]
+    items = [i.code for i in load_timeline().items]
+    out = {f"sensor.lifeops_{UID}_{w}": f"lifeops_mesh:user:{UID}:{w}" for w in what}
+    out |= {
+        f"sensor.lifeops_{UID}_{i}_streak": f"lifeops_mesh:user:{UID}:{i}_streak" for i in items
+    }
+    out |= {
+        f"button.lifeops_{UID}_{i}_complete": f"lifeops_mesh:user:{UID}:{i}_complete" for i in items
+    }
+    out |= {
+        f"binary_sensor.lifeops_mesh_{a}": f"lifeops_mesh:agent:{a}"
+        for a in ("stats", "lifeops", "ha_bridge")
+    }
+    return out
+
+
+async def sheet_of(client: MeshClient) -> CharacterSheet:
+    reply = await client.request("character_get", CharacterGetRequest(user_id=UID))
+    assert reply.success and reply.character is not None, reply
+    sheet: CharacterSheet = reply.character
+    return sheet
+
+
+def matches_sheet(
+    states: dict[str, dict[str, Any]], sheet: CharacterSheet, streaks: dict[str, int]
+) -> bool:
+    want = {
+        "level": sheet.level,
+        "total_xp": sheet.total_xp,
+        "xp_to_next_level": sheet.xp_to_next_level - sheet.xp_into_level,
+        "achievements": len(sheet.achievements),
+    }
+    for stat, s in sheet.stats.items():
+        want[f"{stat.lower()}_level"] = s.level
+        want[f"{stat.lower()}_xp"] = s.xp
+    for code, n in streaks.items():
+        want[f"{code}_streak"] = n
+    for what, value in want.items():
+        state = states.get(f"sensor.lifeops_{UID}_{what}")
+        if state is None or state["state"] != str(value):
+            return False
+    return True
+
+
+def all_available(states: dict[str, dict[str, Any]]) -> bool:
+    """Every entity there and available; sensors also known (a button's state is the time of
+    its last press: `unknown` until pressed)."""
+    return all(
+        e in states
+        and states[e]["state"] != "unavailable"
+        and (e.startswith("button.") or states[e]["state"] != "unknown")
+        for e in expected_entities()
+    )
+
+
+async def test_real_home_assistant(
+    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+) -> None:
+    ha = HomeAssistantProcess(
+        tmp_path / "ha",
+        mqtt_port=own_broker.port,
+        mqtt_username="homeassistant",
+        mqtt_password=own_broker.credentials["homeassistant"],
+        automations=(DOCS / "automations.yaml").read_text(),
+    )
+
+    async def states() -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(ha.states)
+
+    db = {n: f"sqlite:///{tmp_path / n}.db" for n in ("stats", "lifeops", "ha_bridge")}
+    async with (
+        start_agent("stats", own_broker, db["stats"]),
+        start_agent("lifeops", own_broker, db["lifeops"]),
+        MeshClient(own_broker.url("tester"), default_contract()) as tester,
+    ):
+        # alice exists before HA starts: her device is discovered from retained configs
+        reply = await tester.request(
+            "timeline_complete", TimelineCompleteRequest(user_id=UID, item_code="morning_stretch")
+        )
+        assert reply.success, reply
+        bridge = Restartable(lambda: start_agent("ha_bridge", own_broker, db["ha_bridge"]))
+        await bridge.start()
+        try:
+            await asyncio.to_thread(ha.start)
+            try:
+                await _scenario(ha, states, tester, own_broker, bridge)
+            finally:
+                await asyncio.to_thread(ha.stop)
+        finally:
+            await bridge.stop()
+
+
+class Restartable:
+    """An agent started and stopped more than once (a new context each time)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.ctx: Any = None
+
+    async def start(self) -> None:
+        self.ctx = self.make()
+        await self.ctx.__aenter__()
+
+    async def stop(self) -> None:
+        if self.ctx is not None:
+            ctx, self.ctx = self.ctx, None
+            await ctx.__aexit__(None, None, None)
+
+
+async def _scenario(
+    ha: HomeAssistantProcess,
+    states: Callable[[], Any],
+    tester: MeshClient,
+    broker: MosquittoProcess,
+    bridge: Restartable,
+) -> None:
+    expected = expected_entities()
+    try:
+        await eventually(
+            lambda: _check(states, all_available),
+            timeout=60,
+            what="every LifeOps entity available in Home Assistant",
+        )
+    except AssertionError as exc:
+        current = await states()
+        wrong = {e: current.get(e, {}).get("state", "missing") for e in expected}
+        wrong = {e: v for e, v in wrong.items() if v in ("missing", "unavailable")}
+        mqtt_lines = [
+            line for line in ha.log_text().splitlines() if "WARNING" in line or "ERROR" in line
+        ]
+        raise AssertionError(f"{exc}: {wrong}; HA log: {mqtt_lines[-15:]}") from None
+    sheet = await sheet_of(tester)
+    await eventually(
+        lambda: _check(states, lambda s: matches_sheet(s, sheet, {"morning_stretch": 1})),
+        timeout=20,
+        what="sensor states equal to the character sheet",
+    )
+    current = await states()
+    assert current[f"sensor.lifeops_{UID}_total_xp"]["attributes"]["unit_of_measurement"] == "XP"
+    assert current[f"sensor.lifeops_{UID}_total_xp"]["attributes"]["state_class"] == (
+        "total_increasing"
+    )
+    achievements = current[f"sensor.lifeops_{UID}_achievements"]["attributes"]
+    assert achievements["latest_achievement"] == sheet.latest_achievement
+    assert current["binary_sensor.lifeops_mesh_stats"]["state"] == "on"
+    assert current["binary_sensor.lifeops_mesh_stats"]["attributes"]["device_class"] == (
+        "connectivity"
+    )
+    dashboard = set(
+        re.findall(r"\b(?:sensor|button|binary_sensor)\.lifeops_[a-z0-9_]+", _dashboard())
+    )
+    assert dashboard and dashboard <= set(current), sorted(dashboard - set(current))
+    automation = "automation.lifeops_level_up"
+    assert current[automation]["attributes"].get("last_triggered") is None
+
+    # A button pressed in HA: LifeOps completes, Stats grants 70 XP (two level-ups), the sensors
+    # follow and the documented automation fires on stats/levelup.
+    await asyncio.to_thread(
+        ha.call_service,
+        "button",
+        "press",
+        {"entity_id": f"button.lifeops_{UID}_gym_session_complete"},
+    )
+    await eventually(
+        lambda: _check(
+            states,
+            lambda s: s[f"sensor.lifeops_{UID}_total_xp"]["state"] == str(sheet.total_xp + 70),
+        ),
+        timeout=20,
+        what="the button press's 70 XP in the total XP sensor",
+    )
+    sheet = await sheet_of(tester)
+    assert sheet.level >= 2
+    streaks = {"morning_stretch": 1, "gym_session": 1}
+    await eventually(
+        lambda: _check(states, lambda s: matches_sheet(s, sheet, streaks)),
+        timeout=20,
+        what="every sensor updated after the button press",
+    )
+    await eventually(
+        lambda: _check(states, lambda s: s[automation]["attributes"].get("last_triggered")),
+        timeout=20,
+        what="the level-up automation triggered",
+    )
+
+    # HA restart: its registries say what it created; after the restart everything is back.
+    await asyncio.to_thread(ha.stop)
+    entities = ha.storage("core.entity_registry")["data"]["entities"]  # type: ignore[index]
+    devices = ha.storage("core.device_registry")["data"]["devices"]  # type: ignore[index]
+    ours = {e["entity_id"]: e for e in entities if e["platform"] == "mqtt"}
+    assert {k: v["unique_id"] for k, v in ours.items()} == expected
+    user_devices = {ours[e]["device_id"] for e in expected if f"_{UID}_" in e}
+    assert len(user_devices) == 1, "all of alice's entities belong to one device"
+    device = next(d for d in devices if d["id"] in user_devices)
+    assert device["name"] == f"LifeOps {UID}"
+    assert device["identifiers"] == [["mqtt", f"lifeops_mesh:user:{UID}"]]
+    assert device["manufacturer"] == "LifeOps Mesh"
+    await asyncio.to_thread(ha.start)
+    await _back(states, tester, streaks, "after a Home Assistant restart")
+
+    # Bridge restart: entities go unavailable with it, then come back with their values.
+    await bridge.stop()
+    await eventually(
+        lambda: _check(
+            states, lambda s: s[f"sensor.lifeops_{UID}_level"]["state"] == "unavailable"
+        ),
+        timeout=20,
+        what="entities unavailable while the bridge is down",
+    )
+    await bridge.start()
+    await _back(states, tester, streaks, "after a bridge restart")
+
+    # Broker restart (persistence on): every client reconnects and HA shows everything again.
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(1)
+    await asyncio.to_thread(broker.start)
+    await _back(states, tester, streaks, "after a broker restart")
+
+    log = ha.log_text()
+    for bad in ("when processing MQTT discovery message", "illegal discovery topic"):
+        assert bad not in log, [line for line in log.splitlines() if bad in line][:5]
+    errors = [
+        line
+        for line in log.splitlines()
+        # HA's MQTT integration and templates; paho's socket errors while the broker restarts
+        # are expected
+        if ("ERROR" in line and "[homeassistant.components.mqtt" in line)
+        or "Template variable" in line
+    ]
+    assert not errors, errors[:5]
+
+
+async def _back(
+    states: Callable[[], Any], tester: MeshClient, streaks: dict[str, int], when: str
+) -> None:
+    sheet = await asyncio.wait_for(sheet_of(tester), 30)
+    await eventually(
+        lambda: _check(states, lambda s: all_available(s) and matches_sheet(s, sheet, streaks)),
+        timeout=60,
+        what=f"every entity available with its current value {when}",
+    )
+
+
+async def _check(states: Callable[[], Any], predicate: Callable[[dict[str, Any]], Any]) -> bool:
+    try:
+        current = await states()
+    except OSError:
+        return False  # HA restarting
+    try:
+        return bool(predicate(current))
+    except KeyError:
+        return False
+
+
+def _dashboard() -> str:
+    return (DOCS / "dashboard.yaml").read_text()
