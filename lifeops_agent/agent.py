@@ -11,7 +11,7 @@ from lifeops_agent.handlers import LifeOpsHandlers
 from lifeops_agent.repository import MIGRATIONS
 from lifeops_agent.timeline import load_timeline
 from lifeops_contract import contract
-from mesh import Agent, AgentApp, Route, Settings
+from mesh import Agent, AgentApp, Route, Settings, installation_key
 
 log = logging.getLogger("lifeops_agent")
 
@@ -38,8 +38,11 @@ def build(settings: Settings) -> AgentApp:
     the_contract = contract()
     handlers.contract = the_contract
 
-    async def on_start(agent: Agent) -> None:
+    async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts
+        handlers.key = await installation_key(agent.store, "lifeops_completion_ids")
+
+    async def on_start(agent: Agent) -> None:
         async with agent.store.transaction() as tx:
             changed = await handlers.refresh_states(tx)
         if changed:
@@ -56,6 +59,7 @@ def build(settings: Settings) -> AgentApp:
             Route("user_settings", handlers.settings),
             Route("oura_import", handlers.oura_import),
         ],
+        on_open=on_open,
         on_start=on_start,
         on_receipt=handlers.on_receipt,
         depends_on=("stats",),

@@ -39,6 +39,7 @@ from mesh import (
     Reply,
     Tx,
     codec,
+    keyed_uuid,
     state,
 )
 
@@ -47,9 +48,10 @@ MAX_OURA_DAYS = 400
 FUTURE_SLACK = dt.timedelta(minutes=5)
 
 
-def completion_id(user_id: str, item_code: str, day: dt.date) -> str:
-    """Deterministic: the same user, item and local day is always the same activity."""
-    return str(uuid.uuid5(_NS, f"{user_id}:{item_code}:{day.isoformat()}"))
+def completion_id(key: bytes, user_id: str, item_code: str, day: dt.date) -> str:
+    """Deterministic: the same user, item and local day is always the same activity; keyed
+    with the installation's key, so no other client can compute (and pre-claim) it."""
+    return keyed_uuid(key, f"completion:{user_id}:{item_code}:{day.isoformat()}")
 
 
 class LifeOpsHandlers:
@@ -63,6 +65,7 @@ class LifeOpsHandlers:
         self.receipts: ReceiptOutbox | None = None  # set when the agent starts
         self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
         self.contract: Contract = contract()
+        self.key: bytes | None = None  # this installation's key for completion ids (at start)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -108,7 +111,9 @@ class LifeOpsHandlers:
             )
         done.add(day)
         streak = days.run_ending_at(done, day)
-        activity_id = completion_id(user_id, item.code, day)
+        if self.key is None:
+            raise RuntimeError("LifeOps has not started (no installation key)")
+        activity_id = completion_id(self.key, user_id, item.code, day)
         completion = Completion(item.code, day, moment, activity_id, streak, None, True)
         await repository.insert_completion(ctx.tx, user_id, completion)
         await ctx.request_with_receipt(

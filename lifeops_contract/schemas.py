@@ -11,13 +11,55 @@ defaults and a field's type never changes.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from mesh import Payload, Reply
+from mesh import Payload, Reply, Transaction
 
 ActivitySource = Literal["lifeops", "challengemode", "manual"]
+
+# Bounds on what a client may send: a violation is a validation error that names the field.
+# (User ids are checked further by lifeops_contract.ids; 128 lets that check say what is wrong.)
+UserId = Annotated[str, msgspec.Meta(max_length=128)]
+Code = Annotated[str, msgspec.Meta(max_length=64)]  # activity types, item codes, stat names
+Ref = Annotated[str, msgspec.Meta(max_length=256)]  # ids and references chosen by clients
+Title = Annotated[str, msgspec.Meta(max_length=200)]
+Xp = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+Score = Annotated[int, msgspec.Meta(ge=0, le=100)]
+StatGrants = Annotated[dict[Code, Xp], msgspec.Meta(max_length=32)]
+Data = Annotated[dict[Code, Any], msgspec.Meta(max_length=64)]
+
+DATA_MAX_DEPTH = 4
+DATA_MAX_VALUES = 512
+DATA_MAX_TEXT = 4096
+
+
+def check_data(value: Any, field: str) -> None:
+    """Free-form JSON (activity_data) stays small: at most DATA_MAX_DEPTH levels of nesting,
+    DATA_MAX_VALUES values, strings of at most DATA_MAX_TEXT characters, 64-bit numbers."""
+    count = 0
+    stack: list[tuple[Any, int, str]] = [(value, 1, f"$.{field}")]
+    while stack:
+        v, depth, where = stack.pop()
+        count += 1
+        if count > DATA_MAX_VALUES:
+            raise ValueError(f"`{field}` holds more than {DATA_MAX_VALUES} values - at `{where}`")
+        if isinstance(v, dict | list):
+            if depth > DATA_MAX_DEPTH:
+                raise ValueError(f"`{field}` nests deeper than {DATA_MAX_DEPTH} - at `{where}`")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, child in items:
+                if isinstance(k, str) and len(k) > 64:
+                    raise ValueError(f"`{field}` has a key longer than 64 - at `{where}`")
+                stack.append(
+                    (child, depth + 1, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")
+                )
+        elif isinstance(v, str) and len(v) > DATA_MAX_TEXT:
+            raise ValueError(f"`{field}` has a string over {DATA_MAX_TEXT} - at `{where}`")
+        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
+            raise ValueError(f"`{field}` has a number out of range - at `{where}`")
 
 
 # --- stats: activities ---------------------------------------------------------------------
@@ -26,24 +68,27 @@ ActivitySource = Literal["lifeops", "challengemode", "manual"]
 class ActivityLogRequest(Payload, kw_only=True):
     """The seed's "log activity and grant XP" body."""
 
-    user_id: str
-    activity_type: str
-    activity_data: dict[str, Any] = {}
+    user_id: UserId
+    activity_type: Code
+    activity_data: Data = {}
     source: ActivitySource = "manual"
-    source_ref: str | None = None
+    source_ref: Ref | None = None
     activity_time: dt.datetime | None = None
-    custom_xp: dict[str, int] | None = None
-    activity_id: str | None = None
-    streak: int | None = None
-    transaction: str | int | None = None
+    custom_xp: StatGrants | None = None
+    activity_id: Ref | None = None
+    streak: Count | None = None
+    transaction: Transaction | None = None
+
+    def __post_init__(self) -> None:
+        check_data(self.activity_data, "activity_data")
 
 
 class ActivityCompleted(ActivityLogRequest, kw_only=True):
     """LifeOps tells Stats that a timeline item was completed."""
 
-    activity_id: str
+    activity_id: Ref
     source: ActivitySource = "lifeops"
-    item_code: str | None = None
+    item_code: Code | None = None
 
 
 class ActivityLogReply(Reply, kw_only=True):
@@ -59,13 +104,13 @@ class ActivityLogReply(Reply, kw_only=True):
 
 
 class OuraScores(Payload, kw_only=True):
-    sleep: int | None = None
-    readiness: int | None = None
-    activity: int | None = None
+    sleep: Score | None = None
+    readiness: Score | None = None
+    activity: Score | None = None
 
 
 class OuraSynced(Payload, kw_only=True):
-    user_id: str
+    user_id: UserId
     date: dt.date
     scores: OuraScores
 
@@ -81,21 +126,21 @@ class StatSheet(Payload, kw_only=True):
 
 
 class CharacterSheet(Payload, kw_only=True):
-    user_id: str = ""
+    user_id: UserId = ""
     level: int = 1
     total_xp: int = 0
     xp_into_level: int = 0
     xp_to_next_level: int = 0
-    stats: dict[str, StatSheet] = {}
-    achievements: list[str] = []
-    latest_achievement: str | None = None
+    stats: Annotated[dict[Code, StatSheet], msgspec.Meta(max_length=32)] = {}
+    achievements: Annotated[list[Code], msgspec.Meta(max_length=1000)] = []
+    latest_achievement: Code | None = None
     activities: int = 0
     updated_at: dt.datetime | None = None
 
 
 class CharacterGetRequest(Payload, kw_only=True):
-    user_id: str
-    transaction: str | int | None = None
+    user_id: UserId
+    transaction: Transaction | None = None
 
 
 class CharacterReply(Reply, kw_only=True):
@@ -128,10 +173,10 @@ class AchievementUnlocked(Payload, kw_only=True):
 
 
 class TimelineCompleteRequest(Payload, kw_only=True):
-    user_id: str
-    item_code: str
+    user_id: UserId
+    item_code: Code
     completed_at: dt.datetime | None = None
-    transaction: str | int | None = None
+    transaction: Transaction | None = None
 
 
 class TimelineCompleteReply(Reply, kw_only=True):
@@ -148,11 +193,11 @@ class TimelineCompleteReply(Reply, kw_only=True):
 
 
 class TimelineItemState(Payload, kw_only=True):
-    code: str
-    title: str
-    activity_type: str
-    xp: dict[str, int]
-    window: str | None = None
+    code: Code
+    title: Title
+    activity_type: Code
+    xp: StatGrants
+    window: Code | None = None
     done: bool = False
     completed_at: dt.datetime | None = None
     current_streak: int = 0
@@ -161,18 +206,18 @@ class TimelineItemState(Payload, kw_only=True):
 
 
 class TimelineDay(Payload, kw_only=True):
-    user_id: str
+    user_id: UserId
     date: dt.date
-    timezone: str
-    items: list[TimelineItemState] = []
+    timezone: Code
+    items: Annotated[list[TimelineItemState], msgspec.Meta(max_length=500)] = []
     done: int = 0
     total: int = 0
 
 
 class TimelineGetRequest(Payload, kw_only=True):
-    user_id: str
+    user_id: UserId
     date: dt.date | None = None
-    transaction: str | int | None = None
+    transaction: Transaction | None = None
 
 
 class TimelineReply(Reply, kw_only=True):
@@ -180,9 +225,9 @@ class TimelineReply(Reply, kw_only=True):
 
 
 class UserSettingsRequest(Payload, kw_only=True):
-    user_id: str
-    timezone: str
-    transaction: str | int | None = None
+    user_id: UserId
+    timezone: Code
+    transaction: Transaction | None = None
 
 
 class UserSettingsReply(Reply, kw_only=True):
@@ -196,9 +241,9 @@ class OuraDay(Payload, kw_only=True):
 
 
 class OuraImportRequest(Payload, kw_only=True):
-    user_id: str
-    days: list[OuraDay]
-    transaction: str | int | None = None
+    user_id: UserId
+    days: Annotated[list[OuraDay], msgspec.Meta(max_length=400)]
+    transaction: Transaction | None = None
 
 
 class OuraImportReply(Reply, kw_only=True):

@@ -37,6 +37,7 @@ def local_broker(
     overrides: dict[str, str] | None = None,
     extra_acl: str = "",
     extra_accounts: tuple[str, ...] = (),
+    extra_config: str = "",
 ) -> MosquittoProcess:
     """A Mosquitto on 127.0.0.1 from the packaged config, state under `run_dir`; with another
     `contract` (e.g. a discovery prefix) its ACL is generated from it."""
@@ -52,4 +53,5 @@ def local_broker(
         overrides=overrides,
         extra_acl=extra_acl,
         extra_accounts=extra_accounts,
+        extra_config=extra_config,
     )

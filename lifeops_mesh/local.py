@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
@@ -48,3 +51,49 @@ def tool_broker_url(broker: str | None, data: str | None, principal: str = "test
     if os.environ.get("LIFEOPS_TOOL_BROKER_URL"):
         return os.environ["LIFEOPS_TOOL_BROKER_URL"]
     return installation(data).broker_url(principal)
+
+
+class DataDirLock:
+    """`lifeops-mesh up` holds this for as long as it runs: a second `up` on the same data dir
+    refuses at once instead of rewriting its broker files and taking over its agents."""
+
+    def __init__(self, data: Path) -> None:
+        self.path = data / ".lifeops-up.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise ConfigError(
+                f"another `lifeops-mesh up` is running on {self.path.parent} (pid {pid}): "
+                "stop it first, or use another --data"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
+    """ConfigError in one line when something already listens on `port`."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ConfigError(
+                f"port {port} ({what}) is in use: another `lifeops-mesh up` or service runs "
+                "there (choose another with its flag)"
+            ) from None

@@ -32,6 +32,7 @@ from mesh.errors import (
     TransportError,
 )
 from mesh.handler import Context, Handler, Route
+from mesh.keys import installation_key, keyed_uuid
 from mesh.metrics import Metrics
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.rpc import TRACE_PROPERTY, Requester
@@ -44,6 +45,7 @@ from mesh.schemas import (
     HealthReport,
     Payload,
     Reply,
+    Transaction,
 )
 from mesh.settings import BrokerURL, Settings, build_settings, parse_broker_url
 from mesh.store import Migration, Store, Tx, open_store, parse_db_url
@@ -93,6 +95,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TopicEntry",
+    "Transaction",
     "Transport",
     "TransportError",
     "Tx",
@@ -102,6 +105,8 @@ __all__ = [
     "build_settings",
     "check_level",
     "codec",
+    "installation_key",
+    "keyed_uuid",
     "mqtt_agent",
     "mqtt_transport",
     "open_store",

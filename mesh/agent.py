@@ -10,29 +10,31 @@ the outbox relay, the state publisher and the receipts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from mesh import codec, dlq, health, inbox, outbox, receipts, state
+from mesh import codec, dlq, health, inbox, keys, outbox, receipts, state
 from mesh.broker.acl import DROPPED
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
-from mesh.errors import ContractError, TransportError
+from mesh.errors import ContractError, PacketTooLarge, PublishRefused, TransportError
 from mesh.handler import Route
 from mesh.http import HttpEndpoint
 from mesh.inbox import GroupCommitter
 from mesh.logs import agent_var
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
+from mesh.presence import Presence
 from mesh.rpc import TRACE_PROPERTY, Requester
 from mesh.schemas import HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.topics import covers, shared
-from mesh.transport import MqttTransport, Transport, Will
+from mesh.transport import Inbound, MqttTransport, Transport, Will
 from mesh.transport.mqtt import tls_context
 
 log = logging.getLogger("mesh.agent")
@@ -44,6 +46,7 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
     "mesh_dlq": dlq.MIGRATIONS,
     "mesh_receipts": receipts.MIGRATIONS,
     "mesh_state": state.MIGRATIONS,
+    "mesh_keys": keys.MIGRATIONS,
 }
 
 
@@ -54,6 +57,9 @@ class AgentApp(msgspec.Struct, kw_only=True):
     contract: Contract
     routes: list[Route]
     migrations: Sequence[Migration] = ()
+    # After the store is open and migrated, before the broker connects: load what handlers need.
+    on_open: Callable[[Agent], Awaitable[None]] | None = None
+    # After everything runs (connected, subscribed), before the instance says `online`.
     on_start: Callable[[Agent], Awaitable[None]] | None = None
     on_stop: Callable[[Agent], Awaitable[None]] | None = None
     on_receipt: receipts.OnReceipt | None = None
@@ -119,11 +125,22 @@ class Agent:
         self.principal = settings.broker.username or self.name
         self.store = store
         self.transport = transport
+        self.presence = (
+            Presence(self.contract, self.name, settings.instance, settings.client_id, transport)
+            if "instance_status" in self.contract.topics
+            else None
+        )
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self._assemble()
         self._started = False
         self.peers: dict[str, bool] = {}
+        self.instances: dict[str, dict[str, bool]] = {}  # agent -> instance -> online
+        self.refusals: dict[str, str] = {}  # topic -> why the broker will never take it
+        # Set when the agent cannot go on (its session was taken over): `failure` says why.
+        self.halted = asyncio.Event()
+        self.failure: str | None = None
+        self._kicks: list[float] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self.http: HttpEndpoint | None = None
 
@@ -131,8 +148,10 @@ class Agent:
         """The parts: outbox relay, state publisher, requester, receipts, group committer,
         dead letters, and the dispatcher that feeds them."""
         settings, app = self.settings, self.app
-        self.relay = OutboxRelay(self.store, self._publish_record)
-        self.states = state.StatePublisher(self.store, self._publish_state)
+        self.relay = OutboxRelay(self.store, self._publish_record, on_refused=self._record_refused)
+        self.states = state.StatePublisher(
+            self.store, self._publish_state, on_refused=self._state_refused
+        )
         self.requester = Requester(
             principal=self.principal,
             client_id=settings.client_id,
@@ -162,7 +181,7 @@ class Agent:
             on_state_changed=self.states.changed,
         )
         self.dead_letters = dlq.DeadLetterSink(
-            self.name, self.store, self._publish_dlq, self.metrics
+            self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap
         )
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
@@ -175,7 +194,9 @@ class Agent:
             committer=self.committer,
             dead_letters=self.dead_letters,
             metrics=self.metrics,
-            on_peer_status=self._peer_status,
+            on_agent_status=self._agent_status,
+            on_instance_status=self._instance_status,
+            on_refused=self.refused,
         )
 
     @property
@@ -199,6 +220,8 @@ class Agent:
         filters.append(self.requester.reply_filter)
         if "status" not in self._routes:
             filters.append(self.contract.subscription("status"))  # every agent's availability
+        if self.presence is not None:
+            filters.append(self.contract.subscription("instance_status"))  # and instance's
         filters.append(DROPPED)
         # Overlapping filters would bring a message once per filter (homeassistant/status is also
         # +/status): keep only the widest.
@@ -207,11 +230,33 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
+        """Start, or fail having closed whatever was opened (no store thread or connection is
+        left behind to keep the process alive)."""
         token = agent_var.set(self.name)  # tasks created while starting log as this agent
         try:
             await self._start(timeout)
+        except BaseException:
+            await self._close_all()
+            raise
         finally:
             agent_var.reset(token)
+
+    async def _close_all(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.committer.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for closing in (
+            self.relay.stop(timeout=1),
+            self.states.stop(),
+            self.receipts.stop(),
+            self.http.stop() if self.http is not None else asyncio.sleep(0),
+            self.presence.connection.disconnect() if self.presence else asyncio.sleep(0),
+            self.transport.disconnect(),
+            self.store.close(),
+        ):
+            with contextlib.suppress(Exception):
+                await closing
 
     async def _start(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -220,8 +265,16 @@ class Agent:
                 await self.store.migrate(component, migrations)
             if self.app.migrations:
                 await self.store.migrate(self.name, self.app.migrations)
+            if self.app.on_open is not None:
+                await self.app.on_open(self)
+            if self.presence is not None:
+                if self.settings.single_instance:
+                    await self.presence.ensure_alone()
+                await self.presence.connect(timeout)
             self.transport.on_message = self.dispatcher.on_message
             self.transport.on_connect = self._on_connect
+            self.transport.on_taken_over = self._taken_over
+            self.transport.on_lost = self._connection_lost
             await self.committer.start()
             await self.transport.subscribe(self.subscriptions())
             await self.transport.connect(timeout=timeout)
@@ -236,6 +289,8 @@ class Agent:
                 await self.http.start()
             if self.app.on_start is not None:
                 await self.app.on_start(self)
+            if self.presence is not None:
+                await self.presence.announce()
         self._started = True
         lifecycle.info(
             "%s started (broker %s, db %s)", self.name, self.settings.broker, self.store.dialect
@@ -249,7 +304,9 @@ class Agent:
                 await self.receipts.stop()
                 await self.states.stop()
                 await self.relay.stop(timeout=timeout / 2)
-                if self.transport.connected:
+                if self.presence is not None:
+                    await self.presence.close()
+                if self.transport.connected and not self._others_online():
                     try:
                         await self.transport.publish(
                             self.status_topic, b"offline", qos=1, retain=True, timeout=2
@@ -267,6 +324,32 @@ class Agent:
         await self.store.close()
         self.metrics.connected.set(0)
         lifecycle.info("%s stopped", self.name)
+
+    def _connection_lost(self) -> None:
+        self._spawn(self._check_kicked())
+
+    async def _check_kicked(self, window_s: float = 30.0) -> None:
+        """Mosquitto 2.0 closes a session taken over without saying so (no DISCONNECT 0x8E).
+        The broker still answering our presence connection while the durable one was closed
+        twice within `window_s` means something else connects with our client id: two
+        processes throwing each other off. Stop being one of them."""
+        await asyncio.sleep(0.5)
+        if self.presence is None or not self.presence.connection.connected:
+            return  # the broker itself went away: reconnecting is right
+        now = asyncio.get_running_loop().time()
+        self._kicks = [t for t in self._kicks if now - t < window_s] + [now]
+        if len(self._kicks) >= 2 and not self.halted.is_set():
+            self._taken_over()
+            await self.transport.disconnect()
+
+    def _taken_over(self) -> None:
+        self.failure = (
+            f"another process connected with client id {self.settings.client_id} and took this "
+            f"{self.name} instance's session over: this one stops (one client id, one process)"
+        )
+        lifecycle.error("%s", self.failure)
+        self.metrics.connected.set(0)
+        self.halted.set()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -330,11 +413,63 @@ class Agent:
         await self.transport.publish(topic, payload, qos=1, retain=True, user_properties=props)
         self.metrics.published.labels(key).inc()
 
+    def refused(self, key: str, topic: str, exc: Exception) -> str:
+        """Count and remember an own publish the broker will never take; returns the reason.
+        (A reply to a response topic the requester chose counts, but does not make the agent
+        unhealthy: that is the requester's mistake.)"""
+        reason = "too_large" if isinstance(exc, PacketTooLarge) else "refused"
+        if isinstance(exc, PublishRefused):
+            reason = f"refused_{exc.reason_code}"
+        self.metrics.publish_failures.labels(key, reason).inc()
+        if key == "reply":
+            return reason
+        self.refusals[topic] = reason
+        while len(self.refusals) > 20:
+            del self.refusals[next(iter(self.refusals))]
+        return reason
+
+    async def _record_refused(self, rec: OutboxRecord, exc: Exception) -> None:
+        reason = self.refused(rec.topic_key, rec.topic, exc)
+        msg = Inbound(topic=rec.topic, payload=rec.payload, qos=rec.qos)
+        await self.dead_letters.send(msg, f"publish_{reason}", str(exc), rec.trace_id)
+
+    async def _state_refused(self, topic: str, payload: bytes, exc: Exception) -> None:
+        found = self.contract.match(topic)
+        reason = self.refused(found[0].key if found else "state", topic, exc)
+        msg = Inbound(topic=topic, payload=payload, qos=1, retain=True)
+        await self.dead_letters.send(msg, f"publish_{reason}", str(exc), None)
+
     async def _publish_dlq(self, body: bytes) -> None:
         await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)
         self.metrics.published.labels("dlq").inc()
 
     # -- observing ------------------------------------------------------------------------------
+
+    def _others_online(self) -> bool:
+        """Whether another instance of this agent is online (then it stays `online`)."""
+        mine = self.instances.get(self.name, {})
+        return any(up for inst, up in mine.items() if inst != self.settings.instance)
+
+    async def _instance_status(self, agent: str, instance: str, online: bool) -> None:
+        """An instance came or went: an agent is available while any of its instances is."""
+        self.instances.setdefault(agent, {})[instance] = online
+        await self._peer_status(agent, any(self.instances[agent].values()))
+
+    async def _agent_status(self, agent: str, online: bool) -> None:
+        """`<agent>/status`: when one of our instances dies, its Last Will says `offline` for
+        the whole agent; the instances still running say `online` again at once."""
+        if agent == self.name and not online and self._started and self.transport.connected:
+            self._spawn(self._restate_online())
+        if self.presence is None:
+            await self._peer_status(agent, online)
+
+    async def _restate_online(self) -> None:
+        try:
+            await self.transport.publish(
+                self.status_topic, b"online", qos=1, retain=True, timeout=5
+            )
+        except TransportError as exc:
+            log.warning("could not restate online: %s", exc)
 
     async def _peer_status(self, agent: str, online: bool) -> None:
         was = self.peers.get(agent)

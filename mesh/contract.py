@@ -227,6 +227,11 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
     def _patterns(self) -> list[tuple[TopicEntry, list[str]]]:
         return [(e, e.levels) for e in self.topics.values() if e.params]
 
+    def is_reply_topic(self, topic: str) -> bool:
+        """Whether `topic` is a response topic of the contract (its `reply` entry, if any)."""
+        found = self.match(topic)
+        return found is not None and found[0].kind == "reply"
+
     def publisher_allowed(self, principal: str, topic: str) -> bool:
         found = self.match(topic)
         if found is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,20 +20,37 @@ import msgspec
 
 from mesh import codec
 from mesh.broker.acl import DROPPED
-from mesh.contract import Contract
+from mesh.contract import Contract, TopicEntry
 from mesh.dlq import DeadLetterSink
-from mesh.errors import DecodeError, PublishRefused, TransportError
+from mesh.errors import DecodeError, PacketTooLarge, PublishRefused, TransportError
 from mesh.handler import Route
 from mesh.inbox import Delivery, GroupCommitter
 from mesh.logs import agent_var, trace_id_var
 from mesh.metrics import Metrics
-from mesh.rpc import TRACE_PROPERTY, Requester
+from mesh.rpc import EXPIRES_PROPERTY, TRACE_PROPERTY, Requester
 from mesh.schemas import ErrorInfo, ErrorReply, Reply
 from mesh.transport import Inbound, Transport
 
 log = logging.getLogger("mesh.agent")
 
-PeerStatus = Callable[[str, bool], Awaitable[None]]
+AgentStatus = Callable[[str, bool], Awaitable[None]]  # agent, online
+InstanceStatus = Callable[[str, str, bool], Awaitable[None]]  # agent, instance, online
+Refused = Callable[[str, str, Exception], str]  # key, topic, why -> reason
+COMMANDS = ("request", "event")  # kinds whose messages change state or ask for an answer
+
+
+CLOCK_SKEW_S = 60.0  # clocks of requester and agent may differ this much
+
+
+def _expired(msg: Inbound) -> bool:
+    """A request whose requester gave up (its `expires_at`, beyond any clock skew)."""
+    text = msg.user_properties.get(EXPIRES_PROPERTY)
+    if text is None:
+        return False
+    try:
+        return time.time() > float(text) + CLOCK_SKEW_S
+    except ValueError:
+        return False
 
 
 class Dispatcher:
@@ -49,7 +67,9 @@ class Dispatcher:
         committer: GroupCommitter,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
-        on_peer_status: PeerStatus,
+        on_agent_status: AgentStatus,
+        on_instance_status: InstanceStatus,
+        on_refused: Refused,
     ) -> None:
         self.name = name
         self.contract = contract
@@ -59,7 +79,9 @@ class Dispatcher:
         self.committer = committer
         self.dead_letters = dead_letters
         self.metrics = metrics
-        self.on_peer_status = on_peer_status
+        self.on_agent_status = on_agent_status
+        self.on_instance_status = on_instance_status
+        self.on_refused = on_refused
 
     async def on_message(self, msg: Inbound) -> int:
         if msg.topic == self.requester.reply_topic:
@@ -70,12 +92,17 @@ class Dispatcher:
             with contextlib.suppress(ValueError):
                 self.metrics.broker_dropped.set(int(msg.payload))
             return 0
-        if "status" not in self.routes and msg.topic.endswith("/status"):
+        if "/status" in msg.topic and "status" not in self.routes:
             found = self.contract.match(msg.topic)
-            if found is not None and found[0].key == "status":
-                await self.on_peer_status(found[1]["agent"], msg.payload == b"online")
+            key = found[0].key if found else None
+            if found is not None and key == "status":
+                await self.on_agent_status(found[1]["agent"], msg.payload == b"online")
                 return 0
-            if found is None or found[0].key not in self.routes:
+            if found is not None and key == "instance_status":
+                agent, instance = found[1]["agent"], found[1]["instance"]
+                await self.on_instance_status(agent, instance, msg.payload == b"online")
+                return 0
+            if found is None or key not in self.routes:
                 return 0  # e.g. homeassistant/status: caught by the +/status filter, not ours
         trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
         token = trace_id_var.set(trace_id)
@@ -105,6 +132,8 @@ class Dispatcher:
             log.debug("%s: %s is %s, not routed here", self.name, msg.topic, entry.key)
             return 0
         self.metrics.received.labels(entry.key).inc()
+        if await self._refused_unheard(msg, entry, trace_id):
+            return 0
         try:
             payload = codec.decode(msg.payload, entry.schema_type, entry.format)
         except DecodeError as exc:
@@ -134,31 +163,71 @@ class Dispatcher:
             await self.reply(msg, reply, payload, trace_id)
         return 0
 
+    async def _refused_unheard(self, msg: Inbound, entry: TopicEntry, trace_id: str) -> bool:
+        """Dead-letter, without acting on it, a message that must not be executed: one whose
+        reply could go nowhere, one whose requester gave up, a retained command."""
+        if msg.response_topic is not None and not self.contract.is_reply_topic(msg.response_topic):
+            # Its answer would go nowhere: say so (dead letter) rather than act on it unheard.
+            await self.dead_letters.send(
+                msg,
+                "invalid_response_topic",
+                f"response topic {msg.response_topic[:128]!r}: use reply/<your username>/<id>",
+                trace_id,
+            )
+            return True
+        if entry.kind in COMMANDS and _expired(msg):
+            await self.dead_letters.send(
+                msg, "expired", f"{entry.topic}: the requester stopped waiting", trace_id
+            )
+            return True
+        if msg.retain and entry.kind in COMMANDS:
+            # A retained request or event would replay on every new session: never executed.
+            await self.dead_letters.send(
+                msg,
+                "retained_command",
+                f"{entry.topic} is a {entry.kind}: a retained one is not executed (clear it with"
+                f" mosquitto_pub -r -n -t '{msg.topic}')",
+                trace_id,
+            )
+            return True
+        return False
+
     async def reply(self, msg: Inbound, reply: Reply, request: Any, trace_id: str) -> None:
         if not msg.response_topic:
             return
         transaction = getattr(request, "transaction", None)
         if transaction is not None and reply.transaction is None:
             reply = msgspec.structs.replace(reply, transaction=transaction)
-        try:
-            await self.transport.publish(
-                msg.response_topic,
-                codec.encode(reply),
-                qos=1,
-                correlation_data=msg.correlation_data,
-                user_properties={TRACE_PROPERTY: trace_id},
-                timeout=10,
-            )
-            self.metrics.published.labels("reply").inc()
-        except PublishRefused as exc:
-            log.warning(
-                "reply to %s refused by the broker (reason %d): response topics must be "
-                "under reply/<username>/",
-                msg.response_topic,
-                exc.reason_code,
-            )
-        except TransportError as exc:
-            log.warning("reply to %s not delivered: %s", msg.response_topic, exc)
+        body = codec.encode(reply)
+        for attempt in ("reply", "error reply"):
+            try:
+                await self.transport.publish(
+                    msg.response_topic,
+                    body,
+                    qos=1,
+                    correlation_data=msg.correlation_data,
+                    user_properties={TRACE_PROPERTY: trace_id},
+                    timeout=10,
+                )
+                self.metrics.published.labels("reply").inc()
+                return
+            except PacketTooLarge as exc:
+                self.on_refused("reply", msg.response_topic, exc)
+                log.error("%s to %s does not fit: %s", attempt, msg.response_topic, exc)
+                error = ErrorInfo(code="reply_too_large", message=f"the reply is {exc.size} bytes")
+                body = codec.encode(ErrorReply(error=error, transaction=reply.transaction))
+            except PublishRefused as exc:
+                self.on_refused("reply", msg.response_topic, exc)
+                log.warning(
+                    "reply to %s refused by the broker (reason %d): response topics must be "
+                    "under reply/<username>/",
+                    msg.response_topic,
+                    exc.reason_code,
+                )
+                return
+            except TransportError as exc:
+                log.warning("reply to %s not delivered: %s", msg.response_topic, exc)
+                return
 
     async def fail(
         self, msg: Inbound, code: str, message: str, trace_id: str, request: Any = None

@@ -37,6 +37,11 @@ async def report(agent: Agent) -> HealthReport:
         checks["subscriptions"] = Check(
             ok=False, detail=f"the broker refused {', '.join(refused)} (check the ACL)"
         )
+    if agent.refusals:
+        listed = ", ".join(f"{topic} ({why})" for topic, why in list(agent.refusals.items())[-5:])
+        checks["publishing"] = Check(
+            ok=False, detail=f"the broker will not take {listed} (see mesh/dlq/{agent.name})"
+        )
     try:
         async with asyncio.timeout(2):
             await agent.store.ping()
@@ -56,6 +61,7 @@ async def report(agent: Agent) -> HealthReport:
     return HealthReport.of(
         agent.name,
         checks,
+        instance=agent.settings.instance,
         outbox_pending=outbox_n,
         outbox_oldest_age_seconds=outbox_age,
         receipts_pending=receipts_n,
@@ -68,7 +74,10 @@ async def publish_loop(agent: Agent, interval: float = 15.0) -> None:
     while True:
         try:
             if agent.transport.connected:
-                await agent.publish("health", await report(agent))
+                rep = await report(agent)
+                await agent.publish("health", rep)
+                if "instance_health" in agent.contract.topics:
+                    await agent.publish("instance_health", rep, instance=agent.settings.instance)
         except Exception as exc:
             log.warning("could not publish health: %s", exc)
         await asyncio.sleep(interval)

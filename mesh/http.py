@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from mesh.errors import ConfigError
+
 log = logging.getLogger("mesh.http")
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
@@ -21,7 +23,13 @@ class HttpEndpoint:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve /metrics on {self.host}:{self.port}: {exc.strerror} "
+                "(another agent there? use another --metrics-port)"
+            ) from exc
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
 

@@ -41,27 +41,18 @@ class Metrics:
             "Redelivered or repeated messages answered from the inbox",
             "key",
         )
-        self.handler_seconds = _cached_children(
-            Histogram(
-                "mesh_handler_duration_seconds",
-                "Time from receipt to commit",
-                ["key"],
-                registry=self.registry,
-                buckets=LATENCY_BUCKETS,
-            )
+        self.handler_seconds = self._histogram(
+            "mesh_handler_duration_seconds", "Time from receipt to commit", LATENCY_BUCKETS, "key"
         )
         self.request_timeouts = c(
             "mesh_request_timeouts_total", "Requests without a reply in time", "key"
         )
-        self.batch_size = Histogram(
-            "mesh_commit_batch_size",
-            "Messages per group commit",
-            registry=self.registry,
-            buckets=BATCH_BUCKETS,
+        self.batch_size = self._histogram(
+            "mesh_commit_batch_size", "Messages per group commit", BATCH_BUCKETS
         )
         self.connected = g("mesh_broker_connected", "1 while connected to the broker")
         self.reconnects = Counter(
-            "mesh_broker_reconnects_total", "Broker reconnects", registry=self.registry
+            "mesh_broker_reconnects_total", "Broker reconnects", [], registry=self.registry
         )
         self.receipts_pending = g(
             "mesh_receipts_pending", "Requests still waiting for their end-to-end receipt"
@@ -78,9 +69,22 @@ class Metrics:
             "Mosquitto's $SYS/broker/publish/messages/dropped (alert when it grows)",
         )
         self.peer_up = g("mesh_peer_up", "Availability of the agents this one depends on", "agent")
+        self.publish_failures = c(
+            "mesh_publish_failures_total",
+            "Own publishes the broker refused for good (reason code) or that exceed its "
+            "maximum packet size, by contract key and reason",
+            "key",
+            "reason",
+        )
 
-    def _counter(self, name: str, documentation: str, label: str) -> Counter:
-        return _cached_children(Counter(name, documentation, [label], registry=self.registry))
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        h = Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
+        return _cached_children(h) if labels else h
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return _cached_children(Counter(name, documentation, labels, registry=self.registry))
 
     def _gauge(self, name: str, documentation: str, label: str | None = None) -> Gauge:
         if label is None:

@@ -2,7 +2,9 @@
 
 A record is marked sent only after the broker's PUBACK; records left unsent by a crash or an
 outage are published again by the sweep (at startup and periodically). Consumers deduplicate by
-the payload's event id, so a record published twice has one effect.
+the payload's event id, so a record published twice has one effect. A record the broker refuses
+for good (a failure reason code, or larger than its packet limit) is marked failed, handed to
+`on_refused` (a dead letter) and the queue moves on: no poison record blocks the others.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
+from mesh.errors import PacketTooLarge, PublishRefused
 from mesh.store import Migration, Store, Tx
 
 log = logging.getLogger("mesh.outbox")
@@ -31,6 +34,7 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS mesh_outbox_unsent ON mesh_outbox (sent_at, seq)",
         ),
     ),
+    Migration(2, ("ALTER TABLE mesh_outbox ADD COLUMN failed TEXT",)),
 )
 
 
@@ -47,6 +51,8 @@ class OutboxRecord(msgspec.Struct, kw_only=True):
 
 
 Publisher = Callable[[OutboxRecord], Awaitable[None]]
+OnRefused = Callable[[OutboxRecord, Exception], Awaitable[None]]
+PERMANENT = (PacketTooLarge, PublishRefused)
 
 
 def _now() -> str:
@@ -94,9 +100,17 @@ async def stage(
 class OutboxRelay:
     """Publishes committed records in order and marks them sent after PUBACK."""
 
-    def __init__(self, store: Store, publish: Publisher, *, sweep_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publish: Publisher,
+        *,
+        sweep_interval_s: float = 5.0,
+        on_refused: OnRefused | None = None,
+    ) -> None:
         self._store = store
         self._publish = publish
+        self.on_refused = on_refused
         self._sweep_interval = sweep_interval_s
         self._queue: asyncio.Queue[OutboxRecord] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -169,6 +183,28 @@ class OutboxRelay:
                 log.exception("outbox sweep failed; retrying")
             await asyncio.sleep(self._sweep_interval)
 
+    async def _refuse(self, refused: Sequence[tuple[OutboxRecord, Exception]]) -> None:
+        """Records the broker will never take: marked failed (never sent again) and handed to
+        `on_refused`; the queue goes on without them."""
+        if not refused:
+            return
+        try:
+            async with self._store.transaction() as tx:
+                now = _now()
+                await tx.executemany(
+                    "UPDATE mesh_outbox SET sent_at = ?, failed = ?, attempts = attempts + 1"
+                    " WHERE id = ?",
+                    [(now, str(why)[:500], rec.id) for rec, why in refused],
+                )
+        except Exception as exc:
+            log.warning("outbox: marking %d refused records failed: %s", len(refused), exc)
+        for rec, why in refused:
+            log.error("outbox: %s refused for good: %s", rec.topic, why)
+            self._inflight.discard(rec.id)
+            self._queue.task_done()
+            if self.on_refused is not None:
+                await self.on_refused(rec, why)
+
     async def _run(self) -> None:
         backoff = 0.2
         while True:
@@ -181,7 +217,17 @@ class OutboxRelay:
                     *(self._publish(rec) for rec in batch), return_exceptions=True
                 )
                 done = [rec for rec, res in zip(batch, results, strict=True) if res is None]
-                failed = [rec for rec, res in zip(batch, results, strict=True) if res is not None]
+                refused = [
+                    (rec, res)
+                    for rec, res in zip(batch, results, strict=True)
+                    if isinstance(res, PERMANENT)
+                ]
+                failed = [
+                    rec
+                    for rec, res in zip(batch, results, strict=True)
+                    if res is not None and not isinstance(res, PERMANENT)
+                ]
+                await self._refuse(refused)
                 try:
                     if done:
                         async with self._store.transaction() as tx:

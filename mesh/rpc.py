@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +19,9 @@ from mesh.transport import Inbound, Transport
 log = logging.getLogger("mesh.rpc")
 
 TRACE_PROPERTY = "trace_id"
+# When the requester stops waiting (Unix time): an agent does not act on a request it receives
+# after that (the broker's Message Expiry covers queued copies; this covers redeliveries).
+EXPIRES_PROPERTY = "expires_at"
 
 
 def reply_topic_for(username: str, client_id: str) -> str:
@@ -85,7 +90,13 @@ class Requester:
                     qos=entry.qos,
                     response_topic=self.reply_topic,
                     correlation_data=correlation,
-                    user_properties={TRACE_PROPERTY: trace_id or uuid.uuid4().hex},
+                    user_properties={
+                        TRACE_PROPERTY: trace_id or uuid.uuid4().hex,
+                        EXPIRES_PROPERTY: f"{time.time() + wait:.3f}",
+                    },
+                    # The request expires with our wait: a broker holding it for a responder
+                    # that is away drops it, instead of having it executed long after.
+                    expiry_s=max(1, math.ceil(wait)),
                     timeout=wait,
                 )
                 if self._metrics is not None:

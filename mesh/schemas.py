@@ -11,11 +11,17 @@ so the runtime's generic error reply decodes as any reply schema.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 Availability = Literal["online", "offline"]
+# A request's `transaction`, echoed in its reply (for MQTT 3.1.1 clients without correlation
+# data): a short string or a 64-bit number.
+Transaction = (
+    Annotated[str, msgspec.Meta(max_length=256)]
+    | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+)
 
 
 class Payload(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -32,7 +38,7 @@ class Reply(Payload, kw_only=True):
 
     success: bool = True
     error: ErrorInfo | None = None
-    transaction: str | int | None = None
+    transaction: Transaction | None = None
 
 
 class ErrorReply(Reply, kw_only=True):
@@ -40,10 +46,16 @@ class ErrorReply(Reply, kw_only=True):
 
 
 class DeadLetter(Payload, kw_only=True):
+    """A refused message, as published on mesh/dlq/<agent>: `payload` is an excerpt (the first
+    few KiB); its length and SHA-256 identify the whole, which the agent's database keeps."""
+
     agent: str
     topic: str
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_length: int = 0
+    payload_sha256: str = ""
+    payload_truncated: bool = False
     error: ErrorInfo
     received_at: dt.datetime
     response_topic: str | None = None
@@ -58,6 +70,7 @@ class Check(Payload, kw_only=True):
 
 class HealthReport(Payload, kw_only=True):
     agent: str
+    instance: str = ""
     status: Literal["healthy", "degraded"]
     checks: dict[str, Check]
     outbox_pending: int = 0
@@ -67,10 +80,13 @@ class HealthReport(Payload, kw_only=True):
     checked_at: dt.datetime | None = None
 
     @classmethod
-    def of(cls, agent: str, checks: dict[str, Check], **figures: Any) -> HealthReport:
+    def of(
+        cls, agent: str, checks: dict[str, Check], *, instance: str = "", **figures: Any
+    ) -> HealthReport:
         ok = all(c.ok for c in checks.values())
         return cls(
             agent=agent,
+            instance=instance,
             status="healthy" if ok else "degraded",
             checks=checks,
             checked_at=dt.datetime.now(dt.UTC),

@@ -69,6 +69,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
     # right after the N-th group commit, before any acknowledgement or reply goes out.
     failpoint: str | None = None
+    # Refuse to start when another live process runs this instance (same client id).
+    single_instance: bool = True
+    # Dead letters keep at most this many bytes of a payload in the database.
+    dlq_cap: int = 262_144
     metrics_port: int | None = None  # None: no HTTP endpoint; 0: any free port
     metrics_bind: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -119,6 +123,7 @@ def build_settings(
         if metrics_port is not None
         else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
         metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
+        dlq_cap=_int_or_none(env.get("LIFEOPS_DLQ_PAYLOAD_CAP")) or 262_144,
         env={k: v for k, v in env.items() if k.startswith("LIFEOPS_")},
     )
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from mesh.errors import PacketTooLarge, PublishRefused
 from mesh.store import Migration, Store, Tx
 
 log = logging.getLogger("mesh.state")
@@ -43,6 +44,7 @@ MIGRATIONS = (
 )
 
 Publish = Callable[[str, str, bytes, str | None], Awaitable[None]]  # topic, key, payload, trace
+OnRefused = Callable[[str, bytes, Exception], Awaitable[None]]  # topic, payload, why
 
 
 async def put(tx: Tx, *, topic: str, topic_key: str, payload: bytes, trace_id: str | None) -> None:
@@ -96,9 +98,17 @@ async def forget_published(tx: Tx, topics: list[str] | None = None) -> None:
 
 
 class StatePublisher:
-    def __init__(self, store: Store, publish: Publish, *, interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        *,
+        interval_s: float = 0.25,
+        on_refused: OnRefused | None = None,
+    ) -> None:
         self._store = store
         self._publish = publish
+        self.on_refused = on_refused
         self._interval = interval_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -145,8 +155,21 @@ class StatePublisher:
             *(self._publish(r[0], r[1], r[2].encode("utf-8"), r[3]) for r in rows),
             return_exceptions=True,
         )
+        # A value the broker refuses for good (reason code, over its packet limit) counts as
+        # published: it is handed to `on_refused` (a dead letter), not retried forever.
+        refused = [
+            (r, res)
+            for r, res in zip(rows, results, strict=True)
+            if isinstance(res, PacketTooLarge | PublishRefused)
+        ]
+        for r, exc in refused:
+            log.error("state %s refused for good: %s", r[0], exc)
+            if self.on_refused is not None:
+                await self.on_refused(r[0], r[2].encode("utf-8"), exc)
         done = sorted(
-            (r[0], int(r[4])) for r, res in zip(rows, results, strict=True) if res is None
+            (r[0], int(r[4]))
+            for r, res in zip(rows, results, strict=True)
+            if res is None or isinstance(res, PacketTooLarge | PublishRefused)
         )
         if done:
             async with self._store.transaction() as tx:

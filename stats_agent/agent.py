@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
 from lifeops_contract import contract
-from mesh import Agent, AgentApp, Route, Settings
+from mesh import Agent, AgentApp, Route, Settings, installation_key
 from stats_agent.handlers import StatsHandlers, activity_identity, oura_identity
 from stats_agent.repository import MIGRATIONS
 from stats_agent.rules import load_rules
@@ -37,8 +38,16 @@ def build(settings: Settings) -> AgentApp:
             Route("oura_synced", handlers.oura_synced, dedup=oura_identity),
             Route("character_get", handlers.character_get),
         ],
+        on_open=handlers_open(handlers),
         collect=collect,
     )
+
+
+def handlers_open(handlers: StatsHandlers) -> Callable[[Agent], Awaitable[None]]:
+    async def on_open(agent: Agent) -> None:
+        handlers.key = await installation_key(agent.store, "stats_activity_ids")
+
+    return on_open
 
 
 async def collect(agent: Agent) -> None:

@@ -18,11 +18,9 @@ from lifeops_contract.schemas import (
     LevelUp,
     OuraSynced,
 )
-from mesh import Context, NotFound, codec
+from mesh import Context, HandlerError, NotFound, codec, keyed_uuid
 from stats_agent import game, repository
 from stats_agent.rules import Rules
-
-_NS = uuid.UUID("6f1d3c2e-8a4b-4f6e-9c1d-2b3a4c5d6e7f")
 
 
 def activity_identity(req: ActivityLogRequest) -> str | None:
@@ -41,24 +39,51 @@ def oura_identity(ev: OuraSynced) -> str:
 class StatsHandlers:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
+        # Derived activity ids use this installation's key (set at start), so nobody can
+        # compute one in advance and pre-claim it.
+        self.key: bytes | None = None
 
     async def log_activity(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
+        """stats/activities/log, open to several accounts: `source: lifeops` (LifeOps speaks
+        on its own topic) is refused and a `streak` is not honoured."""
+        if req.source == "lifeops":
+            raise HandlerError(
+                "invalid_source",
+                "source 'lifeops' is reserved for LifeOps' own lifeops/activity/completed",
+            )
+        return await self._log(ctx, msgspec.structs.replace(req, streak=None))
+
+    async def activity_completed(self, ctx: Context, ev: ActivityCompleted) -> ActivityLogReply:
+        """lifeops/activity/completed: only LifeOps may publish there (the ACL), so its streak
+        counts."""
+        return await self._log(ctx, ev)
+
+    def _derived_id(self, text: str) -> str:
+        if self.key is None:
+            raise RuntimeError("the Stats agent has not started (no installation key)")
+        return keyed_uuid(self.key, text)
+
+    async def _log(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
         user_id = game.check_user_id(req.user_id)
         # The inbox already refused a repeated dedup key (activity_id, else source+source_ref).
-        # What it cannot see: the same (source, source_ref) arriving under another activity_id.
-        # Answer that with the original result and grant nothing.
-        prior = None
-        if req.activity_id and req.source_ref:
+        # What it cannot see: the same (source, source_ref) under another activity_id, or
+        # after its inbox key was pruned. Answer that with the original result, grant nothing.
+        if req.source_ref:
             prior = await repository.activity_by_source(ctx.tx, req.source, req.source_ref)
-        if prior is not None:
-            original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
-            return msgspec.structs.replace(original, duplicate=True)
+            if prior is not None:
+                original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
+                return msgspec.structs.replace(original, duplicate=True)
         grants = game.grants_for(self.rules, req.activity_type, req.custom_xp)
         activity_id = req.activity_id or (
-            str(uuid.uuid5(_NS, f"{req.source}:{req.source_ref}"))
+            self._derived_id(f"{req.source}:{req.source_ref}")
             if req.source_ref
             else str(uuid.uuid4())
         )
+        if await repository.activity_exists(ctx.tx, activity_id):
+            raise HandlerError(
+                "activity_id_taken",
+                f"activity_id {activity_id[:80]!r} belongs to another activity",
+            )
         reply = await self._grant(ctx, user_id, activity_id, grants, streak=req.streak or 0)
         await repository.insert_activity(
             ctx.tx,
@@ -74,9 +99,6 @@ class StatsHandlers:
         )
         return reply
 
-    async def activity_completed(self, ctx: Context, ev: ActivityCompleted) -> ActivityLogReply:
-        return await self.log_activity(ctx, ev)
-
     async def oura_synced(self, ctx: Context, ev: OuraSynced) -> ActivityLogReply:
         user_id = game.check_user_id(ev.user_id)
         scores = {
@@ -84,10 +106,14 @@ class StatsHandlers:
             "readiness": ev.scores.readiness,
             "activity": ev.scores.activity,
         }
+        prior = await repository.activity_by_source(ctx.tx, "lifeops", oura_identity(ev))
+        if prior is not None:  # its inbox key was pruned; the activity is still there
+            original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
+            return msgspec.structs.replace(original, duplicate=True)
         grants = game.oura_grants(self.rules, scores)
         if not grants:
             return ActivityLogReply(message="no XP for these scores")
-        activity_id = str(uuid.uuid5(_NS, oura_identity(ev)))
+        activity_id = self._derived_id(oura_identity(ev))
         reply = await self._grant(ctx, user_id, activity_id, grants, streak=0)
         await repository.insert_activity(
             ctx.tx,

@@ -66,6 +66,11 @@ async def add_stats_xp(tx: Tx, user_id: str, grants: dict[str, int]) -> dict[str
     return {r[0]: int(r[1]) for r in rows}
 
 
+async def activity_exists(tx: Tx, activity_id: str) -> bool:
+    row = await tx.fetchone("SELECT 1 FROM stats_activities WHERE activity_id = ?", activity_id)
+    return row is not None
+
+
 async def activity_by_source(tx: Tx, source: str, source_ref: str) -> str | None:
     row = await tx.fetchone(
         "SELECT reply FROM stats_activities WHERE source = ? AND source_ref = ?", source, source_ref

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lifeops_contract import with_discovery_prefix
 from lifeops_mesh.cli.common import Subparsers, the_contract
+from mesh import ConfigError
 from mesh.broker.accounts import ensure_accounts
 from mesh.broker.acl import generate_acl
 
@@ -27,6 +28,16 @@ def register(sub: Subparsers) -> None:
     pw = broker.add_parser("passwords", help="create the passwd file and credentials.toml")
     pw.add_argument("--dir", default="broker/local", help="where to write them")
     pw.add_argument("--rotate", action="store_true", help="generate new passwords for everyone")
+    pw.add_argument(
+        "--accounts-dir",
+        help="also write ACCOUNTS_DIR/<account>/credentials.toml, one account each "
+        "and ACCOUNTS_DIR/mosquitto/passwd (least privilege: each service mounts only its own)",
+    )
+    pw.add_argument(
+        "--passwd-owner",
+        metavar="UID:GID",
+        help="owner of ACCOUNTS_DIR/mosquitto/passwd (the broker's user, e.g. 1883:1883)",
+    )
     pw.set_defaults(func=cmd_passwords)
 
 
@@ -41,7 +52,20 @@ def cmd_acl(args: argparse.Namespace) -> int:
 
 def cmd_passwords(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
-    creds = ensure_accounts(directory, list(the_contract().meta.principals), rotate=args.rotate)
+    accounts = Path(args.accounts_dir) if args.accounts_dir else None
+    owner = None
+    if args.passwd_owner:
+        uid, _, gid = args.passwd_owner.partition(":")
+        if not (uid.isdigit() and gid.isdigit()):
+            raise ConfigError(f"--passwd-owner {args.passwd_owner!r}: use UID:GID, e.g. 1883:1883")
+        owner = (int(uid), int(gid))
+    creds = ensure_accounts(
+        directory,
+        list(the_contract().meta.principals),
+        rotate=args.rotate,
+        accounts_dir=accounts,
+        passwd_owner=owner,
+    )
     print(
         f"{directory / 'passwd'}: {len(creds)} accounts ({', '.join(sorted(creds))}); "
         f"passwords in {directory / 'credentials.toml'}"

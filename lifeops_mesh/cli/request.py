@@ -33,8 +33,8 @@ def cmd_request(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         trace_id = uuid.uuid4().hex
-        print(f"trace {trace_id}", file=sys.stderr)
         async with MeshClient(url, contract) as client:
+            print(f"trace {trace_id}", file=sys.stderr)  # connected: the request goes out
             reply = await client.request(args.key, payload, timeout=args.timeout, trace_id=trace_id)
         print(codec.encode(reply).decode())
         return 0 if getattr(reply, "success", True) else 1

@@ -7,7 +7,7 @@ import asyncio
 
 from lifeops_mesh import registry
 from lifeops_mesh.cli.common import Subparsers, stop_on_signals
-from mesh import Settings, build_settings, mqtt_agent
+from mesh import ConfigError, Settings, build_settings, mqtt_agent
 from mesh.logs import setup_logging
 
 # Agent flags and the LIFEOPS_* variables they set (each agent reads its own from the env).
@@ -66,10 +66,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def run_agent(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, or until the agent cannot go on (ConfigError: one line)."""
     stop = stop_on_signals()
     agent = mqtt_agent(settings, registry.build(settings))
     await agent.start()
     try:
-        await stop.wait()
+        signalled = asyncio.ensure_future(stop.wait())
+        halted = asyncio.ensure_future(agent.halted.wait())
+        await asyncio.wait({signalled, halted}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        halted.cancel()
     finally:
         await agent.stop()
+    if agent.failure is not None:
+        raise ConfigError(agent.failure)

@@ -12,6 +12,7 @@ import msgspec
 from lifeops_mesh import registry
 from lifeops_mesh.broker import local_broker
 from lifeops_mesh.cli.common import Subparsers, stop_on_signals, the_contract
+from lifeops_mesh.local import DataDirLock, ensure_port_free
 from mesh import Agent, MeshClient, build_settings, mqtt_agent
 from mesh.broker.process import MosquittoProcess
 from mesh.logs import setup_logging
@@ -35,7 +36,25 @@ def register(sub: Subparsers) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data)
+    lock.acquire()  # before anything in `data` is touched
+    try:
+        check_ports(args)
+        return _run_up(args, data)
+    finally:
+        lock.release()
+
+
+def check_ports(args: argparse.Namespace) -> None:
+    """The ports `up` will listen on are free (else one line saying which, and nothing runs)."""
+    if not args.broker:
+        ensure_port_free(args.port, "the embedded Mosquitto, --port")
+    if args.metrics_port:
+        for n in range(len(registry.names())):
+            ensure_port_free(args.metrics_port + n, "agent metrics, --metrics-port")
+
+
+def _run_up(args: argparse.Namespace, data: Path) -> int:
     # Structured logs go to a file; the console keeps the readable summary.
     setup_logging("mesh", "INFO", json=True)
     handler = logging.FileHandler(data / "mesh.log")

@@ -52,13 +52,23 @@ async def replay(db_url: str, broker_url: str, dead_id: str, payload: str | None
     is one; marks it replayed once the mesh accepted it."""
     async with open_store(db_url) as store:
         async with store.transaction() as tx:
-            row = await tx.fetchone("SELECT record FROM mesh_dead_letters WHERE id = ?", dead_id)
+            row = await tx.fetchone(
+                "SELECT record, raw FROM mesh_dead_letters WHERE id = ?", dead_id
+            )
         if row is None:
             raise ConfigError(f"no dead letter {dead_id!r} in {db_url}")
         record = codec.decode(row[0].encode(), DeadLetter)
-        body = (payload or record.payload).encode()
-        if payload is None and record.payload_encoding != "utf-8":
-            raise ConfigError("the original payload is not UTF-8: pass a fixed one with --payload")
+        original = bytes(row[1]) if row[1] is not None else None
+        if payload is not None:
+            body = payload.encode()
+        elif original is not None and len(original) == record.payload_length:
+            body = original  # the whole payload, as it arrived
+        elif record.payload_encoding == "utf-8" and not record.payload_truncated:
+            body = record.payload.encode()
+        else:
+            raise ConfigError(
+                "the original payload is not stored whole: pass a fixed one with --payload"
+            )
         async with MeshClient(broker_url, contract()) as client:
             found = client.contract.match(record.topic)
             if found is None:

@@ -1,10 +1,17 @@
-"""Broker accounts: one random password per principal, generated per installation."""
+"""Broker accounts: one random password per principal, generated per installation.
+
+The Mosquitto password file is written here, not by `mosquitto_passwd -b` (which puts every
+password on a command line, visible in `ps`): Mosquitto 2.0's `$7$` format is PBKDF2-HMAC-SHA512
+over a 12-byte salt, 64-byte hash, base64 (mosquitto's src/password_mosq.c); writing it takes
+hashlib, nothing else. 101 iterations is mosquitto_passwd's own default; the passwords are 24
+random URL-safe characters (144 bits), so the iteration count is not what protects them.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -13,6 +20,32 @@ from mesh.settings import new_password
 
 CREDENTIALS = "credentials.toml"
 PASSWD = "passwd"
+ITERATIONS = 101
+
+
+def password_line(user: str, password: str, *, iterations: int = ITERATIONS) -> str:
+    """One line of a Mosquitto 2.0 password file for `user`."""
+    if ":" in user or "\n" in user:
+        raise ConfigError(f"broker account {user!r}: ':' and newlines are not allowed")
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, dklen=64)
+    b64 = base64.b64encode
+    return f"{user}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only, replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
+def credentials_text(creds: dict[str, str]) -> str:
+    body = "# Broker passwords of this installation (generated; keep private)\n[users]\n"
+    return body + "".join(f'{k} = "{v}"\n' for k, v in sorted(creds.items()))
 
 
 def load_credentials(directory: Path) -> dict[str, str]:
@@ -30,12 +63,17 @@ def load_credentials(directory: Path) -> dict[str, str]:
 
 
 def ensure_accounts(
-    directory: Path, principals: list[str], *, rotate: bool = False
+    directory: Path,
+    principals: list[str],
+    *,
+    rotate: bool = False,
+    accounts_dir: Path | None = None,
+    passwd_owner: tuple[int, int] | None = None,
 ) -> dict[str, str]:
-    """Create, complete or (`rotate`) renew credentials.toml and the Mosquitto passwd file."""
-    passwd_tool = shutil.which("mosquitto_passwd")
-    if passwd_tool is None:
-        raise ConfigError("mosquitto_passwd not found: install the Debian package 'mosquitto'")
+    """Create, complete or (`rotate`) renew credentials.toml and the Mosquitto passwd file in
+    `directory`. With `accounts_dir`, also one `<principal>/credentials.toml` per account with
+    that account's password only, and `mosquitto/passwd` (hashes only) for the broker: what
+    each service of a deployment mounts (`passwd_owner`: uid, gid of the broker's user)."""
     directory.mkdir(parents=True, exist_ok=True)
     creds = {} if rotate else load_credentials(directory)
     changed = rotate
@@ -45,18 +83,16 @@ def ensure_accounts(
             changed = True
     passwd = directory / PASSWD
     if changed or not passwd.exists():
-        cred_path = directory / CREDENTIALS
-        body = "# Broker passwords of this installation (generated; keep private)\n[users]\n"
-        body += "".join(f'{k} = "{v}"\n' for k, v in sorted(creds.items()))
-        fd = os.open(cred_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(body)
-        tmp = directory / (PASSWD + ".tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.touch(mode=0o644)  # hashes only; Mosquitto runs as its own user and must read it
-        for name, pw in sorted(creds.items()):
-            subprocess.run(
-                [passwd_tool, "-b", str(tmp), name, pw], check=True, capture_output=True, timeout=30
-            )
-        tmp.replace(passwd)
+        _write_private(directory / CREDENTIALS, credentials_text(creds))
+        _write_private(passwd, "".join(password_line(u, p) for u, p in sorted(creds.items())))
+    if accounts_dir is not None:
+        for name, password in sorted(creds.items()):
+            own = accounts_dir / name
+            own.mkdir(parents=True, exist_ok=True)
+            _write_private(own / CREDENTIALS, credentials_text({name: password}))
+        broker = accounts_dir / "mosquitto"
+        broker.mkdir(parents=True, exist_ok=True)
+        _write_private(broker / PASSWD, passwd.read_text(encoding="utf-8"))
+        if passwd_owner is not None:
+            os.chown(broker / PASSWD, *passwd_owner)
     return creds

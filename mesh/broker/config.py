@@ -15,6 +15,7 @@ def render_local_config(
     bind: str = "127.0.0.1",
     run_as_root: bool = False,
     overrides: dict[str, str] | None = None,
+    extra: str = "",
 ) -> str:
     """The config at `base` with the listener and file paths pointed at `run_dir`."""
     text = base.read_text(encoding="utf-8")
@@ -40,6 +41,8 @@ def render_local_config(
             out.append(f"{key} {value}")
     if run_as_root:
         out.append("user root")
+    if extra:  # more listeners (e.g. TLS) go last: listener options follow their listener
+        out.append(extra.rstrip("\n"))
     return "\n".join(out) + "\n"
 
 

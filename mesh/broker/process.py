@@ -42,6 +42,7 @@ class MosquittoProcess:
         overrides: dict[str, str] | None = None,
         extra_acl: str = "",
         extra_accounts: tuple[str, ...] = (),
+        extra_config: str = "",
     ) -> None:
         self.run_dir = run_dir
         self.port = port or free_port()
@@ -53,6 +54,7 @@ class MosquittoProcess:
         self.overrides = overrides  # config lines to change (tests of limits only)
         self.extra_acl = extra_acl  # appended to the ACL (benchmark accounts only)
         self.extra_accounts = extra_accounts
+        self.extra_config = extra_config  # appended to the config (e.g. a TLS listener)
 
     @property
     def log_file(self) -> Path:
@@ -85,6 +87,7 @@ class MosquittoProcess:
             # the user who started it, so it keeps that user's rights.
             run_as_root=os.geteuid() == 0,
             overrides=self.overrides,
+            extra=self.extra_config,
         )
         (self.run_dir / "mosquitto.conf").write_text(conf, encoding="utf-8")
 

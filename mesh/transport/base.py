@@ -49,6 +49,12 @@ class Transport(Protocol):
     client_id: str
     on_message: MessageHandler | None
     on_connect: ConnectHandler | None
+    # Called when the broker closed this connection because another one with the same client
+    # id connected (DISCONNECT 0x8E); the transport does not reconnect after that.
+    on_taken_over: Callable[[], None] | None
+    taken_over: bool
+    # Called when the connection drops without our own disconnect() (it reconnects by itself).
+    on_lost: Callable[[], None] | None
 
     @property
     def connected(self) -> bool: ...
@@ -93,6 +99,7 @@ class Transport(Protocol):
         """Subscribe (now, or at connect); kept and renewed when the broker loses the session."""
         ...
 
-    def sibling(self, client_id: str) -> Transport:
-        """A new, not yet connected, clean and non-durable connection with the same account."""
+    def sibling(self, client_id: str, *, will: Will | None = None) -> Transport:
+        """A new, not yet connected, clean and non-durable connection with the same account
+        (and the Last Will given)."""
         ...

@@ -115,6 +115,8 @@ class MemoryBroker:
             taken = old.transport
             taken._lost(taken_over=True)
             self._will(taken)
+            if taken.on_taken_over is not None:
+                taken.on_taken_over()
         present = old is not None and not t.clean_start
         if not present:
             old = _Session(t.client_id, t.username, t.session_expiry_s)
@@ -242,6 +244,9 @@ class MemoryTransport:
         self.will = will
         self.on_message: MessageHandler | None = None
         self.on_connect: ConnectHandler | None = None
+        self.on_taken_over: Callable[[], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
+        self.taken_over = False
         self._connected = False
         self._active = False
         self._reconnects = 0
@@ -267,8 +272,8 @@ class MemoryTransport:
     def refused_filters(self) -> list[str]:
         return sorted(self._refused)
 
-    def sibling(self, client_id: str) -> MemoryTransport:
-        return MemoryTransport(self.broker, client_id=client_id, username=self.username)
+    def sibling(self, client_id: str, *, will: Will | None = None) -> MemoryTransport:
+        return MemoryTransport(self.broker, client_id=client_id, username=self.username, will=will)
 
     async def connect(self, timeout: float = 10.0) -> None:
         self._active = True
@@ -300,6 +305,9 @@ class MemoryTransport:
                 del self.broker._sessions[self.client_id]
         if taken_over:
             self._active = False
+            self.taken_over = True
+        elif self.on_lost is not None:
+            self.on_lost()
 
     async def wait_connected(self, timeout: float) -> None:
         try:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gmqtt
@@ -43,6 +43,7 @@ class _QuietClosedSocket(logging.Filter):
 
 logging.getLogger("gmqtt.mqtt.protocol").addFilter(_QuietClosedSocket())
 _DEFAULT_WINDOW = 19
+TAKEN_OVER = b"\x8e"  # DISCONNECT reason code 0x8E: Session taken over
 
 
 class _AckTrackingStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt has no types
@@ -194,6 +195,9 @@ class MqttTransport:
         self._max_packet: int | None = None
         self.on_message: MessageHandler | None = None
         self.on_connect: ConnectHandler | None = None
+        self.on_taken_over: Callable[[], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
+        self.taken_over = False
         self._reconnects = 0
         self._ever_connected = False
         self._closed = False
@@ -235,6 +239,7 @@ class MqttTransport:
 
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             if closed():
+                self._client._is_active = False  # and the reconnect loop ends here
                 raise OSError("transport disconnected")
             connection = await create(*args, **kwargs)
             if closed():  # disconnected while this connection was being made
@@ -248,7 +253,7 @@ class MqttTransport:
     def url(self) -> str:
         return f"{'mqtts' if self._tls else 'mqtt'}://{self.host}:{self.port}"
 
-    def sibling(self, client_id: str) -> MqttTransport:
+    def sibling(self, client_id: str, *, will: Will | None = None) -> MqttTransport:
         username, password = self._account
         return MqttTransport(
             client_id=client_id,
@@ -259,6 +264,7 @@ class MqttTransport:
             tls=self._tls,
             clean_start=True,
             session_expiry_s=0,
+            will=will,
         )
 
     # -- connection ----------------------------------------------------------------------------
@@ -296,7 +302,12 @@ class MqttTransport:
         except TimeoutError as exc:
             raise TransportError(f"no connection to {self.url} within {timeout}s") from exc
         except ssl.SSLError as exc:
-            raise TransportError(f"TLS handshake with {self.url} failed: {exc}") from exc
+            hint = (
+                " (LIFEOPS_BROKER_CA_FILE names the CA that signed the broker's certificate)"
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc)
+                else ""
+            )
+            raise TransportError(f"TLS handshake with {self.url} failed: {exc}{hint}") from exc
         except OSError as exc:
             raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
         except gmqtt.mqtt.handler.MQTTConnectError as exc:
@@ -364,8 +375,19 @@ class MqttTransport:
                 log.exception("on_connect handler failed")
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
-        if self._connected.is_set():
+        if isinstance(packet, bytes | bytearray) and packet[:1] == TAKEN_OVER:
+            # Another connection with our client id took the session over. Reconnecting would
+            # take it back, and the two would throw each other off forever: stop here.
+            log.error("client id %s was taken over by another connection; not reconnecting",
+                      self.client_id)  # fmt: skip
+            self._closed = True
+            self.taken_over = True
+            if self.on_taken_over is not None:
+                self.on_taken_over()
+        elif self._connected.is_set():
             log.warning("lost broker connection (%s); reconnecting", self.client_id)
+            if self.on_lost is not None and not self._closed:
+                self.on_lost()
         self._connected.clear()
         for fut in self._subacks.values():
             if not fut.done():

@@ -8,12 +8,17 @@ from typing import Any
 import compose_spec
 import pytest
 
+from lifeops_contract import contract
+from lifeops_mesh.tools.doctor.compose import interpolate
+
 ROOT = Path(__file__).resolve().parents[2]
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
-def load(text: str | None = None) -> dict[str, Any]:
-    c = compose_spec.PyCompose.from_yaml(text or (ROOT / "compose.yaml").read_text())
+def load(text: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """compose.yaml as `docker compose` sees it: variables interpolated, then checked."""
+    raw = text or (ROOT / "compose.yaml").read_text()
+    c = compose_spec.PyCompose.from_yaml(interpolate(raw, env or {}))
     c.to_spec()  # validates every key against the Compose specification
     c.validate()
     return c.to_dict()
@@ -120,3 +125,43 @@ def test_broker_config_mounts_match_the_config_paths() -> None:
     assert "/mosquitto/config/acl" in targets and "acl_file /mosquitto/config/acl" in conf
     assert "/mosquitto/secrets" in targets and "password_file /mosquitto/secrets/passwd" in conf
     assert "/mosquitto/data" in targets and "persistence_location /mosquitto/data/" in conf
+
+
+def _sources(svc: dict[str, Any]) -> list[str]:
+    return [
+        (v.split(":")[0] if isinstance(v, str) else v["source"]) for v in svc.get("volumes", [])
+    ]
+
+
+def test_each_service_gets_only_its_own_credentials() -> None:
+    """Least privilege: one volume per account; every agent mounts exactly its own, the broker
+    only the password hashes, nobody else any; the accounts service writes them without a
+    password on any command line."""
+    spec = load()
+    accounts = {v for v in spec["volumes"] if v.startswith("account-")}
+    principals = set(contract().meta.principals)
+    assert accounts == {f"account-{p}" for p in principals}
+    for name, (agent, _) in _agent_services(spec).items():
+        mounted = [s for s in _sources(spec["services"][name]) if s.startswith("account")]
+        assert mounted == [f"account-{agent}"], f"{name} mounts {mounted}"
+        env = spec["services"][name]["environment"]
+        assert env["LIFEOPS_CREDENTIALS_FILE"] == "/secrets/credentials.toml"
+    for name, svc in spec["services"].items():
+        if name in _agent_services(spec) or name == "broker-accounts":
+            continue
+        assert not [s for s in _sources(svc) if s.startswith(("account", "accounts-admin"))], name
+    assert _sources(spec["services"]["mosquitto"]).count("broker-passwd") == 1
+    cmd = spec["services"]["broker-accounts"]["command"]
+    assert "--accounts-dir" in cmd and "-b" not in cmd
+
+
+def test_published_ports_are_loopback_unless_asked() -> None:
+    """Broker, metrics, HA and Prometheus ports listen on 127.0.0.1; LIFEOPS_PUBLISH_HOST opens
+    them (as `docker compose` interpolates it)."""
+    for env, host in (({}, "127.0.0.1"), ({"LIFEOPS_PUBLISH_HOST": "0.0.0.0"}, "0.0.0.0")):
+        spec = load(env=env)
+        published = [p for svc in spec["services"].values() for p in svc.get("ports", [])]
+        assert published, "nothing published"
+        for p in published:
+            text = p if isinstance(p, str) else f"{p.get('host_ip')}:{p['published']}"
+            assert text.startswith(f"{host}:"), text

@@ -22,8 +22,9 @@ from tests.conftest import StartAgent, user
 
 
 async def _publish_completions(broker: MosquittoProcess, uid: str, n: int, xp: int = 3) -> None:
-    """n distinct completions worth DEX `xp` each, fire-and-forget (no response topic)."""
-    t = await connect_as(broker, "tester", prefix="pub")
+    """n distinct completions worth DEX `xp` each, fire-and-forget (no response topic), as
+    LifeOps sends them (only LifeOps may)."""
+    t = await connect_as(broker, "lifeops", prefix="pub")
     try:
         await asyncio.gather(
             *(

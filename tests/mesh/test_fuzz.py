@@ -1,9 +1,12 @@
-"""Hypothesis fuzzes every topic the agents subscribe to, through the real broker.
+"""Hypothesis fuzzes every topic the agents answer, through the real broker, while valid
+traffic flows and hostile clients do their worst.
 
 Generated payloads: invalid JSON, wrong types, missing and extra fields, huge numbers, deep
-nesting, long strings, non-UTF-8 bytes, and user ids carrying `+`, `#`, `/`, NUL or `$`. No agent
-crashes or stalls; each bad request gets an error reply and a dead-letter record; valid traffic
-interleaved with it is processed correctly.
+nesting, long strings, strings of control bytes that grow sixfold when escaped, non-UTF-8 bytes,
+and user ids carrying `+`, `#`, `/`, NUL or `$`. Around them: a retained command waiting for the
+agents' new sessions, requests that expired while Stats was away, and a second Stats started
+with the running one's client id. Afterwards every agent answers, none reconnected, and every
+refusal has its one dead letter.
 """
 
 from __future__ import annotations
@@ -19,11 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lifeops_contract import contract as default_contract
-from lifeops_contract.schemas import ActivityLogReply, ActivityLogRequest, CharacterGetRequest
+from lifeops_contract.schemas import (
+    ActivityLogReply,
+    ActivityLogRequest,
+    CharacterGetRequest,
+    TimelineCompleteRequest,
+)
 from lifeops_mesh import registry
-from mesh import PacketTooLarge, codec, mqtt_agent
+from mesh import PacketTooLarge, Settings, codec, mqtt_agent
 from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
+from mesh.presence import InstanceRunning
 from mesh.testing.brokers import transport_for
 from mesh.testing.mqtt_cli import MosquittoCli
 from mesh.transport import Inbound
@@ -67,7 +76,17 @@ def _deep(n: int) -> bytes:
 
 @st.composite
 def bad_payloads(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["json", "junk", "bytes", "deep", "long", "fields", "ids"]))
+    kinds = ["json", "junk", "bytes", "deep", "long", "fields", "ids", "escaped", "huge"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "escaped":  # valid JSON whose strings are 6x longer once escaped again
+        size = draw(st.integers(1000, 40_000))
+        return json.dumps({"user_id": "\x01" * size, "activity_type": "\x02" * 70}).encode()
+    if kind == "huge":
+        field = draw(st.sampled_from(["streak", "transaction", "custom_xp", "activity_data"]))
+        big = 10 ** draw(st.integers(19, 400))
+        value: object = {"STR": big} if field == "custom_xp" else big
+        value = {"n": big} if field == "activity_data" else value
+        return json.dumps({"user_id": "a", "activity_type": "reading", field: value}).encode()
     if kind == "json":
         return json.dumps(draw(json_values)).encode()
     if kind == "junk":
@@ -118,30 +137,62 @@ def make_settings_for_listing(name: str) -> Any:
 
 
 class Rig:
-    """Stats and LifeOps running, plus a tester connection that records replies."""
+    """Stats and LifeOps running, plus a tester connection that records replies and dead
+    letters. Before they start: Stats' durable session exists without Stats (requests that
+    expire there), and a retained completion waits for LifeOps' first session."""
 
     def __init__(self, broker: MosquittoProcess, tmp: Path) -> None:
         self.broker = broker
         self.tmp = tmp
         self.replies: dict[bytes, Inbound] = {}
         self.dead: list[Inbound] = []
+        self.uid = "fz" + uuid.uuid4().hex[:10]
+        self.stats_settings = make_settings(
+            "stats", broker, f"sqlite:///{tmp / uuid.uuid4().hex}.db", tmp, session_expiry_s=300
+        )
+        self.expired: list[bytes] = []
 
     async def __aenter__(self) -> Rig:
         self.agents: list[Agent] = []
-        for name in ("stats", "lifeops"):
-            s = make_settings(
-                name, self.broker, f"sqlite:///{self.tmp / uuid.uuid4().hex}.db", self.tmp
-            )
-            agent = mqtt_agent(s, registry.build(s))
-            await agent.start()
-            self.agents.append(agent)
         self.t = transport_for(self.broker, "tester")
         self.t.on_message = self._on
         self.reply_topic = f"reply/tester/fuzz{uuid.uuid4().hex[:6]}"
         await self.t.subscribe([self.reply_topic, "mesh/dlq/+"])
         await self.t.connect()
-        await asyncio.sleep(0.1)
+        await self._start(self.stats_settings)
+        await self.agents.pop().stop()  # a durable session without its agent
+        await self._while_stats_is_away()
+        await self._start(self.stats_settings)
+        lifeops = make_settings(
+            "lifeops", self.broker, f"sqlite:///{self.tmp / uuid.uuid4().hex}.db", self.tmp
+        )
+        await self._start(lifeops)
         return self
+
+    async def _start(self, s: Settings) -> None:
+        agent = mqtt_agent(s, registry.build(s))
+        await agent.start()
+        self.agents.append(agent)
+
+    async def _while_stats_is_away(self) -> None:
+        """Requests that expire in Stats' queue, and a retained command for LifeOps' new session
+        (it would complete an item on every new session, were it executed)."""
+        for n in range(3):
+            body = ActivityLogRequest(
+                user_id=self.uid, activity_type="reading", source_ref=f"expired-{n}"
+            )
+            cid = uuid.uuid4().bytes
+            await self.t.publish(
+                "stats/activities/log",
+                codec.encode(body),
+                response_topic=self.reply_topic,
+                correlation_data=cid,
+                expiry_s=1,
+            )
+            self.expired.append(cid)
+        retained = TimelineCompleteRequest(user_id=self.uid, item_code="morning_stretch")
+        await self.t.publish("lifeops/timeline/complete", codec.encode(retained), retain=True)
+        await asyncio.sleep(2.8)  # Mosquitto counts expiry in whole seconds: leave a margin
 
     async def _on(self, msg: Inbound) -> int:
         if msg.topic.startswith("mesh/dlq/"):
@@ -156,67 +207,107 @@ class Rig:
         return cid
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.t.disconnect()
         for agent in self.agents:
             await agent.stop()
+        await self.t.publish("lifeops/timeline/complete", b"", retain=True)  # clear it
+        await self.t.disconnect()
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(st.sampled_from(_topics()), bad_payloads()), min_size=10, max_size=30))
 def test_fuzzed_payloads_never_crash_or_stall_an_agent(
     broker: MosquittoProcess, tmp_path_factory: Any, cases: list[tuple[str, bytes]]
 ) -> None:
-    """Every generated message gets an answer; errors are dead-lettered; valid traffic between
-    them is counted exactly."""
+    """Every generated message gets an answer and every refusal exactly one dead letter (with
+    the payload's length); valid traffic between them counts exactly; expired requests are not
+    executed; the retained command is dead-lettered; a second Stats with the running one's
+    client id refuses; afterwards no agent has reconnected and each answers."""
     tmp = tmp_path_factory.mktemp("fuzz")
 
     async def scenario() -> None:
         async with Rig(broker, tmp) as rig:
-            uid = "fz" + uuid.uuid4().hex[:10]
-            sent: list[bytes] = []
-            valid: list[bytes] = []
-            for n, (topic, body) in enumerate(cases):
-                sent.append(await rig.send(topic, body))
-                good = ActivityLogRequest(
-                    user_id=uid, activity_type="reading", source_ref=f"valid-{n}"
-                )
-                valid.append(await rig.send("stats/activities/log", codec.encode(good)))
-            deadline = asyncio.get_running_loop().time() + 30
-            while asyncio.get_running_loop().time() < deadline:
-                if all(c in rig.replies for c in sent + valid):
-                    break
-                await asyncio.sleep(0.05)
-            missing = [i for i, c in enumerate(sent) if c not in rig.replies]
-            assert not missing, f"no reply to {[cases[i] for i in missing][:3]}"
-            errors = 0
-            for c in sent:
-                reply = json.loads(rig.replies[c].payload)
-                assert isinstance(reply.get("success"), bool)
-                if not reply["success"]:
-                    errors += 1
-                    assert reply["error"]["code"] and reply["error"]["message"]
-            for c in valid:
-                r = codec.decode(rig.replies[c].payload, ActivityLogReply)
-                assert r.success, r.error
-            await asyncio.sleep(0.3)
-            expected_dead = sum(
-                1
-                for c in sent
-                if not json.loads(rig.replies[c].payload)["success"]
-                and json.loads(rig.replies[c].payload)["error"]["code"] != "already_completed"
-            )
-            assert len(rig.dead) >= expected_dead
-            stats = rig.agents[0]
-            async with stats.store.transaction() as tx:
-                row = await tx.fetchone(
-                    "SELECT total_xp FROM stats_characters WHERE user_id = ?", uid
-                )
-            assert row is not None and row[0] == 30 * len(cases)
-            reply = await asyncio.wait_for(_get_character(rig, uid), 10)
-            assert reply["success"] and reply["total_xp"] == 30 * len(cases)
-            assert errors >= 0
+            sent, valid = await _traffic(rig, cases)
+            await _all_answered(rig, sent + valid)
+            failed = _check_replies(rig, sent, valid)
+            await asyncio.sleep(0.5)
+            _check_dead_letters(rig, dict(zip(sent, cases, strict=True)), failed)
+            await _check_state(rig, len(cases))
 
     asyncio.run(scenario())
+
+
+async def _traffic(rig: Rig, cases: list[tuple[str, bytes]]) -> tuple[list[bytes], list[bytes]]:
+    sent: list[bytes] = []
+    valid: list[bytes] = []
+    for n, (topic, body) in enumerate(cases):
+        sent.append(await rig.send(topic, body))
+        good = ActivityLogRequest(user_id=rig.uid, activity_type="reading", source_ref=f"v-{n}")
+        valid.append(await rig.send("stats/activities/log", codec.encode(good)))
+        if n == len(cases) // 2:  # a second process with Stats' client id, mid-traffic
+            twin = mqtt_agent(rig.stats_settings, registry.build(rig.stats_settings))
+            with pytest.raises(InstanceRunning):
+                await twin.start()
+    return sent, valid
+
+
+async def _all_answered(rig: Rig, cids: list[bytes]) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        if all(c in rig.replies for c in cids):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{sum(c not in rig.replies for c in cids)} messages got no reply")
+
+
+def _check_replies(rig: Rig, sent: list[bytes], valid: list[bytes]) -> set[str]:
+    """The correlation data (hex) of every refused fuzz message."""
+    failed = set()
+    for c in sent:
+        reply = json.loads(rig.replies[c].payload)
+        assert isinstance(reply.get("success"), bool)
+        if not reply["success"] and reply["error"]["code"] != "already_completed":
+            assert reply["error"]["code"] and reply["error"]["message"]
+            failed.add(c.hex())
+    for c in valid:
+        r = codec.decode(rig.replies[c].payload, ActivityLogReply)
+        assert r.success, r.error
+    answered = [rig.replies[c].payload[:300] for c in rig.expired if c in rig.replies]
+    assert not answered, f"an expired request was answered: {answered}"
+    return failed
+
+
+def _check_dead_letters(rig: Rig, cases: dict[bytes, tuple[str, bytes]], failed: set[str]) -> None:
+    records = [json.loads(m.payload) for m in rig.dead]
+    by_cid: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_cid.setdefault(r.get("correlation_data") or "", []).append(r)
+    for cid, (topic, body) in cases.items():
+        got = by_cid.get(cid.hex(), [])
+        assert len(got) == (1 if cid.hex() in failed else 0), (topic, body[:100], got)
+        if got:
+            assert got[0]["payload_length"] == len(body) and got[0]["topic"] == topic
+    retained = [r for r in records if r["error"]["code"] == "retained_command"]
+    assert len(retained) == 1 and retained[0]["topic"] == "lifeops/timeline/complete"
+
+
+async def _check_state(rig: Rig, n: int) -> None:
+    stats = rig.agents[0]
+    async with stats.store.transaction() as tx:
+        row = await tx.fetchone("SELECT total_xp FROM stats_characters WHERE user_id = ?", rig.uid)
+        expired = await tx.fetchall(
+            "SELECT source_ref FROM stats_activities WHERE source_ref LIKE 'expired-%'"
+        )
+    assert row is not None and row[0] == 30 * n and not expired
+    reply = await asyncio.wait_for(_get_character(rig, rig.uid), 10)
+    assert reply["success"] and reply["total_xp"] == 30 * n
+    timeline = await rig.send("lifeops/timeline/get", codec.encode({"user_id": rig.uid}))
+    await _all_answered(rig, [timeline])
+    day = json.loads(rig.replies[timeline].payload)["timeline"]
+    assert day["done"] == 0  # the retained completion was never executed
+    log = rig.broker.log_file.read_text()
+    for agent in rig.agents:
+        assert agent.transport.reconnects == 0, agent.name
+        assert f"{agent.settings.client_id} already connected" not in log
 
 
 async def _get_character(rig: Rig, uid: str) -> dict[str, Any]:

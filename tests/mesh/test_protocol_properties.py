@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from lifeops_contract import contract as default_contract
 from lifeops_contract.schemas import ActivityLogRequest, LevelUp
-from mesh import codec
+from mesh import codec, installation_key
 from mesh.agent import RUNTIME_MIGRATIONS
 from mesh.handler import Route
 from mesh.inbox import Delivery, GroupCommitter
@@ -76,6 +76,7 @@ class MeshProtocol(RuleBasedStateMachine):
             metrics=Metrics(),
         )
         handlers = StatsHandlers(load_rules())
+        handlers.key = await installation_key(self.store, "stats_activity_ids")
         self.route = Route("activities_log", handlers.log_activity, dedup=activity_identity)
         self.entry = default_contract().entry("activities_log")
 

@@ -213,16 +213,16 @@ async def test_lifeops_completion_event_answers_on_response_topic(
         streak=7,
         source_ref=f"{uid}:morning_stretch:2026-11-27",
     )
-    async with Recorder(broker, ["reply/tester/+"]) as rec:
+    async with Recorder(broker, ["reply/lifeops/+"], principal="lifeops") as rec:
         for _ in range(2):
             await rec.transport.publish(
                 "lifeops/activity/completed",
                 codec.encode(ev),
-                response_topic="reply/tester/lo",
+                response_topic="reply/lifeops/lo",
                 correlation_data=b"c1",
             )
-        await eventually(lambda: _ready(rec.on("reply/tester/lo")[1:]), what="two replies")
-        msgs = rec.on("reply/tester/lo")
+        await eventually(lambda: _ready(rec.on("reply/lifeops/lo")[1:]), what="two replies")
+        msgs = rec.on("reply/lifeops/lo")
         first, second = (codec.decode(m.payload, ActivityLogReply) for m in msgs[:2])
     assert first.xp_granted == {"DEX": 10} and first.activity_id == ev.activity_id
     assert "streak_7" in first.achievements
@@ -239,7 +239,7 @@ async def test_oura_sync_grants_once_per_day(
         "date": "2026-11-26",
         "scores": {"sleep": 80, "readiness": 70, "activity": 50},
     }
-    async with Recorder(broker, []) as rec:
+    async with Recorder(broker, [], principal="lifeops") as rec:
         for _ in range(2):
             await rec.transport.publish("lifeops/oura/synced", codec.encode(body))
 

@@ -3,12 +3,32 @@ every agent scraped by Prometheus."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lifeops_mesh.tools.doctor.report import Finding, Report
 
 EXTRA_HINT = "install the `doctor` extra: pip install 'lifeops-mesh[doctor]'"
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable interpolation (`${VAR}`, `${VAR:-default}`, `${VAR-default}`, `$$`),
+    done before the file is checked, as `docker compose` does."""
+
+    def value(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is None or (got == "" and ":-" in m.group(0)):
+            return default or ""
+        return got
+
+    return _VAR.sub(value, text)
 
 
 def load_spec(path: Path, report: Report) -> dict[str, Any] | None:
@@ -28,7 +48,7 @@ def load_spec(path: Path, report: Report) -> dict[str, Any] | None:
         )
         return None
     try:
-        c = compose_spec.PyCompose.from_yaml(path.read_text())
+        c = compose_spec.PyCompose.from_yaml(interpolate(path.read_text(), os.environ))
         c.to_spec()
         spec: dict[str, Any] = c.to_dict()
     except (OSError, ValueError) as exc:

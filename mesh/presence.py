@@ -1,0 +1,120 @@
+"""One instance's presence on the mesh: its availability topic, Last Will, and the refusal to
+run twice.
+
+Every instance of an agent (`--instance NAME`, default 0) announces itself on
+`<agent>/status/<instance>` through a small connection of its own whose Last Will is `offline`
+on that topic, so the broker says precisely when this instance died, whatever else runs; the
+durable session's Last Will stays on `<agent>/status` (the agent as a whole). An agent is
+available while any of its instances is.
+
+Before it connects with its durable client id, an instance reads the retained status and health
+of its own instance topic: a fresh health report of an instance that says `online` means another
+process runs this very instance (same client id). Connecting would take its session over, and
+the two would throw each other off the broker in turn; so it refuses, in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+
+from mesh import codec
+from mesh.contract import Contract
+from mesh.errors import ConfigError, DecodeError, TransportError
+from mesh.schemas import HealthReport
+from mesh.transport import Inbound, Transport, Will
+
+log = logging.getLogger("mesh.presence")
+
+FRESH_S = 35.0  # a health report younger than this (reports come every 15 s) means alive
+
+
+class InstanceRunning(ConfigError):
+    """Another live process runs this agent instance (same client id)."""
+
+
+class Presence:
+    def __init__(
+        self, contract: Contract, agent: str, instance: str, client_id: str, main: Transport
+    ) -> None:
+        self.contract = contract
+        self.agent = agent
+        self.instance = instance
+        self.client_id = client_id
+        self.status_topic = contract.topic("instance_status", agent=agent, instance=instance)
+        self.health_topic = contract.topic("instance_health", agent=agent, instance=instance)
+        self._main = main
+        self.connection = main.sibling(
+            f"{client_id}-presence",
+            will=Will(topic=self.status_topic, payload=b"offline", retain=True),
+        )
+        self._online = False
+
+    async def ensure_alone(self, *, timeout: float = 5.0, fresh_s: float = FRESH_S) -> None:
+        """Raise InstanceRunning when another live process runs this instance."""
+        probe = self._main.sibling(f"{self.client_id}-probe-{uuid.uuid4().hex[:6]}")
+        seen: dict[str, Inbound] = {}
+
+        async def on(msg: Inbound) -> int:
+            seen[msg.topic] = msg
+            return 0
+
+        probe.on_message = on
+        await probe.subscribe([self.status_topic, self.health_topic])
+        try:
+            await probe.connect(timeout=timeout)
+            await asyncio.sleep(0.3)  # the retained messages follow the SUBACK
+        finally:
+            await probe.disconnect()
+        status = seen.get(self.status_topic)
+        if status is None or status.payload != b"online":
+            return
+        age = _age_of(seen.get(self.health_topic))
+        if age is not None and age < fresh_s:
+            raise InstanceRunning(
+                f"{self.agent} instance {self.instance!r} is already running (client id "
+                f"{self.client_id}, healthy {age:.0f} s ago): stop it first, or start this one "
+                "with another --instance"
+            )
+        log.info("instance %s was left online (no fresh health): taking its place", self.instance)
+
+    async def connect(self, timeout: float) -> None:
+        self.connection.on_connect = self._on_connect
+        await self.connection.connect(timeout=timeout)
+
+    async def _on_connect(self, session_present: bool) -> None:
+        if self._online:  # a reconnect: the broker may have lost the retained status
+            await self._say(b"online")
+
+    async def announce(self) -> None:
+        """Say `online` (once the instance serves)."""
+        self._online = True
+        await self._say(b"online")
+
+    async def close(self) -> None:
+        """Say `offline` and leave (a clean stop: no Last Will)."""
+        self._online = False
+        if self.connection.connected:
+            await self._say(b"offline")
+        await self.connection.disconnect()
+
+    async def _say(self, status: bytes) -> None:
+        try:
+            await self.connection.publish(self.status_topic, status, qos=1, retain=True, timeout=5)
+        except TransportError as exc:
+            log.warning("could not publish %s on %s: %s", status.decode(), self.status_topic, exc)
+
+
+def _age_of(msg: Inbound | None) -> float | None:
+    """Seconds since a retained health report was made, None when there is none."""
+    if msg is None:
+        return None
+    try:
+        report: HealthReport = codec.decode(msg.payload, HealthReport)
+    except DecodeError:
+        return None
+    if report.checked_at is None:
+        return None
+    return (dt.datetime.now(dt.UTC) - report.checked_at).total_seconds()
