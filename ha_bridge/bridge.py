@@ -19,7 +19,7 @@ import random
 
 from ha_bridge import repository
 from ha_bridge.entities import EntityBuilder, encode_config, is_own_node
-from ha_bridge.readback import read_retained
+from ha_bridge.readback import read_back
 from ha_bridge.repository import Desired
 from lifeops_contract.ids import check_user_id
 from lifeops_contract.schemas import (
@@ -124,7 +124,7 @@ class Bridge:
             self.contract.subscription("timeline_state"),
         ]
         connection = agent.transport.sibling(f"{agent.settings.client_id}-readback")
-        retained = await read_retained(connection, self.contract, [discovery, *inputs])
+        retained = await read_back(connection, self.contract, [discovery, *inputs])
         on_broker: set[str] = set()
         async with agent.store.transaction() as tx:
             for msg in retained:

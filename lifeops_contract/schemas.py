@@ -323,10 +323,6 @@ class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     qos: int | None = None
 
 
-class SyncMarker(Payload, kw_only=True):
-    nonce: str
-
-
 SCHEMAS: dict[str, Any] = {
     "ActivityLogRequest": ActivityLogRequest,
     "ActivityCompleted": ActivityCompleted,
@@ -348,6 +344,5 @@ SCHEMAS: dict[str, Any] = {
     "OuraImportReply": OuraImportReply,
     "HaUserState": HaUserState,
     "HaDiscoveryConfig": HaDiscoveryConfig,
-    "SyncMarker": SyncMarker,
 }
 """Schema name (as written in topics.toml) -> type."""

@@ -34,6 +34,7 @@ from mesh.errors import (
 from mesh.handler import Context, Handler, Route
 from mesh.keys import installation_key, keyed_uuid
 from mesh.metrics import Metrics
+from mesh.readback import read_retained
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.rpc import TRACE_PROPERTY, Requester
 from mesh.schemas import (
@@ -113,5 +114,6 @@ __all__ = [
     "parse_broker_url",
     "parse_db_url",
     "plain_transport",
+    "read_retained",
     "state",
 ]

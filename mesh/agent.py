@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from mesh.logs import agent_var
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.presence import Presence
+from mesh.readback import read_retained
 from mesh.rpc import TRACE_PROPERTY, Requester
 from mesh.schemas import HealthReport
 from mesh.settings import Settings
@@ -209,6 +211,10 @@ class Agent:
             if self.name not in entry.subscribers:
                 raise ContractError(f"{self.name} routes {key!r} but is not one of its subscribers")
 
+    def shared_filters(self) -> list[str]:
+        """The `$share/<group>/...` filters this instance consumes through."""
+        return [f for f in self.subscriptions() if f.startswith("$share/")]
+
     def subscriptions(self) -> list[str]:
         filters = []
         for key in self._routes:
@@ -280,6 +286,7 @@ class Agent:
             await self.transport.connect(timeout=timeout)
             await self.relay.start()
             await self.states.start()
+            await self.converge_states()
             await self.receipts.start()
             self._spawn(health.publish_loop(self))
             if self.settings.metrics_port is not None:
@@ -297,10 +304,23 @@ class Agent:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """A clean stop. A member of a shared subscription first leaves the group (the broker
+        routes the group's messages to the others from then on), finishes what it is handling
+        (acknowledged after commit), and ends its session (DISCONNECT with session expiry 0):
+        nothing stays queued for it. A lone instance finishes what it handles and keeps its
+        durable session, so what arrives meanwhile waits for its restart."""
+        for task in list(self._tasks):  # health, sweeps: nothing new starts
+            task.cancel()
+        shared = self.settings.share_group is not None
         try:
             async with asyncio.timeout(timeout):
                 if self.app.on_stop is not None:
                     await self.app.on_stop(self)
+                if shared and self.transport.connected:
+                    with contextlib.suppress(TransportError):
+                        await self.transport.unsubscribe(self.shared_filters())
+                if not await self.dispatcher.drained(timeout / 2):
+                    log.warning("%d messages still in hand at stop", self.dispatcher.inflight)
                 await self.receipts.stop()
                 await self.states.stop()
                 await self.relay.stop(timeout=timeout / 2)
@@ -320,7 +340,7 @@ class Agent:
             task.cancel()
         if self.http is not None:
             await self.http.stop()
-        await self.transport.disconnect()
+        await self.transport.disconnect(end_session=shared)
         await self.store.close()
         self.metrics.connected.set(0)
         lifecycle.info("%s stopped", self.name)
@@ -341,6 +361,34 @@ class Agent:
         if len(self._kicks) >= 2 and not self.halted.is_set():
             self._taken_over()
             await self.transport.disconnect()
+
+    def state_keys(self) -> list[str]:
+        """The retained state entries this agent publishes (health aside: it is restated
+        every 15 s anyway)."""
+        return [
+            k
+            for k, e in self.contract.topics.items()
+            if e.kind == "state" and e.retain and self.name in e.publishers
+            and "{agent}" not in e.topic
+        ]  # fmt: skip
+
+    async def converge_states(self) -> int:
+        """Read back the broker's retained copies of this agent's states and publish again
+        every one that is missing or stale; returns how many (0 when the contract has no
+        `sync` marker to read back with)."""
+        keys = self.state_keys()
+        if not keys or "sync" not in self.contract.topics:
+            return 0
+        filters = [self.contract.subscription(k) for k in keys]
+        nonce = uuid.uuid4().hex
+        marker = self.contract.topic("sync", agent=self.name, nonce=nonce)
+        connection = self.transport.sibling(f"{self.settings.client_id}-sync-{nonce[:6]}")
+        try:
+            retained = await read_retained(connection, marker, filters, timeout=30)
+        except TransportError as exc:
+            log.warning("could not read back retained states: %s", exc)
+            return 0
+        return await self.states.converge(keys, {m.topic: m.payload for m in retained})
 
     def _taken_over(self) -> None:
         self.failure = (
@@ -369,8 +417,9 @@ class Agent:
         if self._started:
             self._spawn(self.relay.sweep())
             self.receipts.reconnected()
-            if not session_present:  # the broker may have lost retained messages too
-                self._spawn(self.states.republish_all())
+            # Whatever the broker restored (an old snapshot still says `session present`),
+            # its retained states converge on what is committed.
+            self._spawn(self.converge_states())
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ class CircuitBreaker:
         self._clock = clock
         self.failures = 0
         self._opened_at: float | None = None
-        self._probing = False
+        self._probe_at: float | None = None  # when the probe in flight went out
 
     @property
     def state(self) -> State:
@@ -33,23 +33,26 @@ class CircuitBreaker:
         return "open"
 
     def allow(self) -> bool:
-        """May a call go out now? In half-open state, one probe at a time."""
+        """May a call go out now? In half-open state, one probe at a time; a probe that never
+        reported back (its caller was cancelled) gives way to a new one after reset_after_s."""
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self._probing:
-            self._probing = True
+        now = self._clock()
+        stuck = self._probe_at is not None and now - self._probe_at >= self.reset_after_s
+        if state == "half_open" and (self._probe_at is None or stuck):
+            self._probe_at = now
             return True
         return False
 
     def success(self) -> None:
         self.failures = 0
         self._opened_at = None
-        self._probing = False
+        self._probe_at = None
 
     def failure(self) -> None:
         self.failures += 1
-        self._probing = False
+        self._probe_at = None
         if self.failures >= self.failure_threshold:
             self._opened_at = self._clock()
 

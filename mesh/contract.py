@@ -45,6 +45,8 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=
     reply_schema: str | None = None
     timeout_s: float | None = None
     dedup: str | None = None
+    # For an {agent} topic: each agent reads only its own (e.g. the markers it sends itself).
+    own_only: bool = False
     key: str = ""
 
     @property

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -82,6 +83,18 @@ class Dispatcher:
         self.on_agent_status = on_agent_status
         self.on_instance_status = on_instance_status
         self.on_refused = on_refused
+        self.inflight = 0  # messages being handled right now
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no message is being handled (bounded); False when some still are."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
 
     async def on_message(self, msg: Inbound) -> int:
         if msg.topic == self.requester.reply_topic:
@@ -107,9 +120,14 @@ class Dispatcher:
         trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
         token = trace_id_var.set(trace_id)
         agent_token = agent_var.set(self.name)
+        self.inflight += 1
+        self._idle.clear()
         try:
             return await self.dispatch(msg, trace_id)
         finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
             agent_var.reset(agent_token)
             trace_id_var.reset(token)
 

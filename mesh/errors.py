@@ -15,6 +15,8 @@ MeshError
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class MeshError(Exception):
     """Base of every error raised by the mesh runtime."""
@@ -81,5 +83,12 @@ class RequestTimeout(MeshError):
         self.timeout = timeout
 
 
+StoreCause = Literal["outage", "exhausted", "conflict"]
+
+
 class StoreError(MeshError):
-    """The database failed."""
+    """The database failed; `cause` says why, when known (see mesh.store.errors)."""
+
+    def __init__(self, message: str, cause: StoreCause | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause

@@ -48,6 +48,11 @@ async def report(agent: Agent) -> HealthReport:
         checks["database"] = Check(ok=True, detail=f"{agent.store.dialect} answers")
     except Exception as exc:
         checks["database"] = Check(ok=False, detail=f"{agent.store.dialect}: {exc}")
+    trouble = agent.committer.trouble
+    if trouble is not None:  # it may answer reads, but commits do not go through
+        checks["database"] = Check(
+            ok=False, detail=f"{agent.store.dialect} cannot commit: {trouble}"
+        )
     for dep in agent.app.depends_on:
         state = agent.peers.get(dep)
         checks[dep] = Check(

@@ -17,6 +17,7 @@ each message alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 
 from mesh import codec
+from mesh.backoff import Backoff
 from mesh.contract import Contract, TopicEntry
 from mesh.errors import DecodeError, HandlerError
 from mesh.handler import Context, Route
@@ -34,7 +36,7 @@ from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import ErrorInfo, Reply
 from mesh.store import Migration, Store
-from mesh.store.errors import is_connection_error, is_transient
+from mesh.store.errors import cause_of, is_transient
 from mesh.transport import Inbound
 
 log = logging.getLogger("mesh.inbox")
@@ -84,6 +86,29 @@ class Delivery:
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
 
+def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
+    """The dedup key of a state-changing message that names none of its own.
+
+    - a request with correlation data: the requester's (response topic, correlation data), so
+      a retry of the same request is the same, and two requests are two;
+    - a request with a response topic but no correlation data (mosquitto_rr's default), or a
+      bare publish: the canonical payload (its decoded value re-encoded, so key order and
+      spacing do not matter), with the response topic when there is one.
+
+    The trade-off: two identical keyless bare publishes within the dedup window count once; a
+    retry cannot be told from a second identical activity. Give each a `source_ref` (or an
+    `activity_id`) when the same activity really happens twice.
+    """
+    h = hashlib.sha256()
+    if msg.response_topic and msg.correlation_data:
+        h.update(msg.response_topic.encode() + b"\x00" + msg.correlation_data)
+        return f"req:{topic_key}:{h.hexdigest()}"
+    h.update(codec.encode(payload))
+    if msg.response_topic:
+        h.update(b"\x00" + msg.response_topic.encode())
+    return f"pub:{topic_key}:{h.hexdigest()}"
+
+
 def _parse_failpoint(failpoint: str | None) -> int | None:
     if not failpoint:
         return None
@@ -119,6 +144,8 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._exit_after = _parse_failpoint(failpoint)
         self._commits = 0
+        # Why commits cannot go through right now (database away or full), None when they can.
+        self.trouble: str | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -151,14 +178,20 @@ class GroupCommitter:
             except Exception as exc:
                 # The writer must never die: every later message would wait forever.
                 log.exception("group commit failed for %d messages", len(batch))
-                err = ErrorInfo(code="internal_error", message=f"commit failed: {exc}")
+                err = ErrorInfo(
+                    code="internal_error", message=f"commit failed: {exc}", transient=True
+                )
                 for d in batch:
                     if not d.future.done():
                         d.future.set_result(Outcome(error=err))
 
     async def _commit_with_retries(self, batch: list[Delivery]) -> None:
-        attempt = 0
-        backoff = 0.05
+        """Commit `batch`, whatever it takes: a database outage or exhaustion (disk full,
+        read-only, cancelled) holds the messages un-acknowledged and retries until it is over
+        (`trouble` says why meanwhile); conflicts retry, then message by message; a failure of
+        the machinery itself retries a few times, then answers internal_error (transient)."""
+        backoff = Backoff(0.05, 5.0)
+        failures = 0
         isolate = False  # savepoints per message only once a handler of the batch has failed
         while True:
             try:
@@ -168,23 +201,27 @@ class GroupCommitter:
                 isolate = True  # the transaction rolled back; again, each message on its own
                 continue
             except Exception as exc:
-                # Handler errors never get here (each message has its savepoint): what does is
-                # the transaction machinery itself. Outages wait; anything else is retried a
-                # few times, then message by message.
-                if is_connection_error(exc):
-                    log.warning("database unavailable (%s); holding %d messages", exc, len(batch))
+                cause = cause_of(exc)
+                if cause in ("outage", "exhausted"):
+                    self._hold(cause, exc, len(batch))
                 else:
-                    attempt += 1
-                    if attempt >= 3 and len(batch) > 1:
+                    failures += 1
+                    if failures >= 3 and len(batch) > 1:
                         for d in batch:
                             await self._commit_with_retries([d])
                         return
-                    if attempt >= 5:
-                        err = ErrorInfo(code="internal_error", message=f"database error: {exc}")
+                    if failures >= 5:
+                        log.error("commit of %s failed for good: %s", batch[0].entry.key, exc)
+                        err = ErrorInfo(
+                            code="internal_error", message=f"database error: {exc}", transient=True
+                        )
                         outcomes, records, receipts = [Outcome(error=err)], [], []
                         break
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    self._metrics.store_retries.labels(cause or "error").inc()
+                await backoff.sleep()
+        if self.trouble is not None:
+            log.warning("database writes again: %d messages held were committed", len(batch))
+            self.trouble = None
         self._commits += 1
         if self._exit_after is not None and self._commits >= self._exit_after:
             log.error("failpoint: exiting after commit %d, before acknowledgements", self._commits)
@@ -202,6 +239,12 @@ class GroupCommitter:
             self._receipts.submit(receipts)
         if self._on_state_changed is not None:
             self._on_state_changed()
+
+    def _hold(self, cause: str, exc: BaseException, n: int) -> None:
+        if self.trouble is None:
+            log.warning("database %s (%s); holding %d messages until it recovers", cause, exc, n)
+        self.trouble = f"{cause}: {exc}"
+        self._metrics.store_retries.labels(cause).inc()
 
     async def _commit(
         self, batch: list[Delivery], *, isolate: bool = True
@@ -244,9 +287,12 @@ class GroupCommitter:
                     if is_transient(exc):
                         raise
                     log.exception("handler for %s failed", d.entry.key)
+                    # A bug is not a refusal: the sender may try again (after a fix).
                     outcome = Outcome(
                         error=ErrorInfo(
-                            code="internal_error", message=f"{type(exc).__name__}: {exc}"
+                            code="internal_error",
+                            message=f"{type(exc).__name__}: {exc}",
+                            transient=True,
                         )
                     )
                 else:
@@ -256,7 +302,9 @@ class GroupCommitter:
         return outcomes, records, receipts
 
     async def _handle(self, ctx: Context, d: Delivery) -> Outcome:
-        key = d.route.dedup(d.payload) if d.route.dedup else None
+        key = None
+        if d.route.dedup is not None:  # a state-changing route: every message claims a key
+            key = d.route.dedup(d.payload) or derived_key(d.entry.key, d.msg, d.payload)
         reply_type = d.entry.reply_type
         if key is not None:
             claimed = await ctx.tx.execute(

@@ -69,6 +69,17 @@ class Metrics:
             "Mosquitto's $SYS/broker/publish/messages/dropped (alert when it grows)",
         )
         self.peer_up = g("mesh_peer_up", "Availability of the agents this one depends on", "agent")
+        self.store_retries = c(
+            "mesh_store_retries_total",
+            "Commits retried because the database was away, full, read-only or in conflict",
+            "cause",
+        )
+        self.receipts_transient = c(
+            "mesh_receipts_transient_total",
+            "Receipts answered with a transient error, resent later like a timeout",
+            "key",
+        )
+        self.pruned = c("mesh_pruned_rows_total", "Rows pruned by age and count", "table")
         self.publish_failures = c(
             "mesh_publish_failures_total",
             "Own publishes the broker refused for good (reason code) or that exceed its "

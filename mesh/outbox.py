@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
+from mesh.backoff import Backoff
 from mesh.errors import PacketTooLarge, PublishRefused
 from mesh.store import Migration, Store, Tx
 
@@ -206,7 +207,7 @@ class OutboxRelay:
                 await self.on_refused(rec, why)
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 256:
@@ -245,14 +246,9 @@ class OutboxRelay:
                     self._queue.task_done()
                 if failed:
                     err = next(r for r in results if r is not None)
-                    log.warning(
-                        "outbox: %d publishes failed (%s); retry in %.1fs",
-                        len(failed),
-                        err,
-                        backoff,
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    delay = await backoff.sleep()
+                    log.warning("outbox: %d publishes failed (%s); retried after %.1fs",
+                                len(failed), err, delay)  # fmt: skip
                 else:
-                    backoff = 0.2
+                    backoff.reset()
                 batch = failed

@@ -94,10 +94,15 @@ class Presence:
         await self._say(b"online")
 
     async def close(self) -> None:
-        """Say `offline` and leave (a clean stop: no Last Will)."""
+        """Say `offline`, clear this instance's health (it no longer runs), and leave (a clean
+        stop: no Last Will)."""
         self._online = False
         if self.connection.connected:
             await self._say(b"offline")
+            try:
+                await self.connection.publish(self.health_topic, b"", qos=1, retain=True, timeout=5)
+            except TransportError as exc:
+                log.warning("could not clear %s: %s", self.health_topic, exc)
         await self.connection.disconnect()
 
     async def _say(self, status: bytes) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from mesh import codec
+from mesh.backoff import Backoff, delay_for
 from mesh.circuit import CircuitBreaker
 from mesh.contract import Contract
 from mesh.errors import MeshError
@@ -45,6 +46,15 @@ MIGRATIONS = (
         ),
     ),
 )
+
+
+def is_transient_reply(reply: Any) -> bool:
+    """A reply that is no answer yet: an error the responder marks transient (or a bug's
+    internal_error). Only a refusal (validation, unknown type, not found) is final."""
+    error = getattr(reply, "error", None)
+    if getattr(reply, "success", True) or error is None:
+        return False
+    return bool(error.transient or error.code == "internal_error")
 
 
 class ReceiptRecord(msgspec.Struct, kw_only=True):
@@ -275,6 +285,12 @@ class ReceiptOutbox:
                     await self._retry_later(rec, exc)
                     return
             self.breaker.success()
+            if is_transient_reply(reply):
+                # The peer answered but could not do it now (its database, a bug): like a
+                # timeout, this is no receipt; the record stays pending and is sent again.
+                self._metrics.receipts_transient.labels(rec.topic_key).inc()
+                await self._retry_later(rec, RuntimeError(f"transient error: {reply.error.code}"))
+                return
             self._to_store.append((rec, reply))  # in flight until stored
             handed_over = True
             self._store_wake.set()
@@ -287,7 +303,7 @@ class ReceiptOutbox:
                 self._inflight.discard(rec.id)
 
     async def _retry_later(self, rec: ReceiptRecord, exc: Exception) -> None:
-        delay = min(self._max, self._base * 2 ** min(rec.attempts, 16))
+        delay = delay_for(rec.attempts, self._base, self._max)
         log.warning(
             "no receipt for %s %s (%s); attempt %d, retry in %.1fs",
             rec.topic_key,
@@ -307,7 +323,7 @@ class ReceiptOutbox:
     async def _store_loop(self) -> None:
         """Store every receipt that arrived since the last commit, in one transaction; never
         dies (a database outage keeps them queued and retries)."""
-        backoff = 0.05
+        backoff = Backoff(0.05, 5.0)
         while True:
             await self._store_wake.wait()
             self._store_wake.clear()
@@ -322,11 +338,10 @@ class ReceiptOutbox:
             except Exception as exc:
                 log.warning("storing %d receipts failed (%s); retrying", len(batch), exc)
                 self._to_store[:0] = batch
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
                 self._store_wake.set()
                 continue
-            backoff = 0.05
+            backoff.reset()
             for rec, _ in batch:
                 self._inflight.discard(rec.id)
             if fresh and self.on_stored is not None:

@@ -31,6 +31,9 @@ class Payload(msgspec.Struct, kw_only=True, omit_defaults=False):
 class ErrorInfo(Payload, kw_only=True):
     code: str
     message: str
+    # True when trying again later may succeed (the responder's database was away, or a bug):
+    # only a refusal (validation, unknown type, not found) is a final answer.
+    transient: bool = False
 
 
 class Reply(Payload, kw_only=True):
@@ -94,11 +97,18 @@ class HealthReport(Payload, kw_only=True):
         )
 
 
+class SyncMarker(Payload, kw_only=True):
+    """What a reader of retained messages sends itself (see mesh.readback)."""
+
+    nonce: str
+
+
 RUNTIME_SCHEMAS: dict[str, Any] = {
     "Availability": Availability,
     "Reply": Reply,
     "ErrorReply": ErrorReply,
     "DeadLetter": DeadLetter,
     "HealthReport": HealthReport,
+    "SyncMarker": SyncMarker,
 }
 """The schemas every contract may name without declaring them (its own come on top)."""

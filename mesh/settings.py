@@ -20,6 +20,8 @@ import msgspec
 from mesh.errors import ConfigError
 
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+DURABLE_SESSION_EXPIRY_S = 7 * 24 * 3600
+SHARED_SESSION_EXPIRY_S = 60
 
 
 class BrokerURL(msgspec.Struct, frozen=True):
@@ -65,7 +67,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     share_group: str | None = None
     data_dir: Path = Path("data")
     batch_max: int = 512
-    session_expiry_s: int = 7 * 24 * 3600
+    session_expiry_s: int = DURABLE_SESSION_EXPIRY_S
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
     # right after the N-th group commit, before any acknowledgement or reply goes out.
     failpoint: str | None = None
@@ -108,6 +110,12 @@ def build_settings(
     db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
     parsed_broker = parse_broker_url(broker, ca_file=env.get("LIFEOPS_BROKER_CA_FILE"))
     creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
+    group = share_group or env.get("LIFEOPS_SHARE_GROUP") or None
+    # A member of a shared subscription keeps a short session: should it crash, the broker
+    # stops queueing its share of the group's messages once the session expires.
+    expiry = _int_or_none(env.get("LIFEOPS_SESSION_EXPIRY")) or (
+        SHARED_SESSION_EXPIRY_S if group else DURABLE_SESSION_EXPIRY_S
+    )
     if parsed_broker.username and parsed_broker.password is None and creds_file:
         parsed_broker = _with_password(parsed_broker, Path(creds_file))
     return Settings(
@@ -115,7 +123,8 @@ def build_settings(
         broker=parsed_broker,
         db_url=db,
         instance=instance or env.get("LIFEOPS_INSTANCE") or "0",
-        share_group=share_group or env.get("LIFEOPS_SHARE_GROUP") or None,
+        share_group=group,
+        session_expiry_s=expiry,
         data_dir=data,
         log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
         failpoint=env.get("LIFEOPS_FAILPOINT") or None,

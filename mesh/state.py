@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from mesh.backoff import Backoff
 from mesh.errors import PacketTooLarge, PublishRefused
 from mesh.store import Migration, Store, Tx
 
@@ -134,6 +135,26 @@ class StatePublisher:
             await forget_published(tx)
         self._wake.set()
 
+    async def converge(self, topic_keys: list[str], retained: dict[str, bytes]) -> int:
+        """The broker holds `retained` (topic -> payload) under this agent's state topics of
+        `topic_keys`: every committed value it lacks or holds differently (a broker restored
+        from an old snapshot says `session present` all the same) is published again.
+        Returns how many. Topics the agent never staged are left alone (not necessarily its)."""
+        stale: list[str] = []
+        async with self._store.transaction() as tx:
+            for key in topic_keys:
+                for topic, payload, _ in await read_all(tx, key):
+                    if retained.get(topic, b"") != payload:
+                        stale.append(topic)
+            if stale:
+                await forget_published(tx, stale)
+        if stale:
+            log.info(
+                "%d retained states differ from the database: publishing them again", len(stale)
+            )
+            self._wake.set()
+        return len(stale)
+
     async def pending(self) -> int:
         async with self._store.transaction() as tx:
             row = await tx.fetchone(
@@ -185,7 +206,8 @@ class StatePublisher:
         return len(rows)
 
     async def _run(self) -> None:
-        backoff = self._interval
+        backoff = Backoff(self._interval, 10.0)
+        pause = self._interval
         while True:
             try:
                 async with asyncio.timeout(5):
@@ -195,13 +217,14 @@ class StatePublisher:
             self._wake.clear()
             try:
                 published = await self.flush()
+                backoff.reset()
                 # Under load, wait longer between flushes: more updates per topic coalesce
                 # into one publish (a busy user's sheet once a second, not four times).
-                backoff = self._interval if published < 100 else self._interval * 4
+                pause = self._interval if published < 100 else self._interval * 4
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("state publish failed (%s); retrying", exc)
-                backoff = min(backoff * 2, 10.0)
+                pause = backoff.next_delay()
                 self._wake.set()
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(pause)

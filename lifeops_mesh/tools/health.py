@@ -24,9 +24,10 @@ class MeshHealth(msgspec.Struct):
 
     @property
     def ok(self) -> bool:
-        # "unknown": never seen on this broker (not deployed); that is not a failure
+        # "unknown": never seen on this broker (not deployed); that is not a failure. The
+        # last health report of an agent that is not running says nothing about it now.
         return all(v != "offline" for v in self.agents.values()) and all(
-            h.status == "healthy" for h in self.health.values()
+            h.status == "healthy" for a, h in self.health.items() if self.agents.get(a) == "online"
         )
 
 

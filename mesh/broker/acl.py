@@ -28,8 +28,10 @@ def _filter_for(contract: Contract, key: str, principal: str, publishing: bool) 
     if entry.kind == "reply":
         # Responders write to any requester's response topic; a requester reads only its own.
         return "reply/+/+" if publishing else f"reply/{principal}/+"
-    # An agent writes only its own {agent} topics; anyone reading sees every agent's.
-    agent = principal if publishing and principal in contract.agents else None
+    # An agent writes only its own {agent} topics; anyone reading sees every agent's (unless
+    # the entry is `own_only`: then each agent reads its own).
+    own = publishing or entry.own_only
+    agent = principal if own and principal in contract.agents else None
     return contract.subscription(key, agent=agent)
 
 

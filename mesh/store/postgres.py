@@ -61,10 +61,16 @@ class PostgresStore(Store):
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self._min, max_size=self._max, timeout=10, command_timeout=30
+                self.dsn,
+                min_size=self._min,
+                max_size=self._max,
+                timeout=10,
+                command_timeout=30,
+                # Acknowledged means durable, whatever the server's default says.
+                server_settings={"synchronous_commit": "on"},
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}", "outage") from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -84,7 +90,7 @@ class PostgresStore(Store):
             asyncpg.exceptions.PostgresConnectionError,
             asyncpg.exceptions.InterfaceError,
         ) as exc:
-            raise StoreError(f"PostgreSQL connection failed: {exc}") from exc
+            raise StoreError(f"PostgreSQL connection failed: {exc}", "outage") from exc
 
     async def _migration_lock(self, tx: Tx) -> None:
         await tx.fetchone("SELECT pg_advisory_xact_lock(7130)")

@@ -99,6 +99,10 @@ class Transport(Protocol):
         """Subscribe (now, or at connect); kept and renewed when the broker loses the session."""
         ...
 
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        """Stop receiving on `filters` (and no longer renew them on reconnect)."""
+        ...
+
     def sibling(self, client_id: str, *, will: Will | None = None) -> Transport:
         """A new, not yet connected, clean and non-durable connection with the same account
         (and the Last Will given)."""

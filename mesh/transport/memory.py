@@ -379,6 +379,12 @@ class MemoryTransport:
         if new and self._connected:
             self._apply(self.broker._subscribe(self, new), new)
 
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        self._filters = [f for f in self._filters if f not in filters]
+        session = self.broker._sessions.get(self.client_id)
+        if session is not None:
+            session.filters -= set(filters)
+
     def _apply(self, codes: list[int], filters: list[str] | None = None) -> None:
         for f, code in zip(filters or self._filters, codes, strict=True):
             if code >= 0x80:

@@ -226,6 +226,7 @@ class MqttTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_unsuback
         client._create_connection = self._guard_reconnect(client._create_connection)
         return client
 
@@ -535,6 +536,27 @@ class MqttTransport:
                 self._refused[f] = code
             else:
                 self._refused.pop(f, None)
+
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        gone = [f for f in filters if f in self._subscriptions]
+        self._subscriptions = [f for f in self._subscriptions if f not in gone]
+        if not gone or not self.connected:
+            return
+        mid = self._client.unsubscribe(gone)
+        fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+        self._subacks[mid] = fut  # UNSUBACK resolves it as SUBACK does
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError as exc:
+            raise TransportError(f"no UNSUBACK within {timeout}s for {gone}") from exc
+        finally:
+            self._subacks.pop(mid, None)
+
+    def _on_unsuback(self, client: Any, mid: int, codes: tuple[int, ...]) -> None:
+        fut = self._subacks.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(tuple(codes))
 
     def _on_suback(self, client: Any, mid: int, qos: tuple[int, ...], properties: Any) -> None:
         fut = self._subacks.get(mid)

@@ -104,6 +104,8 @@ async def test_read_rights_match_the_contract(own_broker: MosquittoProcess) -> N
                 assert got, (p, key)  # the doctor's read-only account sees all traffic
             elif e.kind == "reply":
                 assert got == (p == "tester"), (p, key)
+            elif e.own_only:  # each agent reads only its own
+                assert got == (p == e.publishers[0]), (p, key, sent[key])
             else:
                 want = p in e.subscribers or (p, sent[key], "read") in SHADOWED
                 assert got == want, (p, key, sent[key])

@@ -143,13 +143,13 @@ async def test_full_subscriber_queue_loses_nothing(tmp_path: Path) -> None:
     """Stats is stopped and its queue overflows (Mosquitto drops the excess silently while
     telling LifeOps the publish succeeded); receipts make LifeOps resend the lost ones."""
     broker = local_broker(
-        tmp_path / "broker", overrides={"max_queued_messages": "20", "sys_interval": "1"}
+        tmp_path / "broker", overrides={"max_queued_messages": "5", "sys_interval": "1"}
     )
     broker.start()
     try:
         stats, lifeops = _agents(broker, tmp_path)
         stats.start()
-        stats.stop()  # durable session: the broker now queues for it, up to 20 messages
+        stats.stop()  # durable session: the broker now queues for it, up to 5 messages
         lifeops.start()
         users = [user() for _ in range(8)]  # 56 completions
         expected = await drive(broker.url("tester"), users)
