@@ -204,7 +204,7 @@ class Bridge:
 
     async def _fill(self) -> None:
         agent = self._agent()
-        async with agent.store.transaction() as tx:
+        async with agent.store.read() as tx:
             users = await repository.load_all(tx)
         for user in users:
             if user.timeline is None and agent.peers.get("lifeops"):

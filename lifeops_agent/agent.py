@@ -41,6 +41,10 @@ def build(settings: Settings) -> AgentApp:
     async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts
         handlers.key = await installation_key(agent.store, "lifeops_completion_ids")
+        async with agent.store.transaction() as tx:
+            n = await handlers.backfill_best_streaks(tx)
+        if n:
+            log.info("best streaks computed once for %d users and items", n)
 
     async def on_start(agent: Agent) -> None:
         async with agent.store.transaction() as tx:

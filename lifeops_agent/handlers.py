@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 
 from lifeops_agent import days, repository
+from lifeops_agent.history import History
+from lifeops_agent.history import load as load_history
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
 from lifeops_contract import contract
@@ -60,6 +62,7 @@ class LifeOpsHandlers:
     ) -> None:
         days.zone(default_timezone)  # fail at startup on a bad default
         self.timeline = timeline
+        self.codes = [i.code for i in timeline.items]
         self.default_timezone = default_timezone
         self.receipt_wait_s = receipt_wait_s
         self.receipts: ReceiptOutbox | None = None  # set when the agent starts
@@ -96,12 +99,11 @@ class LifeOpsHandlers:
         tzname = await self._timezone(ctx.tx, user_id)
         moment = self._moment(req, ctx.now)
         day = days.local_day(moment, days.zone(tzname))
-        everything = await repository.completions(ctx.tx, user_id)  # also for the day state
-        history = {c.day: c for c in everything if c.item_code == item.code}
-        done = set(history)
-        if day in done:
-            prior = history[day]
-            reply = self._reply_from(prior, item.code, done)
+        today = days.local_day(ctx.now, days.zone(tzname))
+        history, best = await load_history(ctx.tx, user_id, day, today, self.codes)
+        prior = history.rows.get((item.code, day))
+        if prior is not None:
+            reply = self._reply_from(prior, best.get(item.code, 0))
             return msgspec.structs.replace(
                 reply,
                 success=False,
@@ -109,28 +111,29 @@ class LifeOpsHandlers:
                     code="already_completed", message=f"{item.title} is already completed for {day}"
                 ),
             )
-        done.add(day)
-        streak = days.run_ending_at(done, day)
         if self.key is None:
             raise RuntimeError("LifeOps has not started (no installation key)")
         activity_id = completion_id(self.key, user_id, item.code, day)
+        streak = (history.run_back(item.code, day - dt.timedelta(days=1)) or 0) + 1
         completion = Completion(item.code, day, moment, activity_id, streak, None, True)
         await repository.insert_completion(ctx.tx, user_id, completion)
+        history.add(completion)
+        run = streak + (history.run_forward(item.code, day) or 0)  # a filled gap joins runs
+        best[item.code] = max(best.get(item.code, 0), run)
+        await repository.raise_best(ctx.tx, user_id, item.code, run)
         await ctx.request_with_receipt(
             "activity_completed",
             completed_event(user_id, item, completion),
             record_id=activity_id,
         )
-        state = await self.day_state(
-            ctx.tx, user_id, now=ctx.now, tzname=tzname, history=[*everything, completion]
-        )
+        state = self._day(user_id, today, today, tzname, history, best)
         await ctx.emit("timeline_state", state, user_id=user_id)
         return TimelineCompleteReply(
             item_code=item.code,
             date=day,
             activity_id=activity_id,
             new_streak=streak,
-            best_streak=days.longest_run(done),
+            best_streak=best[item.code],
             xp_pending=True,
             message=f"Completed {item.title}",
         )
@@ -225,30 +228,31 @@ class LifeOpsHandlers:
         return await repository.user_timezone(tx, user_id) or self.default_timezone
 
     async def day_state(
-        self,
-        tx: Tx,
-        user_id: str,
-        day: dt.date | None = None,
-        now: dt.datetime | None = None,
-        *,
-        tzname: str | None = None,
-        history: list[Completion] | None = None,
+        self, tx: Tx, user_id: str, day: dt.date | None = None, now: dt.datetime | None = None
     ) -> TimelineDay:
-        """The user's timeline for `day` (default today); `tzname` and `history` when the
-        caller has read them already."""
-        tzname = tzname or await self._timezone(tx, user_id)
+        """The user's timeline for `day` (default today), from the history around it."""
+        tzname = await self._timezone(tx, user_id)
         today = days.local_day(now or dt.datetime.now(dt.UTC), days.zone(tzname))
         day = day or today
-        if history is None:
-            history = await repository.completions(tx, user_id)
+        history, best = await load_history(tx, user_id, day, today, self.codes)
+        return self._day(user_id, day, today, tzname, history, best)
+
+    def _day(
+        self,
+        user_id: str,
+        day: dt.date,
+        today: dt.date,
+        tzname: str,
+        history: History,
+        best: dict[str, int],
+    ) -> TimelineDay:
         items = []
         for item in self.timeline.items:
-            done_days = {c.day for c in history if c.item_code == item.code}
-            row = next((c for c in history if c.item_code == item.code and c.day == day), None)
+            row = history.rows.get((item.code, day))
             current = (
-                days.current_streak(done_days, today)
+                history.current(item.code, today)
                 if day == today
-                else days.run_ending_at(done_days, day)
+                else history.run_back(item.code, day)
             )
             items.append(
                 TimelineItemState(
@@ -259,8 +263,8 @@ class LifeOpsHandlers:
                     window=item.window,
                     done=row is not None,
                     completed_at=row.completed_at if row else None,
-                    current_streak=current,
-                    best_streak=days.longest_run(done_days),
+                    current_streak=current or 0,
+                    best_streak=best.get(item.code, 0),
                     xp_pending=row.xp_pending if row else False,
                 )
             )
@@ -298,17 +302,28 @@ class LifeOpsHandlers:
             changed += 1
         return changed
 
+    async def backfill_best_streaks(self, tx: Tx) -> int:
+        """Once, after the upgrade that keeps best streaks: compute them from the history."""
+        if await repository.has_best_streaks(tx):
+            return 0
+        by_run: dict[tuple[str, str], set[dt.date]] = {}
+        for user_id, c in await repository.all_completions(tx):
+            by_run.setdefault((user_id, c.item_code), set()).add(c.day)
+        for (user_id, code), done in by_run.items():
+            await repository.raise_best(tx, user_id, code, days.longest_run(done))
+        return len(by_run)
+
     async def _emit_state(self, ctx: Context, user_id: str) -> None:
         state = await self.day_state(ctx.tx, user_id, now=ctx.now)
         await ctx.emit("timeline_state", state, user_id=user_id)
 
-    def _reply_from(self, c: Completion, code: str, done: set[dt.date]) -> TimelineCompleteReply:
+    def _reply_from(self, c: Completion, best: int) -> TimelineCompleteReply:
         reply = TimelineCompleteReply(
-            item_code=code,
+            item_code=c.item_code,
             date=c.day,
             activity_id=c.activity_id,
             new_streak=c.streak,
-            best_streak=days.longest_run(done),
+            best_streak=best,
             xp_pending=c.xp_pending,
         )
         if c.result:

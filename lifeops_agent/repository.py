@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import msgspec
 
@@ -22,6 +23,17 @@ MIGRATIONS = (
             "CREATE TABLE IF NOT EXISTS lifeops_oura_days ("
             " user_id TEXT NOT NULL, day TEXT NOT NULL, scores TEXT NOT NULL,"
             " imported_at TEXT NOT NULL, PRIMARY KEY (user_id, day))",
+        ),
+    ),
+    # Streaks without reading whole histories: completions by user and day, best streaks kept.
+    Migration(
+        2,
+        (
+            "CREATE INDEX IF NOT EXISTS lifeops_completions_day"
+            " ON lifeops_completions (user_id, day)",
+            "CREATE TABLE IF NOT EXISTS lifeops_best_streaks ("
+            " user_id TEXT NOT NULL, item_code TEXT NOT NULL, best INTEGER NOT NULL,"
+            " PRIMARY KEY (user_id, item_code))",
         ),
     ),
 )
@@ -53,12 +65,57 @@ async def set_user_timezone(tx: Tx, user_id: str, tz: str, now: dt.datetime) -> 
     )
 
 
-async def completions(tx: Tx, user_id: str) -> list[Completion]:
+_COMPLETION = "item_code, day, completed_at, activity_id, streak, result, xp_pending"
+
+
+async def completions_between(tx: Tx, user_id: str, lo: dt.date, hi: dt.date) -> list[Completion]:
+    """A user's completions of local days lo..hi (inclusive)."""
     rows = await tx.fetchall(
-        "SELECT item_code, day, completed_at, activity_id, streak, result, xp_pending"
-        " FROM lifeops_completions WHERE user_id = ?",
+        f"SELECT {_COMPLETION} FROM lifeops_completions"
+        " WHERE user_id = ? AND day >= ? AND day <= ?",
         user_id,
+        lo.isoformat(),
+        hi.isoformat(),
     )
+    return _completions(rows)
+
+
+async def all_completions(tx: Tx) -> list[tuple[str, Completion]]:
+    """(user id, completion) of everyone: only for the one-time best-streak backfill."""
+    rows = await tx.fetchall(f"SELECT user_id, {_COMPLETION} FROM lifeops_completions")
+    return [(r[0], c) for r, c in zip(rows, _completions([r[1:] for r in rows]), strict=True)]
+
+
+async def first_day(tx: Tx, user_id: str) -> dt.date | None:
+    row = await tx.fetchone("SELECT MIN(day) FROM lifeops_completions WHERE user_id = ?", user_id)
+    return dt.date.fromisoformat(str(row[0])) if row and row[0] else None
+
+
+async def best_streaks(tx: Tx, user_id: str) -> dict[str, int]:
+    rows = await tx.fetchall(
+        "SELECT item_code, best FROM lifeops_best_streaks WHERE user_id = ?", user_id
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def raise_best(tx: Tx, user_id: str, item_code: str, run: int) -> None:
+    """The best streak of (user, item) is at least `run`."""
+    await tx.execute(
+        "INSERT INTO lifeops_best_streaks (user_id, item_code, best) VALUES (?, ?, ?)"
+        " ON CONFLICT (user_id, item_code) DO UPDATE SET"
+        " best = CASE WHEN excluded.best > lifeops_best_streaks.best"
+        " THEN excluded.best ELSE lifeops_best_streaks.best END",
+        user_id,
+        item_code,
+        run,
+    )
+
+
+async def has_best_streaks(tx: Tx) -> bool:
+    return await tx.fetchone("SELECT 1 FROM lifeops_best_streaks LIMIT 1") is not None
+
+
+def _completions(rows: list[tuple[Any, ...]]) -> list[Completion]:
     return [
         Completion(
             r[0],

@@ -169,6 +169,21 @@ class AchievementUnlocked(Payload, kw_only=True):
     awarded_at: dt.datetime
 
 
+class EventsRecentRequest(Payload, kw_only=True):
+    user_id: UserId
+    since: dt.datetime | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
+    transaction: Transaction | None = None
+
+
+class EventsRecentReply(Reply, kw_only=True):
+    """A user's level-ups and achievements since a time, oldest first (to catch up on events
+    a subscriber missed)."""
+
+    levelups: list[LevelUp] = []
+    achievements: list[AchievementUnlocked] = []
+
+
 # --- lifeops: timeline, streaks, Oura ------------------------------------------------------
 
 
@@ -333,6 +348,8 @@ SCHEMAS: dict[str, Any] = {
     "CharacterReply": CharacterReply,
     "LevelUp": LevelUp,
     "AchievementUnlocked": AchievementUnlocked,
+    "EventsRecentRequest": EventsRecentRequest,
+    "EventsRecentReply": EventsRecentReply,
     "TimelineCompleteRequest": TimelineCompleteRequest,
     "TimelineCompleteReply": TimelineCompleteReply,
     "TimelineDay": TimelineDay,

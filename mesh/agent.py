@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec, dlq, health, inbox, keys, outbox, receipts, state
+from mesh import codec, dlq, health, inbox, keys, outbox, receipts, retention, state
 from mesh.broker.acl import DROPPED
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
@@ -289,6 +289,7 @@ class Agent:
             await self.converge_states()
             await self.receipts.start()
             self._spawn(health.publish_loop(self))
+            self._spawn(self._prune_loop())
             if self.settings.metrics_port is not None:
                 self.http = HttpEndpoint(
                     health.pages(self), self.settings.metrics_bind, self.settings.metrics_port
@@ -344,6 +345,16 @@ class Agent:
         await self.store.close()
         self.metrics.connected.set(0)
         lifecycle.info("%s stopped", self.name)
+
+    async def _prune_loop(self, first_s: float = 30.0, every_s: float = 600.0) -> None:
+        """Bounded growth: prune the runtime's tables by age and count now and then."""
+        await asyncio.sleep(first_s)
+        while True:
+            try:
+                await retention.prune(self.store, self.settings.retention, self.metrics)
+            except Exception as exc:
+                log.warning("pruning failed (retried later): %s", exc)
+            await asyncio.sleep(every_s)
 
     def _connection_lost(self) -> None:
         self._spawn(self._check_kicked())

@@ -81,9 +81,10 @@ class MeshClient:
         timeout: float | None = None,
         trace_id: str | None = None,
         params: Mapping[str, str] | None = None,
+        correlation: bytes | None = None,
     ) -> Any:
         return await self.requester.request(
-            key, payload, timeout=timeout, trace_id=trace_id, params=params
+            key, payload, timeout=timeout, trace_id=trace_id, params=params, correlation=correlation
         )
 
     async def close(self) -> None:

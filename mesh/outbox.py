@@ -154,7 +154,7 @@ class OutboxRelay:
 
     async def sweep(self) -> int:
         """Queue every unsent record (after a crash or an outage); returns how many."""
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             rows = await tx.fetchall(
                 "SELECT id, seq, topic_key, topic, payload, qos, retain, trace_id, created_at"
                 " FROM mesh_outbox WHERE sent_at IS NULL ORDER BY seq, id LIMIT 5000"

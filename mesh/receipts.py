@@ -198,7 +198,7 @@ class ReceiptOutbox:
                 self._waiters.pop(record_id, None)
 
     async def receipt_of(self, record_id: str) -> Any | None:
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             row = await tx.fetchone(
                 "SELECT topic_key, receipt FROM mesh_receipts WHERE id = ?", record_id
             )
@@ -216,7 +216,7 @@ class ReceiptOutbox:
         """Reconciliation: send every due record without a receipt; returns how many."""
         due_before = 1e18 if self._resend_all else time.time()
         self._resend_all = False
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             rows = await tx.fetchall(
                 "SELECT id, topic_key, topic, payload, trace_id, created_at, attempts"
                 " FROM mesh_receipts WHERE receipt_at IS NULL AND next_attempt_at <= ?"

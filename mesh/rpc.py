@@ -69,9 +69,11 @@ class Requester:
         timeout: float | None = None,
         trace_id: str | None = None,
         params: Mapping[str, str] | None = None,
+        correlation: bytes | None = None,
     ) -> Any:
         """Send request `key` (its topic parameters in `params`) and return its decoded reply;
-        RequestTimeout when none comes."""
+        RequestTimeout when none comes. A retry passes the `correlation` of the first attempt:
+        with the same reply topic it is the same request, counted once even without a key."""
         entry = self._contract.entry(key)
         if entry.reply_schema is None:
             raise ContractError(f"{key!r} is not a request/response pair")
@@ -79,7 +81,7 @@ class Requester:
             raise ContractError(f"{self.principal} may not publish {key!r}")
         wait = timeout if timeout is not None else float(entry.timeout_s or 5.0)
         topic = self._contract.topic(key, **(params or {}))
-        correlation = uuid.uuid4().bytes
+        correlation = correlation or uuid.uuid4().bytes
         fut: asyncio.Future[Inbound] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = fut
         try:

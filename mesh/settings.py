@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from mesh.errors import ConfigError
+from mesh.retention import Retention
 
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 DURABLE_SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -73,6 +74,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     failpoint: str | None = None
     # Refuse to start when another live process runs this instance (same client id).
     single_instance: bool = True
+    # How long the runtime's tables keep what they no longer need (mesh.retention).
+    retention: Retention = Retention()
     # Dead letters keep at most this many bytes of a payload in the database.
     dlq_cap: int = 262_144
     metrics_port: int | None = None  # None: no HTTP endpoint; 0: any free port
@@ -133,6 +136,7 @@ def build_settings(
         else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
         metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
         dlq_cap=_int_or_none(env.get("LIFEOPS_DLQ_PAYLOAD_CAP")) or 262_144,
+        retention=_retention(env),
         env={k: v for k, v in env.items() if k.startswith("LIFEOPS_")},
     )
 
@@ -146,6 +150,25 @@ def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
     if url.username not in users:
         raise ConfigError(f"{path} has no password for broker user {url.username!r}")
     return msgspec.structs.replace(url, password=str(users[url.username]))
+
+
+def _retention(env: Mapping[str, str]) -> Retention:
+    """LIFEOPS_DEDUP_WINDOW_DAYS, LIFEOPS_KEEP_DELIVERED_DAYS, LIFEOPS_KEEP_DEAD_LETTERS_DAYS,
+    LIFEOPS_MAX_DEAD_LETTERS (defaults in mesh.retention)."""
+    base = Retention()
+    values = {
+        "dedup_days": env.get("LIFEOPS_DEDUP_WINDOW_DAYS"),
+        "delivered_days": env.get("LIFEOPS_KEEP_DELIVERED_DAYS"),
+        "dead_letter_days": env.get("LIFEOPS_KEEP_DEAD_LETTERS_DAYS"),
+    }
+    try:
+        days = {k: float(v) for k, v in values.items() if v}
+    except ValueError as exc:
+        raise ConfigError(f"retention in days must be a number: {exc}") from exc
+    cap = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTERS"))
+    return msgspec.structs.replace(
+        base, **days, **({"max_dead_letters": cap} if cap is not None else {})
+    )
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -156,7 +156,7 @@ class StatePublisher:
         return len(stale)
 
     async def pending(self) -> int:
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             row = await tx.fetchone(
                 "SELECT COUNT(*) FROM mesh_state s LEFT JOIN mesh_state_published p"
                 " ON p.topic = s.topic WHERE p.version IS NULL OR s.version > p.version"
@@ -164,7 +164,7 @@ class StatePublisher:
         return int(row[0]) if row else 0
 
     async def flush(self) -> int:
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             rows = await tx.fetchall(
                 "SELECT s.topic, s.topic_key, s.payload, s.trace_id, s.version FROM mesh_state s"
                 " LEFT JOIN mesh_state_published p ON p.topic = s.topic"

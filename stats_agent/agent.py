@@ -37,6 +37,7 @@ def build(settings: Settings) -> AgentApp:
             Route("activity_completed", handlers.activity_completed, dedup=activity_identity),
             Route("oura_synced", handlers.oura_synced, dedup=oura_identity),
             Route("character_get", handlers.character_get),
+            Route("events_recent", handlers.events_recent),
         ],
         on_open=handlers_open(handlers),
         collect=collect,
@@ -52,7 +53,7 @@ def handlers_open(handlers: StatsHandlers) -> Callable[[Agent], Awaitable[None]]
 
 async def collect(agent: Agent) -> None:
     """The game's own gauges, read at scrape time (one indexed aggregate query)."""
-    async with agent.store.transaction() as tx:
+    async with agent.store.read() as tx:
         row = await tx.fetchone("SELECT COUNT(*), COALESCE(SUM(total_xp), 0) FROM stats_characters")
     users, xp = row or (0, 0)
     agent.metrics.gauge("stats_users", "Characters known to Stats").set(int(users))

@@ -15,6 +15,8 @@ from lifeops_contract.schemas import (
     CharacterGetRequest,
     CharacterReply,
     CharacterSheet,
+    EventsRecentReply,
+    EventsRecentRequest,
     LevelUp,
     OuraSynced,
 )
@@ -79,11 +81,15 @@ class StatsHandlers:
             if req.source_ref
             else str(uuid.uuid4())
         )
-        if await repository.activity_exists(ctx.tx, activity_id):
-            raise HandlerError(
-                "activity_id_taken",
-                f"activity_id {activity_id[:80]!r} belongs to another activity",
-            )
+        known = await repository.activity_by_id(ctx.tx, activity_id)
+        if known is not None:  # a repeat whose inbox key was pruned, or someone else's id
+            if known[0] != user_id:
+                raise HandlerError(
+                    "activity_id_taken",
+                    f"activity_id {activity_id[:80]!r} belongs to another activity",
+                )
+            earlier: ActivityLogReply = codec.decode(known[1].encode(), ActivityLogReply)
+            return msgspec.structs.replace(earlier, duplicate=True)
         reply = await self._grant(ctx, user_id, activity_id, grants, streak=req.streak or 0)
         await repository.insert_activity(
             ctx.tx,
@@ -135,6 +141,13 @@ class StatsHandlers:
         if sheet is None:
             raise NotFound(f"no character for user {user_id!r}")
         return CharacterReply(character=sheet, total_xp=sheet.total_xp, level=sheet.level)
+
+    async def events_recent(self, ctx: Context, req: EventsRecentRequest) -> EventsRecentReply:
+        user_id = game.check_user_id(req.user_id)
+        levelups, achievements = await repository.events_since(
+            ctx.tx, user_id, req.since, req.limit
+        )
+        return EventsRecentReply(levelups=levelups, achievements=achievements)
 
     async def _grant(
         self, ctx: Context, user_id: str, activity_id: str, grants: dict[str, int], streak: int
@@ -232,4 +245,5 @@ async def _level_up(
         stat=stat,
         occurred_at=ctx.now,
     )
+    await repository.keep_levelup(ctx.tx, event)
     await ctx.emit("levelup", event)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from lifeops_contract.schemas import CharacterSheet, StatSheet
-from mesh import Migration, Tx
+from lifeops_contract.schemas import AchievementUnlocked, CharacterSheet, LevelUp, StatSheet
+from mesh import Migration, Tx, codec
 from stats_agent.game import level_for
 
 MIGRATIONS = (
@@ -29,6 +29,17 @@ MIGRATIONS = (
             "CREATE TABLE IF NOT EXISTS stats_achievements ("
             " user_id TEXT NOT NULL, code TEXT NOT NULL, title TEXT NOT NULL,"
             " activity_id TEXT NOT NULL, awarded_at TEXT NOT NULL, PRIMARY KEY (user_id, code))",
+        ),
+    ),
+    # Level-ups kept, so subscribers can catch up on the events (stats/events/recent).
+    Migration(
+        2,
+        (
+            "CREATE TABLE IF NOT EXISTS stats_levelups ("
+            " event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, body TEXT NOT NULL,"
+            " occurred_at TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS stats_levelups_user"
+            " ON stats_levelups (user_id, occurred_at)",
         ),
     ),
 )
@@ -66,9 +77,12 @@ async def add_stats_xp(tx: Tx, user_id: str, grants: dict[str, int]) -> dict[str
     return {r[0]: int(r[1]) for r in rows}
 
 
-async def activity_exists(tx: Tx, activity_id: str) -> bool:
-    row = await tx.fetchone("SELECT 1 FROM stats_activities WHERE activity_id = ?", activity_id)
-    return row is not None
+async def activity_by_id(tx: Tx, activity_id: str) -> tuple[str, str] | None:
+    """(user id, stored reply) of an activity, None when there is none."""
+    row = await tx.fetchone(
+        "SELECT user_id, reply FROM stats_activities WHERE activity_id = ?", activity_id
+    )
+    return (row[0], row[1]) if row else None
 
 
 async def activity_by_source(tx: Tx, source: str, source_ref: str) -> str | None:
@@ -104,6 +118,51 @@ async def insert_activity(
         reply,
         now.isoformat(),
     )
+
+
+async def keep_levelup(tx: Tx, event: LevelUp) -> None:
+    await tx.execute(
+        "INSERT INTO stats_levelups (event_id, user_id, body, occurred_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        event.event_id,
+        event.user_id,
+        codec.encode(event).decode(),
+        event.occurred_at.isoformat(),
+    )
+
+
+async def events_since(
+    tx: Tx, user_id: str, since: dt.datetime | None, limit: int
+) -> tuple[list[LevelUp], list[AchievementUnlocked]]:
+    """A user's level-ups and achievements at or after `since`, oldest first."""
+    after = (since or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).isoformat()
+    ups = await tx.fetchall(
+        "SELECT body FROM stats_levelups WHERE user_id = ? AND occurred_at >= ?"
+        " ORDER BY occurred_at, event_id LIMIT ?",
+        user_id,
+        after,
+        limit,
+    )
+    achs = await tx.fetchall(
+        "SELECT code, title, activity_id, awarded_at FROM stats_achievements"
+        " WHERE user_id = ? AND awarded_at >= ? ORDER BY awarded_at, code LIMIT ?",
+        user_id,
+        after,
+        limit,
+    )
+    levelups = [codec.decode(r[0].encode(), LevelUp) for r in ups]
+    achievements = [
+        AchievementUnlocked(
+            event_id=f"ach:{user_id}:{r[0]}",
+            user_id=user_id,
+            achievement_code=r[0],
+            title=r[1],
+            activity_id=r[2],
+            awarded_at=dt.datetime.fromisoformat(r[3]),
+        )
+        for r in achs
+    ]
+    return levelups, achievements
 
 
 async def award(

@@ -21,7 +21,7 @@ async def list_dead_letters(
     db_url: str, *, include_replayed: bool = False, limit: int = 100
 ) -> list[StoredDeadLetter]:
     async with open_store(db_url) as store:
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             rows = await tx.fetchall(
                 "SELECT id, record, replayed_at FROM mesh_dead_letters"
                 + ("" if include_replayed else " WHERE replayed_at IS NULL")
@@ -51,7 +51,7 @@ async def replay(db_url: str, broker_url: str, dead_id: str, payload: str | None
     """Send a dead letter (or a fixed payload) to its topic again, as a request when the topic
     is one; marks it replayed once the mesh accepted it."""
     async with open_store(db_url) as store:
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             row = await tx.fetchone(
                 "SELECT record, raw FROM mesh_dead_letters WHERE id = ?", dead_id
             )

@@ -62,8 +62,13 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """Commit when the block ends, roll back when it raises."""
 
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-only snapshot: takes no write lock, so a reader never waits for a writer
+        (another process holding SQLite's lock, a full disk) and writes nothing."""
+        return self.transaction()
+
     async def ping(self) -> None:
-        async with self.transaction() as tx:
+        async with self.read() as tx:
             await tx.fetchone("SELECT 1")
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
@@ -98,7 +103,7 @@ class Store(abc.ABC):
 
     async def backlog(self, table: str, waiting: str) -> tuple[int, float]:
         """(rows matching `waiting` in `table`, age in seconds of the oldest by created_at)."""
-        async with self.transaction() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone(
                 f"SELECT COUNT(*), MIN(created_at) FROM {table} WHERE {waiting}"
             )

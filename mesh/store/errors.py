@@ -3,8 +3,9 @@
 - outage     the database is unreachable, restarting, or refuses connections: wait for it,
              however long it takes, holding the messages un-acknowledged;
 - exhausted  it is there but cannot take the write: disk full, out of memory or connections,
-             read-only, a statement cancelled by an operator or a timeout: the same;
-- conflict   locks and serialization (busy SQLite, deadlock, serialization failure): retry soon;
+             read-only, a statement cancelled by an operator or a timeout, SQLite locked by
+             another process past busy_timeout, a PostgreSQL lock_timeout: the same;
+- conflict   deadlock or serialization failure between transactions: retry soon;
 - None       anything else: the handler's own refusal or bug (final for that message).
 """
 
@@ -30,14 +31,17 @@ _PG_EXHAUSTED = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.ConfigurationLimitExceededError,
+    asyncpg.exceptions.LockNotAvailableError,
 )
 _PG_CONFLICT = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.LockNotAvailableError,
 )
-_SQLITE_EXHAUSTED = ("disk is full", "disk i/o", "readonly", "read-only", "out of memory")
-_SQLITE_CONFLICT = ("locked", "busy")
+# "database is locked" comes after busy_timeout: another process holds the write lock (a
+# backup, an sqlite3 shell) for as long as it likes, which is waited out like a full disk.
+_SQLITE_EXHAUSTED = (
+    "disk is full", "disk i/o", "readonly", "read-only", "out of memory", "locked", "busy"
+)  # fmt: skip
 
 
 def cause_of(exc: BaseException) -> Cause | None:
@@ -55,8 +59,6 @@ def cause_of(exc: BaseException) -> Cause | None:
             text = str(e).lower()
             if any(s in text for s in _SQLITE_EXHAUSTED):
                 return "exhausted"
-            if any(s in text for s in _SQLITE_CONFLICT):
-                return "conflict"
         if isinstance(e, StoreError):
             return "outage"
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -77,12 +77,21 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        return self._tx(readonly=True)
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        return self._tx(readonly=False)
+
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def _tx(self, *, readonly: bool) -> AsyncIterator[Tx]:
         if self._pool is None:
             raise StoreError("store is not open")
         try:
-            async with self._pool.acquire(timeout=30) as conn, conn.transaction():
+            async with (
+                self._pool.acquire(timeout=30) as conn,
+                conn.transaction(readonly=readonly),
+            ):
                 yield PostgresTx(conn)
         except (
             OSError,

@@ -95,16 +95,26 @@ class SqliteStore(Store):
             self._conn = None
 
     @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        """A deferred transaction that only reads: in WAL mode it never waits for a writer."""
+        if self._conn is None:
+            raise StoreError("store is not open")
+        conn = self._conn
+        async with self._lock:
+            await _begin(conn, "BEGIN")
+            try:
+                yield SqliteTx(conn._conn)
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(conn.execute("ROLLBACK"))
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         if self._conn is None:
             raise StoreError("store is not open")
         conn = self._conn
         async with self._lock:
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                cause = cause_of(exc) or "outage"
-                raise StoreError(f"cannot begin transaction: {exc}", cause) from exc
+            await _begin(conn, "BEGIN IMMEDIATE")
             try:
                 yield SqliteTx(conn._conn)  # the sqlite3 connection aiosqlite owns
             except BaseException:
@@ -119,3 +129,27 @@ class SqliteStore(Store):
                 with contextlib.suppress(sqlite3.Error):  # a failed COMMIT leaves it open
                     await asyncio.shield(conn.execute("ROLLBACK"))
                 raise StoreError(f"commit failed: {exc}", cause_of(exc) or "outage") from exc
+
+
+async def _begin(conn: aiosqlite.Connection, statement: str) -> None:
+    """BEGIN on aiosqlite's thread. A cancelled wait (a caller's timeout) does not stop the
+    thread: BEGIN may still succeed there after the caller is gone, leaving the connection
+    inside a transaction nobody ends. So a cancelled BEGIN is waited for and undone."""
+    begin = asyncio.ensure_future(conn.execute(statement))
+    try:
+        await asyncio.shield(begin)
+    except asyncio.CancelledError:
+        await asyncio.shield(_undo(conn, begin))
+        raise
+    except sqlite3.Error as exc:
+        cause = cause_of(exc) or "outage"
+        raise StoreError(f"cannot begin transaction: {exc}", cause) from exc
+
+
+async def _undo(conn: aiosqlite.Connection, begin: asyncio.Future[Any]) -> None:
+    try:
+        await begin
+    except sqlite3.Error:
+        return  # it failed: nothing to undo
+    with contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")

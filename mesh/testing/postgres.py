@@ -75,11 +75,12 @@ class PostgresServer:
             check=True,
         )
 
-    async def create_database(self) -> str:
+    async def create_database(self, tablespace: str | None = None) -> str:
         name = "lifeops_test_" + uuid.uuid4().hex[:12]
         conn = await asyncpg.connect(self.admin_url, timeout=10)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            where = f' TABLESPACE "{tablespace}"' if tablespace else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{where}')
         finally:
             await conn.close()
         return self.url_for(name)

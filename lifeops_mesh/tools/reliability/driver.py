@@ -1,6 +1,11 @@
 """The traffic of a reliability run: completions and activity logs for many users at a steady
 rate, each retried until answered (as the README tells outside clients to), and what the
-accepted ones must add up to."""
+accepted ones must add up to.
+
+Three kinds: timeline completions (LifeOps, then Stats through receipts), activity logs with a
+source_ref, and keyless activity logs (no activity_id, no source_ref: a retry is recognised by
+its correlation data alone). Keyless logs go to users of their own, so that their XP counts
+them one by one (each grants 30 INT)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import asyncio
 import datetime as dt
 import random
 import time
+import uuid
 from collections.abc import Iterator
 
 from lifeops_contract import contract
@@ -19,15 +25,26 @@ from lifeops_contract.schemas import (
 )
 from mesh import MeshClient, MeshError
 
+REQUEST_TIMEOUT_S = 3.0  # the driver's wait for each reply, before it sends again
+
 
 class Driver:
     """Sends requests at a steady rate until told to stop; each is retried until answered."""
 
+    KEYLESS_XP = 30  # "reading": INT 30
+
     def __init__(
-        self, url: str, users: list[str], rng: random.Random, items: list[TimelineItemState]
+        self,
+        url: str,
+        users: list[str],
+        rng: random.Random,
+        items: list[TimelineItemState],
+        keyless_users: list[str] | None = None,
     ) -> None:
         self.url = url
         self.users = users
+        self.keyless_users = keyless_users or []
+        self.keyless_accepted: dict[str, int] = dict.fromkeys(self.keyless_users, 0)
         self.rng = rng
         self.items = items  # LifeOps' timeline, as it announces it
         self.xp = {i.code: sum(i.xp.values()) for i in self.items}
@@ -67,6 +84,10 @@ class Driver:
                         ),
                     )
                 )
+            for uid in self.keyless_users:
+                batch.append(
+                    ("keyless", uid, ActivityLogRequest(user_id=uid, activity_type="reading"))
+                )
             self.rng.shuffle(batch)
             yield from batch
 
@@ -79,15 +100,18 @@ class Driver:
         deadline_s: float = 180,
     ) -> None:
         end = time.monotonic() + deadline_s
+        key = "timeline_complete" if kind == "complete" else "activities_log"
+        # A keyless request is the same request only with the same correlation data; the
+        # keyed kinds are retried as new requests (their key makes them the same).
+        same = uuid.uuid4().bytes if kind == "keyless" else None
         while time.monotonic() < end:
             self.sent += 1
             try:
-                key = "timeline_complete" if kind == "complete" else "activities_log"
-                r = await client.request(key, req, timeout=3)
+                r = await client.request(key, req, timeout=REQUEST_TIMEOUT_S, correlation=same)
             except MeshError:
                 await asyncio.sleep(0.3)
                 continue
-            self.last_ok[kind] = time.monotonic()
+            self.last_ok["complete" if kind == "complete" else "log"] = time.monotonic()
             if isinstance(req, TimelineCompleteRequest):
                 if r.success or (r.error and r.error.code == "already_completed"):
                     assert req.completed_at is not None
@@ -96,6 +120,10 @@ class Driver:
                     day = req.completed_at.date().isoformat()
                     self.expected_refs.add(("lifeops", f"{uid}:{req.item_code}:{day}"))
                     return
+            elif r.success and kind == "keyless":
+                self.accepted += 1
+                self.keyless_accepted[uid] += 1
+                return
             elif r.success:
                 self.accepted += 1
                 self.expected[uid] += 30

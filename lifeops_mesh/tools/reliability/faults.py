@@ -1,17 +1,31 @@
-"""The faults a reliability run injects while traffic flows, and how recovery is measured."""
+"""The faults a reliability run injects while traffic flows, and how recovery is measured.
+
+Every kind, on both backends unless said:
+- kill -9 of Stats, of LifeOps;
+- Stats, LifeOps exiting right after a commit, before its acknowledgements, replies and relay
+  (LIFEOPS_FAILPOINT=exit_after_commit:N), then started again;
+- a clean Mosquitto restart; a Mosquitto SIGKILL right after a snapshot was written (the
+  restored snapshot misses what came after it); a Mosquitto SIGKILL with an outage;
+- SIGSTOP of Stats for longer than a request's timeout, then SIGCONT;
+- the Stats database full (a small tmpfs filled up; needs root), then freed;
+- the Stats database locked by another client (SQLite's write lock, a PostgreSQL table lock);
+- (PostgreSQL) the database server stopped, then started.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from lifeops_mesh.tools.reliability.driver import Driver
+from lifeops_mesh.tools.reliability.driver import REQUEST_TIMEOUT_S, Driver
 from lifeops_mesh.tools.reliability.report import Fault
-from lifeops_mesh.tools.reliability.rig import Rig
+from lifeops_mesh.tools.reliability.rig import AUTOSAVE_S, Rig
 from mesh.testing.processes import AgentProcess
 
 Action = Callable[[], Awaitable[None]]
@@ -23,6 +37,12 @@ class Planned(msgspec.Struct, frozen=True):
     needs: str  # the request kind that needs the broken part: "log" (Stats) or "complete"
 
 
+class Timing(msgspec.Struct, frozen=True):
+    outage_s: float = 20.0  # broker (and, halved, database) outage
+    hold_s: float = 8.0  # disk full, lock held (SQLite waits 5 s for a lock, then fails)
+    stop_s: float = REQUEST_TIMEOUT_S + 2  # SIGSTOP: longer than a request's timeout
+
+
 async def kill_restart(proc: AgentProcess) -> None:
     proc.signal(signal.SIGKILL)
     await asyncio.to_thread(proc.wait, 10)
@@ -30,9 +50,38 @@ async def kill_restart(proc: AgentProcess) -> None:
     await asyncio.to_thread(proc.start)
 
 
-def plan(rig: Rig, *, kills: int, outage_s: float) -> list[Planned]:
-    """kill -9 of each agent `kills` times, a clean broker restart, a broker SIGKILL with an
-    outage, and (PostgreSQL) a database outage."""
+async def exit_after_commit(proc: AgentProcess, commits: int) -> None:
+    """Restart `proc` with the failpoint, wait for it to die after its `commits`-th commit
+    (bounded: without traffic it is killed), start it again as it was."""
+    await asyncio.to_thread(proc.stop)
+    proc.env["LIFEOPS_FAILPOINT"] = f"exit_after_commit:{commits}"
+    try:
+        try:
+            await asyncio.to_thread(proc.start)
+        except AssertionError:  # died before it said "started": the failpoint, early
+            pass
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    finally:
+        del proc.env["LIFEOPS_FAILPOINT"]
+    await asyncio.to_thread(proc.start)
+
+
+async def pause(proc: AgentProcess, seconds: float) -> None:
+    proc.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        proc.signal(signal.SIGCONT)
+
+
+def catalog(
+    rig: Rig, rng: random.Random, timing: Timing, *, kills: int = 1
+) -> tuple[list[Planned], list[str]]:
+    """Every fault this rig can inject, once each (kill -9 `kills` times); and the ones it
+    cannot, with the reason."""
     broker = rig.broker
 
     async def broker_restart() -> None:
@@ -41,20 +90,58 @@ def plan(rig: Rig, *, kills: int, outage_s: float) -> list[Planned]:
 
     async def broker_outage() -> None:
         await asyncio.to_thread(broker.kill)
-        await asyncio.sleep(outage_s)
+        await asyncio.sleep(timing.outage_s)
+        await asyncio.to_thread(broker.start)
+
+    async def broker_kill_after_snapshot() -> None:
+        await asyncio.sleep(AUTOSAVE_S + 0.5)  # a snapshot was written meanwhile...
+        await asyncio.to_thread(broker.kill)  # ...and what came after it is lost
         await asyncio.to_thread(broker.start)
 
     out: list[Planned] = []
-    for n in range(kills):
-        out.append(Planned(f"kill -9 stats #{n + 1}", lambda: kill_restart(rig.stats), "log"))
-        out.append(
-            Planned(f"kill -9 lifeops #{n + 1}", lambda: kill_restart(rig.lifeops), "complete")
-        )
-    out.append(Planned("mosquitto restart", broker_restart, "complete"))
-    out.append(Planned(f"mosquitto SIGKILL + {outage_s:g}s outage", broker_outage, "complete"))
+    for _ in range(kills):
+        out.append(Planned("kill -9 stats", lambda: kill_restart(rig.stats), "log"))
+        out.append(Planned("kill -9 lifeops", lambda: kill_restart(rig.lifeops), "complete"))
+    out += [
+        Planned(
+            "stats exits after a commit",
+            lambda: exit_after_commit(rig.stats, rng.randint(2, 12)),
+            "log",
+        ),
+        Planned(
+            "lifeops exits after a commit",
+            lambda: exit_after_commit(rig.lifeops, rng.randint(2, 12)),
+            "complete",
+        ),
+        Planned("mosquitto restart", broker_restart, "complete"),
+        Planned("mosquitto SIGKILL after a snapshot", broker_kill_after_snapshot, "complete"),
+        Planned(f"mosquitto SIGKILL + {timing.outage_s:g}s outage", broker_outage, "complete"),
+        Planned(
+            f"SIGSTOP stats {timing.stop_s:g}s", lambda: pause(rig.stats, timing.stop_s), "log"
+        ),
+        Planned(
+            f"stats database locked {timing.hold_s:g}s",
+            lambda: rig.lock_stats_database(timing.hold_s),
+            "log",
+        ),
+    ]
+    skipped: list[str] = []
+    disk = rig.disk
+    if disk is not None:
+
+        async def disk_full() -> None:
+            await asyncio.to_thread(disk.fill)
+            try:
+                await asyncio.sleep(timing.hold_s)
+            finally:
+                disk.free()
+
+        out.append(Planned(f"stats disk full {timing.hold_s:g}s", disk_full, "log"))
+    else:
+        skipped.append("stats disk full: mounting a small tmpfs needs root")
     if rig.pg is not None:
         pg = rig.pg
-        down = min(outage_s, 10)
+        down = min(timing.outage_s, 10)
 
         async def db_outage() -> None:
             await asyncio.to_thread(pg.stop)
@@ -62,7 +149,7 @@ def plan(rig: Rig, *, kills: int, outage_s: float) -> list[Planned]:
             await asyncio.to_thread(pg.start)
 
         out.append(Planned(f"postgresql outage {down:g}s", db_outage, "complete"))
-    return out
+    return out, skipped
 
 
 async def inject(planned: Planned, driver: Driver, started: float) -> Fault:
