@@ -31,7 +31,7 @@ from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.presence import Presence
 from mesh.readback import read_retained
-from mesh.rpc import TRACE_PROPERTY, Requester
+from mesh.rpc import TRACE_PROPERTY, Requester, reply_topic_for
 from mesh.schemas import HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
@@ -124,7 +124,11 @@ class Agent:
         self.name = app.name
         self.contract = app.contract
         self.metrics = metrics or Metrics()
-        self.principal = settings.broker.username or self.name
+        # Who the contract says publishes: the agent, whatever broker account it connects
+        # with (an installation may give every agent one shared account, as Home Assistant's
+        # Mosquitto app does); the account names only its reply topics (the ACL's rule).
+        self.principal = self.name
+        self.account = settings.broker.username or self.name
         self.store = store
         self.transport = transport
         self.presence = (
@@ -160,6 +164,7 @@ class Agent:
             transport=self.transport,
             contract=self.contract,
             metrics=self.metrics,
+            reply_topic=reply_topic_for(self.account, settings.client_id),
         )
         self.receipts = receipts.ReceiptOutbox(
             agent=self.name,
@@ -181,6 +186,7 @@ class Agent:
             failpoint=settings.failpoint,
             receipts=self.receipts,
             on_state_changed=self.states.changed,
+            keyless_window_s=settings.retention.keyless_s,
         )
         self.dead_letters = dlq.DeadLetterSink(
             self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap

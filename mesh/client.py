@@ -42,10 +42,19 @@ class MeshClient:
     `Transport`, e.g. one of the in-memory twin, with `MeshClient.over`)."""
 
     def __init__(
-        self, broker_url: str, contract: Contract, *, client_id: str | None = None
+        self,
+        broker_url: str,
+        contract: Contract,
+        *,
+        client_id: str | None = None,
+        reply_topic: str | None = None,
     ) -> None:
+        """`reply_topic`: a fixed one under reply/<account>/ (default: one per connection).
+        With it and the same correlation data, a request sent again from a new connection is
+        the same request (a keyless one counts once)."""
         url = parse_broker_url(broker_url)
-        self._setup(plain_transport(broker_url, client_id=client_id), contract, url.username)
+        transport = plain_transport(broker_url, client_id=client_id)
+        self._setup(transport, contract, url.username, reply_topic)
 
     @classmethod
     def over(cls, transport: Transport, contract: Contract, principal: str) -> MeshClient:
@@ -53,7 +62,13 @@ class MeshClient:
         client._setup(transport, contract, principal)
         return client
 
-    def _setup(self, transport: Transport, contract: Contract, principal: str | None) -> None:
+    def _setup(
+        self,
+        transport: Transport,
+        contract: Contract,
+        principal: str | None,
+        reply_topic: str | None = None,
+    ) -> None:
         self.principal = principal or "tester"
         self.contract = contract
         self.transport = transport
@@ -62,6 +77,7 @@ class MeshClient:
             client_id=self.transport.client_id,
             transport=self.transport,
             contract=self.contract,
+            reply_topic=reply_topic,
         )
         self.transport.on_message = self._on_message
 

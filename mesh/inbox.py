@@ -17,6 +17,7 @@ each message alone.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -86,6 +87,9 @@ class Delivery:
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
 
+DERIVED_PREFIXES = ("req:", "pub:")
+
+
 def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
     """The dedup key of a state-changing message that names none of its own.
 
@@ -95,9 +99,11 @@ def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
       bare publish: the canonical payload (its decoded value re-encoded, so key order and
       spacing do not matter), with the response topic when there is one.
 
-    The trade-off: two identical keyless bare publishes within the dedup window count once; a
-    retry cannot be told from a second identical activity. Give each a `source_ref` (or an
-    `activity_id`) when the same activity really happens twice.
+    The trade-off: two identical keyless messages within the keyless window (10 minutes by
+    default, LIFEOPS_KEYLESS_WINDOW_S) count once: a retry cannot be told from a second
+    identical activity. Later, the same message counts again unless the broker marks it a
+    redelivery (DUP), which a redelivery after a crash always is. Give each activity a
+    `source_ref` (or an `activity_id`) when the same activity really happens twice.
     """
     h = hashlib.sha256()
     if msg.response_topic and msg.correlation_data:
@@ -131,8 +137,10 @@ class GroupCommitter:
         failpoint: str | None = None,
         receipts: ReceiptOutbox | None = None,
         on_state_changed: Callable[[], None] | None = None,
+        keyless_window_s: float = 600.0,
     ) -> None:
         self._agent = agent
+        self._keyless_window = dt.timedelta(seconds=keyless_window_s)
         self._store = store
         self._contract = contract
         self._relay = relay
@@ -315,13 +323,34 @@ class GroupCommitter:
                 ctx.now.isoformat(),
             )
             if claimed == 0:
-                row = await ctx.tx.fetchone("SELECT reply FROM mesh_inbox WHERE key = ?", key)
+                row = await ctx.tx.fetchone(
+                    "SELECT reply, created_at FROM mesh_inbox WHERE key = ?", key
+                )
+                if row and await self._keyless_again(ctx, d, key, row[1]):
+                    return await self._run_handler(ctx, d, key)
                 reply = None
                 if row and row[0] and reply_type is not None:
                     reply = codec.decode(row[0].encode("utf-8"), reply_type)
                     if "duplicate" in reply_type.__struct_fields__:
                         reply = msgspec.structs.replace(reply, duplicate=True)
                 return Outcome(reply=reply, duplicate=True)
+        return await self._run_handler(ctx, d, key)
+
+    async def _keyless_again(self, ctx: Context, d: Delivery, key: str, claimed_at: str) -> bool:
+        """A derived key claimed longer than the keyless window ago, by a message that is not
+        a redelivery: an identical keyless message sent anew. It claims the key afresh."""
+        if not key.startswith(DERIVED_PREFIXES) or d.msg.dup:
+            return False
+        if ctx.now - dt.datetime.fromisoformat(claimed_at) < self._keyless_window:
+            return False
+        await ctx.tx.execute(
+            "UPDATE mesh_inbox SET created_at = ?, reply = NULL WHERE key = ?",
+            ctx.now.isoformat(),
+            key,
+        )
+        return True
+
+    async def _run_handler(self, ctx: Context, d: Delivery, key: str | None) -> Outcome:
         reply = await d.route.handler(ctx, d.payload)
         if key is not None and reply is not None:
             await ctx.tx.execute(

@@ -69,6 +69,11 @@ class Metrics:
             "Mosquitto's $SYS/broker/publish/messages/dropped (alert when it grows)",
         )
         self.peer_up = g("mesh_peer_up", "Availability of the agents this one depends on", "agent")
+        self._failures()
+
+    def _failures(self) -> None:
+        """What went wrong and was retried, refused or pruned."""
+        c = self._counter
         self.store_retries = c(
             "mesh_store_retries_total",
             "Commits retried because the database was away, full, read-only or in conflict",

@@ -39,9 +39,10 @@ class Requester:
         transport: Transport,
         contract: Contract,
         metrics: Metrics | None = None,
+        reply_topic: str | None = None,
     ) -> None:
         self.principal = principal
-        self.reply_topic = reply_topic_for(principal, client_id)
+        self.reply_topic = reply_topic or reply_topic_for(principal, client_id)
         self._transport = transport
         self._contract = contract
         self._metrics = metrics

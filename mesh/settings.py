@@ -154,7 +154,7 @@ def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
 
 def _retention(env: Mapping[str, str]) -> Retention:
     """LIFEOPS_DEDUP_WINDOW_DAYS, LIFEOPS_KEEP_DELIVERED_DAYS, LIFEOPS_KEEP_DEAD_LETTERS_DAYS,
-    LIFEOPS_MAX_DEAD_LETTERS (defaults in mesh.retention)."""
+    LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_KEYLESS_WINDOW_S (defaults in mesh.retention)."""
     base = Retention()
     values = {
         "dedup_days": env.get("LIFEOPS_DEDUP_WINDOW_DAYS"),
@@ -163,8 +163,10 @@ def _retention(env: Mapping[str, str]) -> Retention:
     }
     try:
         days = {k: float(v) for k, v in values.items() if v}
+        if env.get("LIFEOPS_KEYLESS_WINDOW_S"):
+            days["keyless_s"] = float(env["LIFEOPS_KEYLESS_WINDOW_S"])
     except ValueError as exc:
-        raise ConfigError(f"retention in days must be a number: {exc}") from exc
+        raise ConfigError(f"retention windows must be numbers: {exc}") from exc
     cap = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTERS"))
     return msgspec.structs.replace(
         base, **days, **({"max_dead_letters": cap} if cap is not None else {})

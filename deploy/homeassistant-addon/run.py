@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 import urllib.error
@@ -311,6 +312,9 @@ def command(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
 
 
 def main() -> int:
+    # Stopped while still asking the Supervisor: a clean exit (exec resets the handler, so the
+    # mesh gets SIGTERM as usual).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         argv, env = command(os.environ)
     except Failure as exc:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 import uuid
 
 from lifeops_mesh.cli.common import Subparsers, add_tool_args, the_contract
 from lifeops_mesh.local import tool_broker_url
 from mesh import ConfigError, DecodeError, MeshClient, codec
+from mesh.settings import parse_broker_url
 
 
 def register(sub: Subparsers) -> None:
@@ -31,11 +33,20 @@ def cmd_request(args: argparse.Namespace) -> int:
     except DecodeError as exc:
         raise ConfigError(f"payload for {args.key} ({entry.schema}): {exc}") from exc
 
+    # The same command run again is the same request: a fixed reply topic of the account and
+    # correlation data from the request itself. So a retry after a timeout counts once even
+    # without an activity_id or source_ref (within the agents' keyless window, 10 minutes).
+    principal = parse_broker_url(url).username or "tester"
+    reply_topic = contract.topic("reply", requester=principal, request="cli")
+    correlation = hashlib.sha256(args.key.encode() + b"\0" + codec.encode(payload)).digest()[:16]
+
     async def go() -> int:
         trace_id = uuid.uuid4().hex
-        async with MeshClient(url, contract) as client:
+        async with MeshClient(url, contract, reply_topic=reply_topic) as client:
             print(f"trace {trace_id}", file=sys.stderr)  # connected: the request goes out
-            reply = await client.request(args.key, payload, timeout=args.timeout, trace_id=trace_id)
+            reply = await client.request(
+                args.key, payload, timeout=args.timeout, trace_id=trace_id, correlation=correlation
+            )
         print(codec.encode(reply).decode())
         return 0 if getattr(reply, "success", True) else 1
 

@@ -60,9 +60,10 @@ class SqliteTx(Tx):
 class SqliteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, path: str, url: str) -> None:
+    def __init__(self, path: str, url: str, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.url = url
+        self._synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -75,9 +76,9 @@ class SqliteStore(Store):
             )
             await self._conn.execute("PRAGMA journal_mode=WAL")
             # Acknowledged means durable: FULL syncs the WAL at every commit (group commit pays
-            # one fsync per batch; bench/run.py prints what it costs), so a power cut cannot
-            # take back a commit whose messages were acknowledged.
-            await self._conn.execute("PRAGMA synchronous=FULL")
+            # one fsync per batch; bench/run.py prints what it costs against NORMAL), so a
+            # power cut cannot take back a commit whose messages were acknowledged.
+            await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
             await self._conn.execute("PRAGMA busy_timeout=5000")
             await self._conn.execute("PRAGMA foreign_keys=ON")
             # Checkpoint every ~40 MB of WAL instead of ~4 MB: in a grown database (a million

@@ -25,6 +25,7 @@ from typing import Any
 import gmqtt
 from gmqtt.storage import PersistentStorage
 
+from mesh.backoff import Backoff
 from mesh.errors import PacketTooLarge, PublishRefused, TransportError
 from mesh.transport.base import ConnectHandler, Inbound, MessageHandler, Transport, Will
 
@@ -199,6 +200,7 @@ class MqttTransport:
         self.on_lost: Callable[[], None] | None = None
         self.taken_over = False
         self._reconnects = 0
+        self._reconnect_pacing = Backoff(0.25, 10.0)
         self._ever_connected = False
         self._closed = False
 
@@ -218,7 +220,8 @@ class MqttTransport:
             session_expiry_interval=self._session_expiry_s,
             receive_maximum=receive_maximum,
         )
-        client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        # gmqtt's own delay between attempts is fixed; the pacing is ours (_guard_reconnect).
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": 0})
         username, password = self._account
         if username is not None:
             client.set_auth_credentials(username, password)
@@ -231,9 +234,12 @@ class MqttTransport:
         return client
 
     def _guard_reconnect(self, create: Any) -> Any:
-        """gmqtt's reconnect loop sleeps, then connects without asking whether the client was
-        disconnected meanwhile: a ghost connection (with a durable client id, one that takes
-        the session over from a new instance). Refuse to connect once `disconnect()` ran."""
+        """Every reconnect attempt waits a jittered, growing delay (full jitter, 0.25 s doubling
+        to 10 s, reset by a successful connect): clients that lost one broker together do not
+        come back in lockstep. And gmqtt's reconnect loop connects without asking whether the
+        client was disconnected meanwhile: a ghost connection (with a durable client id, one
+        that takes the session over from a new instance). Refuse to connect once `disconnect()`
+        ran."""
 
         def closed() -> bool:
             return self._closed
@@ -242,6 +248,11 @@ class MqttTransport:
             if closed():
                 self._client._is_active = False  # and the reconnect loop ends here
                 raise OSError("transport disconnected")
+            if self._ever_connected:
+                await asyncio.sleep(self._reconnect_pacing.next_delay())
+                if closed():
+                    self._client._is_active = False
+                    raise OSError("transport disconnected")
             connection = await create(*args, **kwargs)
             if closed():  # disconnected while this connection was being made
                 await connection.close()
@@ -348,6 +359,7 @@ class MqttTransport:
         raw = getattr(protocol, "_transport", None)
         if protocol is not None and raw is not None and not isinstance(raw, _CoalescingWriter):
             protocol._transport = _CoalescingWriter(raw)
+        self._reconnect_pacing.reset()
         connack = self._handler._connack_properties
         values = connack.get("receive_maximum")
         broker_max = values[0] if values else 65535

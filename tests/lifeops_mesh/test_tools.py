@@ -96,6 +96,21 @@ async def test_request_and_trace_show_the_whole_path(mesh: dict[str, Any]) -> No
     assert rc == 2 and "activity_type" in err
 
 
+async def test_the_same_request_command_again_is_a_retry(mesh: dict[str, Any]) -> None:
+    """The README's keyless example run twice (as after a timeout) grants its XP once; the
+    second reply is the first, marked duplicate."""
+    from tests.conftest import user
+
+    body = json.dumps({"user_id": user(), "activity_type": "reading"})
+    args = ("request", "activities_log", body, "--broker", mesh["url"])
+    first = await cli(*args)
+    again = await cli(*args)
+    assert first[0] == 0 and again[0] == 0, (first, again)
+    one, two = json.loads(first[1]), json.loads(again[1])
+    assert one["xp_granted"] == {"INT": 30} and not one["duplicate"]
+    assert two["duplicate"] and two["activity_id"] == one["activity_id"]
+
+
 async def test_tail_shows_traffic_with_contract_keys(mesh: dict[str, Any]) -> None:
     """`tail` prints topic, contract key, trace id and the decoded payload as it flows."""
     proc = await asyncio.create_subprocess_exec(

@@ -9,7 +9,7 @@ import datetime as dt
 import os
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from lifeops_contract.schemas import (
     TimelineCompleteRequest,
 )
 from lifeops_mesh.broker import local_broker
+from lifeops_mesh.processes import agent_process
 from mesh import (
     Agent,
     AgentApp,
@@ -306,3 +307,60 @@ def test_error_replies_say_whether_to_try_again() -> None:
     assert is_transient_reply(ErrorReply(error=ErrorInfo(code="internal_error", message="bug")))
     assert is_transient_reply(ErrorReply(error=ErrorInfo(code="x", message="y", transient=True)))
     assert not is_transient_reply(ActivityLogReply())
+
+
+async def test_an_identical_keyless_message_counts_again_after_the_keyless_window(
+    mesh_broker: BrokerUnderTest, start_agent: StartAgent, db_url: str
+) -> None:
+    """The same keyless publish (or `mosquitto_rr` command) within the window is a retry;
+    after it, an activity of its own: running the example again tomorrow grants XP again."""
+    uid = user()
+    body = codec.encode(ActivityLogRequest(user_id=uid, activity_type="reading"))
+    window = Retention(keyless_s=1.0)
+    async with (
+        start_agent("stats", mesh_broker, db_url, retention=window),
+        client_for(mesh_broker, contract()) as c,
+    ):
+        await c.transport.publish("stats/activities/log", body)
+        await c.transport.publish("stats/activities/log", body)
+        await eventually(lambda: _equals(_total(c, uid), 30), what="one grant")
+        await asyncio.sleep(1.2)
+        await c.transport.publish("stats/activities/log", body)
+        await eventually(lambda: _equals(_total(c, uid), 60), what="a second grant")
+        await asyncio.sleep(0.3)
+        assert await _total(c, uid) == 60
+
+
+async def test_a_redelivery_after_a_crash_counts_once_whatever_the_keyless_window(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Stats dies after committing a keyless publish, before its PUBACK, and comes back past
+    the keyless window (0 here): the broker redelivers with DUP set, which is still the same
+    message."""
+    db = f"sqlite:///{tmp_path / 'stats.db'}"
+    uid = user()
+    instance = uid[-6:]
+    env = {"LIFEOPS_KEYLESS_WINDOW_S": "0"}
+    crashing = agent_process(
+        "stats", broker.url("stats"), db, data_dir=tmp_path, instance=instance,
+        env={**env, "LIFEOPS_FAILPOINT": "exit_after_commit:1"},
+    )  # fmt: skip
+    crashing.start()
+    async with MeshClient(broker.url("tester"), contract()) as c:
+        body = codec.encode(ActivityLogRequest(user_id=uid, activity_type="reading"))
+        await c.transport.publish("stats/activities/log", body)
+        assert await asyncio.to_thread(crashing.wait, 20) == 137
+        again = agent_process(
+            "stats", broker.url("stats"), db, data_dir=tmp_path, instance=instance, env=env
+        )
+        again.start()
+        try:
+            await eventually(lambda: _equals(_total(c, uid), 30), timeout=15, what="one grant")
+            await asyncio.sleep(1)
+            assert await _total(c, uid) == 30
+        finally:
+            again.stop()
+
+
+async def _equals(value: Awaitable[int], want: int) -> bool:
+    return await value == want

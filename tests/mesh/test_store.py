@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mesh.errors import ConfigError
@@ -61,6 +63,18 @@ def test_database_urls_follow_sqlalchemy_form() -> None:
     pg = parse_db_url("postgresql://me@db:5432/stats")
     assert pg.dialect == "postgresql" and pg.target == "postgresql://me@db:5432/stats"
     assert parse_db_url("postgres://me@db/s").target == "postgresql://me@db/s"
-    for bad in ("mysql://x/y", "sqlite:relative.db", "nonsense"):
+    assert parse_db_url("sqlite:///x.db").synchronous == "FULL"
+    fast = parse_db_url("sqlite:////tmp/x.db?synchronous=normal")
+    assert fast.target == "/tmp/x.db" and fast.synchronous == "NORMAL"
+    bad_urls = ("mysql://x/y", "sqlite:relative.db", "nonsense", "sqlite:///x.db?journal=off")
+    for bad in bad_urls:
         with pytest.raises(ConfigError):
             parse_db_url(bad)
+
+
+async def test_sqlite_syncs_every_commit_unless_told_otherwise(tmp_path: Path) -> None:
+    """Acknowledged means durable: PRAGMA synchronous is FULL (2) by default."""
+    for query, want in (("", 2), ("?synchronous=normal", 1)):
+        async with open_store(f"sqlite:///{tmp_path / 'd.db'}{query}") as store:
+            async with store.read() as tx:
+                assert await tx.fetchone("PRAGMA synchronous") == (want,)

@@ -48,8 +48,8 @@ async def run(
     work_dir: Path | None = None,
     log: Log = print,
 ) -> Report:
-    """One run: each fault once `gap_s` apart, or with `duration_s` a random fault every
-    5-10 s for that long."""
+    """One run: each fault once `gap_s` apart, or with `duration_s` a fault every 5-10 s for
+    that long (rounds of every kind in a random order)."""
     if shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
         raise MeshError("mosquitto is not installed (apt-get install mosquitto)")
     work = work_dir or Path(tempfile.mkdtemp(prefix="lifeops-reliability-"))
@@ -103,11 +103,14 @@ async def _inject_all(
             injected.append(await faults.inject(p, driver, started))
         return injected
     end = time.monotonic() + duration_s
+    deck: list[Planned] = []
     while True:
         await asyncio.sleep(rng.uniform(5, 10))
         if time.monotonic() >= end:
             return injected
-        p = rng.choice(planned)
+        if not deck:  # every kind once per round, in a random order: none is left out
+            deck = rng.sample(planned, len(planned))
+        p = deck.pop()
         log(f"  fault at {time.monotonic() - started:.0f}s: {p.name}")
         injected.append(await faults.inject(p, driver, started))
 

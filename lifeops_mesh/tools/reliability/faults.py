@@ -82,6 +82,33 @@ def catalog(
 ) -> tuple[list[Planned], list[str]]:
     """Every fault this rig can inject, once each (kill -9 `kills` times); and the ones it
     cannot, with the reason."""
+    database, skipped = _database_faults(rig, timing)
+    return [*_agent_faults(rig, rng, kills), *_broker_faults(rig, timing), *database], skipped
+
+
+def _agent_faults(rig: Rig, rng: random.Random, kills: int) -> list[Planned]:
+    out: list[Planned] = []
+    for _ in range(kills):
+        out.append(Planned("kill -9 stats", lambda: kill_restart(rig.stats), "log"))
+        out.append(Planned("kill -9 lifeops", lambda: kill_restart(rig.lifeops), "complete"))
+    out.append(
+        Planned(
+            "stats exits after a commit",
+            lambda: exit_after_commit(rig.stats, rng.randint(2, 12)),
+            "log",
+        )
+    )
+    out.append(
+        Planned(
+            "lifeops exits after a commit",
+            lambda: exit_after_commit(rig.lifeops, rng.randint(2, 12)),
+            "complete",
+        )
+    )
+    return out
+
+
+def _broker_faults(rig: Rig, timing: Timing) -> list[Planned]:
     broker = rig.broker
 
     async def broker_restart() -> None:
@@ -98,32 +125,23 @@ def catalog(
         await asyncio.to_thread(broker.kill)  # ...and what came after it is lost
         await asyncio.to_thread(broker.start)
 
-    out: list[Planned] = []
-    for _ in range(kills):
-        out.append(Planned("kill -9 stats", lambda: kill_restart(rig.stats), "log"))
-        out.append(Planned("kill -9 lifeops", lambda: kill_restart(rig.lifeops), "complete"))
-    out += [
-        Planned(
-            "stats exits after a commit",
-            lambda: exit_after_commit(rig.stats, rng.randint(2, 12)),
-            "log",
-        ),
-        Planned(
-            "lifeops exits after a commit",
-            lambda: exit_after_commit(rig.lifeops, rng.randint(2, 12)),
-            "complete",
-        ),
+    return [
         Planned("mosquitto restart", broker_restart, "complete"),
         Planned("mosquitto SIGKILL after a snapshot", broker_kill_after_snapshot, "complete"),
         Planned(f"mosquitto SIGKILL + {timing.outage_s:g}s outage", broker_outage, "complete"),
         Planned(
             f"SIGSTOP stats {timing.stop_s:g}s", lambda: pause(rig.stats, timing.stop_s), "log"
         ),
+    ]
+
+
+def _database_faults(rig: Rig, timing: Timing) -> tuple[list[Planned], list[str]]:
+    out = [
         Planned(
             f"stats database locked {timing.hold_s:g}s",
             lambda: rig.lock_stats_database(timing.hold_s),
             "log",
-        ),
+        )
     ]
     skipped: list[str] = []
     disk = rig.disk
