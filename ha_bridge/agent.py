@@ -40,6 +40,7 @@ def build(settings: Settings) -> AgentApp:
             Route("timeline_state", bridge.timeline_state),
             Route("ha_status", bridge.ha_status),
         ],
+        on_open=bridge.open,
         on_start=bridge.start,
         on_stop=bridge.stop,
         depends_on=("stats", "lifeops"),

@@ -50,6 +50,10 @@ class Bridge:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    async def open(self, agent: Agent) -> None:
+        """Before the first connect: availability changes may arrive before `start`."""
+        self.agent = agent
+
     async def start(self, agent: Agent) -> None:
         self.agent = agent
         await self.reconcile()
@@ -62,6 +66,17 @@ class Bridge:
                 task.cancel()
 
     async def peer_status(self, agent: str, online: bool) -> None:
+        """An agent this bridge depends on came or went (its last instance): Home Assistant's
+        availability topic for it follows, retained, through the state table."""
+        me = self._agent()
+        if agent in me.app.depends_on:
+            topic = self.contract.topic("ha_availability", peer=agent)
+            payload = b"online" if online else b"offline"
+            async with me.store.transaction() as tx:
+                await state.put(
+                    tx, topic=topic, topic_key="ha_availability", payload=payload, trace_id=None
+                )
+            me.states.changed()
         if online and agent in ("lifeops", "stats"):
             self._asked = {a for a in self._asked if a[1] != agent}
             self._fill_wake.set()

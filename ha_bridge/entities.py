@@ -77,8 +77,15 @@ class EntityBuilder:
     def state_topic(self, user_id: str) -> str:
         return self.contract.topic("ha_user_state", user_id=user_id)
 
+    def availability_topic(self, agent: str) -> str:
+        """The bridge's own status, or an agent's availability as the bridge derives it from
+        its instances (available while any instance is)."""
+        if agent == "ha_bridge":
+            return self.contract.topic("status", agent=agent)
+        return self.contract.topic("ha_availability", peer=agent)
+
     def availability(self, *agents: str) -> list[HaAvailability]:
-        return [HaAvailability(topic=self.contract.topic("status", agent=a)) for a in agents]
+        return [HaAvailability(topic=self.availability_topic(a)) for a in agents]
 
     # -- the agents' device ---------------------------------------------------------------------
 
@@ -103,7 +110,7 @@ class EntityBuilder:
                         default_entity_id=f"binary_sensor.{object_id}",
                         device=device,
                         origin=ORIGIN,
-                        state_topic=self.contract.topic("status", agent=agent),
+                        state_topic=self.availability_topic(agent),
                         payload_on="online",
                         payload_off="offline",
                         device_class="connectivity",

@@ -22,7 +22,12 @@ from mesh.retention import Retention
 
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 DURABLE_SESSION_EXPIRY_S = 7 * 24 * 3600
-SHARED_SESSION_EXPIRY_S = 60
+# A shared-subscription member that crashed strands what the broker queues to it until its
+# session expires (Mosquitto and EMQX keep routing a share to it; docs/scaling.md). Mosquitto
+# checks expiry once a second, so 2 s end it well within a request's 5 s timeout: the retry
+# never lands in a dead member's queue. A member that loses the broker for longer resumes with
+# a new session; what was in flight is sent again by its senders (receipts, retries).
+SHARED_SESSION_EXPIRY_S = 2
 
 
 class BrokerURL(msgspec.Struct, frozen=True):

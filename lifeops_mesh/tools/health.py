@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 
 from lifeops_contract import contract as default_contract
@@ -18,9 +20,10 @@ SYS = {
 
 
 class MeshHealth(msgspec.Struct):
-    agents: dict[str, str]  # name -> online/offline/unknown
-    health: dict[str, HealthReport]
+    agents: dict[str, str]  # name -> online/offline/unknown (online while any instance is)
+    health: dict[str, HealthReport]  # name -> the report of an online instance (else the last)
     broker: dict[str, str]
+    instances: dict[str, dict[str, str]] = {}  # name -> instance -> online/offline
 
     @property
     def ok(self) -> bool:
@@ -31,12 +34,14 @@ class MeshHealth(msgspec.Struct):
         )
 
 
-async def gather(broker_url: str) -> MeshHealth:
+async def gather(broker_url: str, listen_s: float = 0.7) -> MeshHealth:
     contract = default_contract()
-    filters = ["+/status", "+/health", *SYS]
+    filters = ["+/status", "+/status/+", "+/health", "+/health/+", *SYS]
     async with Watch(broker_url, filters) as watch:
-        msgs = await watch.settle(quiet=0.7)
-    agents = {a: "unknown" for a in contract.agents}
+        msgs = await watch.settle(quiet=listen_s)
+    aggregate = {a: "unknown" for a in contract.agents}
+    instances: dict[str, dict[str, str]] = {}
+    by_instance: dict[str, dict[str, HealthReport]] = {}
     health: dict[str, HealthReport] = {}
     broker: dict[str, str] = {}
     for m in msgs:
@@ -47,14 +52,31 @@ async def gather(broker_url: str) -> MeshHealth:
         if found is None:
             continue
         entry, params = found
+        text = m.payload.decode("utf-8", "replace")
         if entry.key == "status":
-            agents[params["agent"]] = m.payload.decode("utf-8", "replace")
-        elif entry.key == "health":
-            try:
-                health[params["agent"]] = codec.decode(m.payload, HealthReport)
-            except DecodeError:
-                pass
-    return MeshHealth(agents=agents, health=health, broker=broker)
+            aggregate[params["agent"]] = text
+        elif entry.key == "instance_status":
+            instances.setdefault(params["agent"], {})[params["instance"]] = text
+        elif entry.key in ("health", "instance_health"):
+            with contextlib.suppress(DecodeError):
+                rep = codec.decode(m.payload, HealthReport)
+                if entry.key == "health":
+                    health[params["agent"]] = rep
+                else:
+                    by_instance.setdefault(params["agent"], {})[params["instance"]] = rep
+    agents = {a: _availability(aggregate[a], instances.get(a, {})) for a in aggregate}
+    for agent, reports in by_instance.items():
+        up = [r for i, r in reports.items() if instances.get(agent, {}).get(i) == "online"]
+        if up:  # what a running instance says, not what a stopped one said last
+            health[agent] = min(up, key=lambda r: r.status == "healthy")
+    return MeshHealth(agents=agents, health=health, broker=broker, instances=instances)
+
+
+def _availability(aggregate: str, instances: dict[str, str]) -> str:
+    """An agent is available while any of its instances is (the aggregate topic can lag)."""
+    if not instances:
+        return aggregate
+    return "online" if "online" in instances.values() else "offline"
 
 
 def render(h: MeshHealth) -> str:
@@ -73,7 +95,13 @@ def render(h: MeshHealth) -> str:
                 )
             if rep.outbox_pending:
                 details += f"; {rep.outbox_pending} events unpublished"
-        lines.append(f"{name:<11} {state:<13} {status:<10} {details}")
+        mine = h.instances.get(name, {})
+        if len(mine) > 1 or any(v != "online" for v in mine.values()):
+            up = sorted(i for i, v in mine.items() if v == "online")
+            down = sorted(i for i, v in mine.items() if v != "online")
+            details += f"; instances online: {', '.join(up) or 'none'}"
+            details += f" (offline: {', '.join(down)})" if down else ""
+        lines.append(f"{name:<11} {state:<13} {status:<10} {details.lstrip('; ')}")
     lines.append("")
     lines.append("broker")
     for label in SYS.values():

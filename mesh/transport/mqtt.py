@@ -355,10 +355,15 @@ class MqttTransport:
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: dict[str, Any]) -> None:
         session_present = bool(flags)
-        protocol = getattr(self._client._connection, "_protocol", None)
+        connection = self._client._connection
+        protocol = getattr(connection, "_protocol", None)
         raw = getattr(protocol, "_transport", None)
         if protocol is not None and raw is not None and not isinstance(raw, _CoalescingWriter):
-            protocol._transport = _CoalescingWriter(raw)
+            writer = _CoalescingWriter(raw)
+            protocol._transport = writer
+            # The connection closes the socket through its own reference: through the writer,
+            # so what is buffered (the DISCONNECT written just before) goes out first.
+            connection._transport = writer
         self._reconnect_pacing.reset()
         connack = self._handler._connack_properties
         values = connack.get("receive_maximum")

@@ -81,7 +81,8 @@ def test_each_entity_has_the_keys_home_assistant_validates(
     )
     agents = [a.topic for a in c.availability or []]
     behind = "lifeops" if what.startswith("walk") else "stats"
-    assert agents == ["ha_bridge/status", f"{behind}/status"] and c.availability_mode == "all"
+    want = ["ha_bridge/status", f"ha_bridge/availability/{behind}"]
+    assert agents == want and c.availability_mode == "all"
 
 
 def test_button_press_is_a_timeline_completion() -> None:

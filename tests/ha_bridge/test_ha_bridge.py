@@ -113,7 +113,10 @@ async def test_user_device_entities_and_state(
         assert level["device"]["identifiers"] == [f"lifeops_mesh:user:{uid}"]
         assert level["device"]["name"] == f"LifeOps {uid}"
         assert level["origin"]["name"] == "LifeOps Mesh"
-        assert [a["topic"] for a in level["availability"]] == ["ha_bridge/status", "stats/status"]
+        assert [a["topic"] for a in level["availability"]] == [
+            "ha_bridge/status",
+            "ha_bridge/availability/stats",
+        ]
         assert level["availability_mode"] == "all"
         assert "availability_topic" not in level
         total = configs["sensor/total_xp"]
@@ -126,7 +129,7 @@ async def test_user_device_entities_and_state(
         }
         assert [a["topic"] for a in button["availability"]] == [
             "ha_bridge/status",
-            "lifeops/status",
+            "ha_bridge/availability/lifeops",
         ]
         # unique ids are unique
         ids = [c["unique_id"] for c in configs.values()]
@@ -156,7 +159,7 @@ async def test_user_device_entities_and_state(
         }
         stats_sensor = mesh["binary_sensor/stats"]
         assert stats_sensor["device_class"] == "connectivity"
-        assert stats_sensor["state_topic"] == "stats/status"
+        assert stats_sensor["state_topic"] == "ha_bridge/availability/stats"
         assert (stats_sensor["payload_on"], stats_sensor["payload_off"]) == ("online", "offline")
 
 

@@ -20,7 +20,7 @@ from mesh.broker.process import MosquittoProcess
 from mesh.testing.brokers import BrokerUnderTest, InMemoryBroker, MosquittoBroker
 from mesh.testing.wait import eventually
 from mesh.topics import matches
-from mesh.transport import MemoryBroker
+from mesh.transport import MemoryBroker, Will
 from tests.conftest import require_mosquitto
 
 SUITE_ACL = "user suite\ntopic readwrite suite/#\n"
@@ -153,6 +153,35 @@ async def test_unacknowledged_is_redelivered_to_the_durable_session(
         assert msg.payload == b"once" and msg.dup
     finally:
         await again.disconnect(end_session=True)
+
+
+async def test_a_clean_disconnect_sends_no_will_and_can_end_the_session(
+    any_broker: BrokerUnderTest, pub: Transport, topic: str
+) -> None:
+    """disconnect() is an MQTT DISCONNECT the broker receives (so no Last Will), and with
+    end_session the broker drops the durable session: nothing is queued for it afterwards."""
+    watcher = any_broker.connect_as("suite", prefix="will")
+    wills = Inbox(watcher)
+    await watcher.subscribe([f"{topic}/will"])
+    await watcher.connect()
+    client_id = f"ending-{uuid.uuid4().hex[:8]}"
+    will = Will(topic=f"{topic}/will", payload=b"gone", retain=False)
+    t = any_broker.connection("suite", client_id, session_expiry_s=60, will=will)
+    Inbox(t)
+    await t.subscribe([topic])
+    await t.connect()
+    await t.disconnect(end_session=True)
+    await pub.publish(topic, b"nobody waits for this")
+    back = any_broker.connection("suite", client_id, session_expiry_s=60)
+    inbox = Inbox(back)
+    await back.connect()
+    try:
+        await asyncio.sleep(0.5)
+        assert inbox.messages == [], "the session was not ended"
+        assert wills.messages == [], "a clean disconnect published the Last Will"
+    finally:
+        await back.disconnect(end_session=True)
+        await watcher.disconnect()
 
 
 async def test_offline_durable_session_queues_and_expiry_drops(

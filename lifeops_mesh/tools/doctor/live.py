@@ -19,6 +19,7 @@ class Seen(msgspec.Struct, kw_only=True):
     requests: dict[bytes, tuple[str, float, float]] = {}  # correlation -> (topic, at, timeout)
     answered: set[bytes] = set()
     status: dict[str, list[str]] = {}
+    instances: dict[str, dict[str, list[str]]] = {}  # agent -> instance -> states seen
     dropped: int = 0
     undeclared: set[str] = set()
     bad_payload: dict[str, str] = {}
@@ -43,6 +44,9 @@ def observe(contract: Contract, seen: Seen, msg: Inbound, now: float) -> None:
         return
     if entry.key == "status":
         seen.status.setdefault(params["agent"], []).append(msg.payload.decode(errors="replace"))
+    if entry.key == "instance_status":
+        mine = seen.instances.setdefault(params["agent"], {})
+        mine.setdefault(params["instance"], []).append(msg.payload.decode(errors="replace"))
     if entry.key == "dlq" and not msg.retain:
         seen.dead += 1
     try:
@@ -164,9 +168,18 @@ def traffic_findings(contract: Contract, seen: Seen, report: Report) -> None:
 
 
 def availability_findings(contract: Contract, seen: Seen, report: Report) -> None:
+    """An agent is offline when none of its instances is online (or, without instance topics,
+    its aggregate topic says so); flapping is counted per instance: one of several instances
+    dying flips the aggregate topic for an instant, which is no flapping."""
     for agent in contract.agents:
+        mine = seen.instances.get(agent, {})
         states = seen.status.get(agent, [])
-        if states and states[-1] == "offline":
+        if mine:
+            offline = not any(s[-1] == "online" for s in mine.values())
+            states = max(mine.values(), key=len)
+        else:
+            offline = bool(states) and states[-1] == "offline"
+        if offline:
             report.add(
                 Finding(
                     service=agent,
