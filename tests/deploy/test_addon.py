@@ -1042,6 +1042,7 @@ def test_yaml_subset_reader() -> None:
 def test_yaml_subset_reader_agrees_with_pyyaml() -> None:
     """PyYAML (what the Supervisor reads them with) and the strict reader read both alike."""
     import yaml
+
     for name in ("config.yaml", "translations/en.yaml"):
         assert yaml.safe_load((ADDON / name).read_text(encoding="utf-8")) == load(name), name
 
@@ -1227,8 +1228,6 @@ def test_docs_cover_install_options_and_data() -> None:
 
 
 # -- the real mesh against a real Mosquitto, account from the stand-in ----------------------
-
-
 
 
 @dataclass
