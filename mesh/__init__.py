@@ -31,7 +31,7 @@ from mesh.errors import (
     StoreError,
     TransportError,
 )
-from mesh.handler import Context, Handler, Route
+from mesh.handler import BatchHandler, Context, Handler, Job, Route
 from mesh.keys import installation_key, keyed_uuid
 from mesh.metrics import Metrics
 from mesh.readback import read_retained
@@ -61,6 +61,7 @@ __all__ = [
     "AgentApp",
     "AgentBuilder",
     "Availability",
+    "BatchHandler",
     "BrokerURL",
     "Check",
     "ConfigError",
@@ -75,6 +76,7 @@ __all__ = [
     "HandlerError",
     "HealthReport",
     "Inbound",
+    "Job",
     "MemoryBroker",
     "MemoryTransport",
     "MeshClient",

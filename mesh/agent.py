@@ -316,6 +316,7 @@ class Agent:
         (acknowledged after commit), and ends its session (DISCONNECT with session expiry 0):
         nothing stays queued for it. A lone instance finishes what it handles and keeps its
         durable session, so what arrives meanwhile waits for its restart."""
+        self._started = False  # its own `offline` below must not be restated as `online`
         for task in list(self._tasks):  # health, sweeps: nothing new starts
             task.cancel()
         shared = self.settings.share_group is not None

@@ -17,7 +17,7 @@ import msgspec
 
 from mesh import codec, state
 from mesh.contract import Contract
-from mesh.errors import ContractError
+from mesh.errors import ContractError, HandlerError
 from mesh.outbox import OutboxRecord, OutboxRelay, stage
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import Reply
@@ -96,7 +96,24 @@ class Context:
         self.staged_receipts.append(rec)
 
 
+class Job:
+    """One message of a batch: its context (all of a batch share one transaction), its
+    payload, and what the batch handler made of it: a `reply`, or `refuse(...)`."""
+
+    __slots__ = ("ctx", "error", "payload", "reply")
+
+    def __init__(self, ctx: Context, payload: Any) -> None:
+        self.ctx = ctx
+        self.payload = payload
+        self.reply: Reply | None = None
+        self.error: HandlerError | None = None
+
+    def refuse(self, exc: HandlerError) -> None:
+        self.error = exc
+
+
 Handler = Callable[["Context", Any], Awaitable[Reply | None]]
+BatchHandler = Callable[[list[Job]], Awaitable[None]]
 AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
 DedupKey = Callable[[Any], str | None]
 
@@ -110,3 +127,26 @@ class Route(msgspec.Struct, frozen=True):
     # Runs after the commit, before the reply and the acknowledgement (e.g. to wait briefly for
     # a receipt and put its result into the reply).
     after_commit: AfterCommit | None = None
+    # Batch-native: every message of a group commit in one call (reads for all of them, then
+    # writes; `Tx.defer` makes each table one statement). Refuse a job before writing for it.
+    batch: BatchHandler | None = None
+
+    @classmethod
+    def batched(
+        cls,
+        key: str,
+        batch: BatchHandler,
+        *,
+        dedup: DedupKey | None = None,
+        after_commit: AfterCommit | None = None,
+    ) -> Route:
+        """A route whose handler is `batch`; one message alone is a batch of one."""
+
+        async def one(ctx: Context, payload: Any) -> Reply | None:
+            job = Job(ctx, payload)
+            await batch([job])
+            if job.error is not None:
+                raise job.error
+            return job.reply
+
+        return cls(key, one, dedup=dedup, after_commit=after_commit, batch=batch)

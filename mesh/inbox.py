@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 import os
 import time
@@ -27,16 +26,16 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec
+from mesh import claims, codec
 from mesh.backoff import Backoff
 from mesh.contract import Contract, TopicEntry
 from mesh.errors import DecodeError, HandlerError
-from mesh.handler import Context, Route
+from mesh.handler import Context, Job, Route
 from mesh.metrics import Metrics
 from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import ErrorInfo, Reply
-from mesh.store import Migration, Store
+from mesh.store import Migration, Store, Tx
 from mesh.store.errors import cause_of, is_transient
 from mesh.transport import Inbound
 
@@ -85,34 +84,6 @@ class Delivery:
         self.trace_id = trace_id
         self.received = time.perf_counter()
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-
-
-DERIVED_PREFIXES = ("req:", "pub:")
-
-
-def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
-    """The dedup key of a state-changing message that names none of its own.
-
-    - a request with correlation data: the requester's (response topic, correlation data), so
-      a retry of the same request is the same, and two requests are two;
-    - a request with a response topic but no correlation data (mosquitto_rr's default), or a
-      bare publish: the canonical payload (its decoded value re-encoded, so key order and
-      spacing do not matter), with the response topic when there is one.
-
-    The trade-off: two identical keyless messages within the keyless window (10 minutes by
-    default, LIFEOPS_KEYLESS_WINDOW_S) count once: a retry cannot be told from a second
-    identical activity. Later, the same message counts again unless the broker marks it a
-    redelivery (DUP), which a redelivery after a crash always is. Give each activity a
-    `source_ref` (or an `activity_id`) when the same activity really happens twice.
-    """
-    h = hashlib.sha256()
-    if msg.response_topic and msg.correlation_data:
-        h.update(msg.response_topic.encode() + b"\x00" + msg.correlation_data)
-        return f"req:{topic_key}:{h.hexdigest()}"
-    h.update(codec.encode(payload))
-    if msg.response_topic:
-        h.update(b"\x00" + msg.response_topic.encode())
-    return f"pub:{topic_key}:{h.hexdigest()}"
 
 
 def _parse_failpoint(failpoint: str | None) -> int | None:
@@ -260,102 +231,166 @@ class GroupCommitter:
         """One transaction for the batch. With `isolate`, each message runs in a savepoint and
         a failing handler rolls back only its own message; without, the first failure rolls
         back the whole transaction (_HandlerFailed) and the caller runs the batch isolated:
-        the common all-good batch saves two statements per message."""
-        outcomes: list[Outcome] = []
-        records: list[OutboxRecord] = []
-        receipts: list[ReceiptRecord] = []
+        the common all-good batch saves two statements per message. Messages of a batch-native
+        route are handed to it together (without `isolate`)."""
+        outcomes: dict[int, Outcome] = {}
+        ctxs: dict[int, Context] = {}
         async with self._store.transaction() as tx:
-            for d in batch:
-                ctx = Context(
-                    tx=tx,
-                    agent=self._agent,
-                    contract=self._contract,
-                    msg=d.msg,
-                    params=d.params,
-                    trace_id=d.trace_id,
-                    relay=self._relay,
-                    receipts=self._receipts,
-                )
+            for group in _groups(batch, together=not isolate):
+                jobs = [(n, self._context(tx, batch[n])) for n in group]
+                ctxs.update(jobs)
+                if isolate:
+                    n, ctx = jobs[0]
+                    outcomes[n] = await self._isolated(ctx, batch[n])
+                else:
+                    try:
+                        got = await self._handle_group([(c, batch[n]) for n, c in jobs])
+                    except Exception as exc:
+                        if is_transient(exc):
+                            raise
+                        raise _HandlerFailed from exc
+                    outcomes.update(zip(group, got, strict=True))
+            if not isolate:
                 try:
-                    if isolate:
-                        async with tx.savepoint():
-                            outcome = await self._handle(ctx, d)
-                    else:
-                        try:
-                            outcome = await self._handle(ctx, d)
-                        except Exception as exc:
-                            if is_transient(exc):
-                                raise
-                            raise _HandlerFailed from exc
-                except _HandlerFailed:
-                    raise
-                except (HandlerError, DecodeError) as exc:
-                    outcome = Outcome(error=ErrorInfo(code=exc.code, message=exc.message))
+                    await tx.flush()
                 except Exception as exc:
                     if is_transient(exc):
                         raise
-                    log.exception("handler for %s failed", d.entry.key)
-                    # A bug is not a refusal: the sender may try again (after a fix).
-                    outcome = Outcome(
-                        error=ErrorInfo(
-                            code="internal_error",
-                            message=f"{type(exc).__name__}: {exc}",
-                            transient=True,
-                        )
-                    )
-                else:
-                    records.extend(ctx.staged)
-                    receipts.extend(ctx.staged_receipts)
-                outcomes.append(outcome)
-        return outcomes, records, receipts
+                    raise _HandlerFailed from exc
+        records: list[OutboxRecord] = []
+        receipts: list[ReceiptRecord] = []
+        for n in range(len(batch)):
+            if outcomes[n].error is None:
+                records.extend(ctxs[n].staged)
+                receipts.extend(ctxs[n].staged_receipts)
+        return [outcomes[n] for n in range(len(batch))], records, receipts
 
-    async def _handle(self, ctx: Context, d: Delivery) -> Outcome:
-        key = None
-        if d.route.dedup is not None:  # a state-changing route: every message claims a key
-            key = d.route.dedup(d.payload) or derived_key(d.entry.key, d.msg, d.payload)
-        reply_type = d.entry.reply_type
-        if key is not None:
-            claimed = await ctx.tx.execute(
-                "INSERT INTO mesh_inbox (key, topic_key, reply, created_at) VALUES (?, ?, NULL, ?)"
-                " ON CONFLICT DO NOTHING",
-                key,
-                d.entry.key,
-                ctx.now.isoformat(),
-            )
-            if claimed == 0:
-                row = await ctx.tx.fetchone(
-                    "SELECT reply, created_at FROM mesh_inbox WHERE key = ?", key
+    def _context(self, tx: Tx, d: Delivery) -> Context:
+        return Context(
+            tx=tx,
+            agent=self._agent,
+            contract=self._contract,
+            msg=d.msg,
+            params=d.params,
+            trace_id=d.trace_id,
+            relay=self._relay,
+            receipts=self._receipts,
+        )
+
+    async def _isolated(self, ctx: Context, d: Delivery) -> Outcome:
+        """One message in a savepoint: a refusal or a bug rolls back only its own writes."""
+        try:
+            async with ctx.tx.savepoint():
+                return (await self._handle_group([(ctx, d)]))[0]
+        except (HandlerError, DecodeError) as exc:
+            return Outcome(error=ErrorInfo(code=exc.code, message=exc.message))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("handler for %s failed", d.entry.key)
+            # A bug is not a refusal: the sender may try again (after a fix).
+            return Outcome(
+                error=ErrorInfo(
+                    code="internal_error", message=f"{type(exc).__name__}: {exc}", transient=True
                 )
-                if row and await self._keyless_again(ctx, d, key, row[1]):
-                    return await self._run_handler(ctx, d, key)
-                reply = None
-                if row and row[0] and reply_type is not None:
-                    reply = codec.decode(row[0].encode("utf-8"), reply_type)
-                    if "duplicate" in reply_type.__struct_fields__:
-                        reply = msgspec.structs.replace(reply, duplicate=True)
-                return Outcome(reply=reply, duplicate=True)
-        return await self._run_handler(ctx, d, key)
+            )
 
-    async def _keyless_again(self, ctx: Context, d: Delivery, key: str, claimed_at: str) -> bool:
+    async def _handle_group(self, jobs: list[tuple[Context, Delivery]]) -> list[Outcome]:
+        """Messages of one route: claim their dedup keys, answer repeats from the inbox, run
+        the handler (once for all of a batch-native route), keep the replies."""
+        route, entry = jobs[0][1].route, jobs[0][1].entry
+        tx, now = jobs[0][0].tx, jobs[0][0].now
+        keys = [self._key(d) for _, d in jobs]
+        first: dict[str, int] = {}
+        for n, key in enumerate(keys):
+            if key is not None:
+                first.setdefault(key, n)
+        run = [n for n, key in enumerate(keys) if key is None]
+        out: dict[int, Outcome] = {}
+        if first:
+            free = await claims.claim_many(tx, list(first), entry.key, now)
+            taken = await claims.stored(tx, [k for k in first if k not in free])
+            for key, n in first.items():
+                if key in free or self._keyless_again(jobs[n][1], key, taken[key][1], now):
+                    if key not in free:
+                        claims.reclaim(tx, key, now)
+                    run.append(n)
+                else:
+                    out[n] = self._repeat(entry, taken[key][0])
+        run.sort()
+        for n, outcome in zip(run, await self._execute(route, [jobs[n] for n in run]), strict=True):
+            out[n] = outcome
+            key = keys[n]
+            if key is not None and outcome.error is not None:
+                claims.release(tx, key)
+            elif key is not None and outcome.reply is not None:
+                claims.keep_reply(tx, key, codec.encode(outcome.reply))
+        for n, key in enumerate(keys):  # the same key again within the batch
+            if n not in out and key is not None:
+                out[n] = _again(out[first[key]])
+        return [out[n] for n in range(len(jobs))]
+
+    def _key(self, d: Delivery) -> str | None:
+        if d.route.dedup is None:  # a query: nothing to claim
+            return None
+        # a state-changing route: every message claims a key
+        return d.route.dedup(d.payload) or claims.derived_key(d.entry.key, d.msg, d.payload)
+
+    async def _execute(self, route: Route, jobs: list[tuple[Context, Delivery]]) -> list[Outcome]:
+        if route.batch is None:
+            return [Outcome(reply=await route.handler(ctx, d.payload)) for ctx, d in jobs]
+        work = [Job(ctx, d.payload) for ctx, d in jobs]
+        await route.batch(work)
+        out = []
+        for job in work:
+            if job.error is not None:
+                if job.ctx.staged or job.ctx.staged_receipts:
+                    raise RuntimeError(f"{route.key}: a refused job staged writes")
+                err = ErrorInfo(code=job.error.code, message=job.error.message)
+                out.append(Outcome(error=err))
+            else:
+                out.append(Outcome(reply=job.reply))
+        return out
+
+    def _repeat(self, entry: TopicEntry, stored: str | None) -> Outcome:
+        """A repeated message: the original reply, marked as a duplicate."""
+        reply_type = entry.reply_type
+        reply = None
+        if stored and reply_type is not None:
+            reply = codec.decode(stored.encode("utf-8"), reply_type)
+            if "duplicate" in reply_type.__struct_fields__:
+                reply = msgspec.structs.replace(reply, duplicate=True)
+        return Outcome(reply=reply, duplicate=True)
+
+    def _keyless_again(self, d: Delivery, key: str, claimed_at: str, now: dt.datetime) -> bool:
         """A derived key claimed longer than the keyless window ago, by a message that is not
         a redelivery: an identical keyless message sent anew. It claims the key afresh."""
-        if not key.startswith(DERIVED_PREFIXES) or d.msg.dup:
+        if not key.startswith(claims.DERIVED_PREFIXES) or d.msg.dup:
             return False
-        if ctx.now - dt.datetime.fromisoformat(claimed_at) < self._keyless_window:
-            return False
-        await ctx.tx.execute(
-            "UPDATE mesh_inbox SET created_at = ?, reply = NULL WHERE key = ?",
-            ctx.now.isoformat(),
-            key,
-        )
-        return True
+        return now - dt.datetime.fromisoformat(claimed_at) >= self._keyless_window
 
-    async def _run_handler(self, ctx: Context, d: Delivery, key: str | None) -> Outcome:
-        reply = await d.route.handler(ctx, d.payload)
-        if key is not None and reply is not None:
-            await ctx.tx.execute(
-                "UPDATE mesh_inbox SET reply = ? WHERE key = ?",
-                codec.encode(reply).decode("utf-8"),
-                key,
-            )
-        return Outcome(reply=reply)
+
+def _groups(batch: list[Delivery], *, together: bool) -> list[list[int]]:
+    """Indexes of the batch to handle together: each message alone, or (without isolation)
+    the messages of each batch-native route together, in order of their first message."""
+    if not together:
+        return [[n] for n in range(len(batch))]
+    out: list[list[int]] = []
+    by_route: dict[str, list[int]] = {}
+    for n, d in enumerate(batch):
+        if d.route.batch is None:
+            out.append([n])
+        elif d.route.key in by_route:
+            by_route[d.route.key].append(n)
+        else:
+            by_route[d.route.key] = [n]
+            out.append(by_route[d.route.key])
+    return out
+
+
+def _again(outcome: Outcome) -> Outcome:
+    """A repeat of a message earlier in the same batch gets its answer."""
+    reply = outcome.reply
+    if reply is not None and "duplicate" in type(reply).__struct_fields__:
+        reply = msgspec.structs.replace(reply, duplicate=True)
+    return Outcome(reply=reply, error=outcome.error, duplicate=True)

@@ -82,7 +82,7 @@ async def stage(
         trace_id=trace_id,
         created_at=_now(),
     )
-    await tx.execute(
+    tx.defer(
         "INSERT INTO mesh_outbox (id, seq, topic_key, topic, payload, qos, retain, trace_id,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rec.id,

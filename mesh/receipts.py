@@ -130,7 +130,7 @@ class ReceiptOutbox:
             trace_id=trace_id,
             created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
-        await tx.execute(
+        tx.defer(
             "INSERT INTO mesh_receipts (id, topic_key, topic, payload, trace_id, created_at,"
             " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rec.id,

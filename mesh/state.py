@@ -49,7 +49,7 @@ OnRefused = Callable[[str, bytes, Exception], Awaitable[None]]  # topic, payload
 
 
 async def put(tx: Tx, *, topic: str, topic_key: str, payload: bytes, trace_id: str | None) -> None:
-    await tx.execute(
+    tx.defer(
         "INSERT INTO mesh_state (topic, topic_key, payload, trace_id, version, published_version)"
         " VALUES (?, ?, ?, ?, 1, 0) ON CONFLICT (topic) DO UPDATE SET"
         " payload = excluded.payload, trace_id = excluded.trace_id,"

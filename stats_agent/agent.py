@@ -33,9 +33,11 @@ def build(settings: Settings) -> AgentApp:
         contract=contract(),
         migrations=MIGRATIONS,
         routes=[
-            Route("activities_log", handlers.log_activity, dedup=activity_identity),
-            Route("activity_completed", handlers.activity_completed, dedup=activity_identity),
-            Route("oura_synced", handlers.oura_synced, dedup=oura_identity),
+            Route.batched("activities_log", handlers.log_activities, dedup=activity_identity),
+            Route.batched(
+                "activity_completed", handlers.activities_completed, dedup=activity_identity
+            ),
+            Route.batched("oura_synced", handlers.oura_days, dedup=oura_identity),
             Route("character_get", handlers.character_get),
             Route("events_recent", handlers.events_recent),
         ],

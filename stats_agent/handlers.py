@@ -9,19 +9,16 @@ import msgspec
 
 from lifeops_contract.schemas import (
     AchievementUnlocked,
-    ActivityCompleted,
     ActivityLogReply,
     ActivityLogRequest,
     CharacterGetRequest,
     CharacterReply,
-    CharacterSheet,
     EventsRecentReply,
     EventsRecentRequest,
-    LevelUp,
     OuraSynced,
 )
-from mesh import Context, HandlerError, NotFound, codec, keyed_uuid
-from stats_agent import game, repository
+from mesh import Context, HandlerError, Job, NotFound, codec, keyed_uuid
+from stats_agent import game, ledger, repository
 from stats_agent.rules import Rules
 
 
@@ -38,102 +35,277 @@ def oura_identity(ev: OuraSynced) -> str:
     return f"oura:{ev.user_id}:{ev.date.isoformat()}"
 
 
+class Pending(msgspec.Struct, kw_only=True):
+    """An activity of the batch that grants XP, with the row it becomes."""
+
+    job: Job
+    grant: ledger.Grant
+    activity_type: str
+    source: str
+    source_ref: str | None
+    activity_time: dt.datetime | None
+
+
 class StatsHandlers:
+    """Every XP-granting route is batch-native: a group commit's activities cost one statement
+    per table (earlier activities, characters, stats, achievements, levelups, activities)."""
+
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         # Derived activity ids use this installation's key (set at start), so nobody can
         # compute one in advance and pre-claim it.
         self.key: bytes | None = None
 
-    async def log_activity(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
+    async def log_activities(self, jobs: list[Job]) -> None:
         """stats/activities/log, open to several accounts: `source: lifeops` (LifeOps speaks
         on its own topic) is refused and a `streak` is not honoured."""
-        if req.source == "lifeops":
-            raise HandlerError(
-                "invalid_source",
-                "source 'lifeops' is reserved for LifeOps' own lifeops/activity/completed",
-            )
-        return await self._log(ctx, msgspec.structs.replace(req, streak=None))
+        ok = []
+        for job in jobs:
+            if job.payload.source == "lifeops":
+                job.refuse(
+                    HandlerError(
+                        "invalid_source",
+                        "source 'lifeops' is reserved for LifeOps' own lifeops/activity/completed",
+                    )
+                )
+            else:
+                ok.append(Job(job.ctx, msgspec.structs.replace(job.payload, streak=None)))
+        await self._log(ok)
+        for job, done in zip([j for j in jobs if j.error is None], ok, strict=True):
+            job.reply, job.error = done.reply, done.error
 
-    async def activity_completed(self, ctx: Context, ev: ActivityCompleted) -> ActivityLogReply:
+    async def activities_completed(self, jobs: list[Job]) -> None:
         """lifeops/activity/completed: only LifeOps may publish there (the ACL), so its streak
         counts."""
-        return await self._log(ctx, ev)
+        await self._log(jobs)
 
     def _derived_id(self, text: str) -> str:
         if self.key is None:
             raise RuntimeError("the Stats agent has not started (no installation key)")
         return keyed_uuid(self.key, text)
 
-    async def _log(self, ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
-        user_id = game.check_user_id(req.user_id)
-        # The inbox already refused a repeated dedup key (activity_id, else source+source_ref).
-        # What it cannot see: the same (source, source_ref) under another activity_id, or
-        # after its inbox key was pruned. Answer that with the original result, grant nothing.
-        if req.source_ref:
-            prior = await repository.activity_by_source(ctx.tx, req.source, req.source_ref)
-            if prior is not None:
-                original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
-                return msgspec.structs.replace(original, duplicate=True)
-        grants = game.grants_for(self.rules, req.activity_type, req.custom_xp)
-        activity_id = req.activity_id or (
-            self._derived_id(f"{req.source}:{req.source_ref}")
-            if req.source_ref
-            else str(uuid.uuid4())
-        )
-        known = await repository.activity_by_id(ctx.tx, activity_id)
-        if known is not None:  # a repeat whose inbox key was pruned, or someone else's id
-            if known[0] != user_id:
-                raise HandlerError(
-                    "activity_id_taken",
-                    f"activity_id {activity_id[:80]!r} belongs to another activity",
+    async def _log(self, jobs: list[Job]) -> None:
+        """The inbox already answered repeated dedup keys (activity_id, else source and
+        source_ref). What it cannot see: the same (source, source_ref) under another
+        activity_id, or after its inbox key was pruned: answered with the original result."""
+        valid: list[tuple[Job, str]] = []
+        for job in jobs:
+            try:
+                valid.append((job, game.check_user_id(job.payload.user_id)))
+            except HandlerError as exc:
+                job.refuse(exc)
+        if not valid:
+            return
+        tx = valid[0][0].ctx.tx
+        refs = [(j.payload.source, j.payload.source_ref) for j, _ in valid if j.payload.source_ref]
+        prior = await repository.replies_by_source(tx, refs) if refs else {}
+        fresh: list[Pending] = []
+        for job, user_id in valid:
+            req: ActivityLogRequest = job.payload
+            if req.source_ref and (req.source, req.source_ref) in prior:
+                job.reply = _again(prior[(req.source, req.source_ref)])
+                continue
+            try:
+                grants = game.grants_for(self.rules, req.activity_type, req.custom_xp)
+            except HandlerError as exc:
+                job.refuse(exc)
+                continue
+            activity_id = req.activity_id or (
+                self._derived_id(f"{req.source}:{req.source_ref}")
+                if req.source_ref
+                else str(uuid.uuid4())
+            )
+            grant = ledger.Grant(
+                user_id=user_id, activity_id=activity_id, grants=grants, streak=req.streak or 0
+            )
+            fresh.append(
+                Pending(
+                    job=job,
+                    grant=grant,
+                    activity_type=req.activity_type,
+                    source=req.source,
+                    source_ref=req.source_ref,
+                    activity_time=req.activity_time,
                 )
-            earlier: ActivityLogReply = codec.decode(known[1].encode(), ActivityLogReply)
-            return msgspec.structs.replace(earlier, duplicate=True)
-        reply = await self._grant(ctx, user_id, activity_id, grants, streak=req.streak or 0)
-        await repository.insert_activity(
-            ctx.tx,
-            activity_id=activity_id,
-            user_id=user_id,
-            activity_type=req.activity_type,
-            source=req.source,
-            source_ref=req.source_ref,
-            activity_time=req.activity_time,
-            xp=codec.encode(grants).decode(),
-            reply=codec.encode(reply).decode(),
-            now=ctx.now,
-        )
-        return reply
+            )
+        await self._grant_new(fresh)
 
-    async def oura_synced(self, ctx: Context, ev: OuraSynced) -> ActivityLogReply:
-        user_id = game.check_user_id(ev.user_id)
-        scores = {
-            "sleep": ev.scores.sleep,
-            "readiness": ev.scores.readiness,
-            "activity": ev.scores.activity,
-        }
-        prior = await repository.activity_by_source(ctx.tx, "lifeops", oura_identity(ev))
-        if prior is not None:  # its inbox key was pruned; the activity is still there
-            original: ActivityLogReply = codec.decode(prior.encode(), ActivityLogReply)
-            return msgspec.structs.replace(original, duplicate=True)
-        grants = game.oura_grants(self.rules, scores)
-        if not grants:
-            return ActivityLogReply(message="no XP for these scores")
-        activity_id = self._derived_id(oura_identity(ev))
-        reply = await self._grant(ctx, user_id, activity_id, grants, streak=0)
-        await repository.insert_activity(
+    async def oura_days(self, jobs: list[Job]) -> None:
+        """lifeops/oura/synced: a day's scores, once per user and day."""
+        valid: list[tuple[Job, str]] = []
+        for job in jobs:
+            try:
+                valid.append((job, game.check_user_id(job.payload.user_id)))
+            except HandlerError as exc:
+                job.refuse(exc)
+        if not valid:
+            return
+        tx = valid[0][0].ctx.tx
+        refs = [("lifeops", oura_identity(j.payload)) for j, _ in valid]
+        prior = await repository.replies_by_source(tx, refs)
+        fresh: list[Pending] = []
+        for job, user_id in valid:
+            ev: OuraSynced = job.payload
+            ref = oura_identity(ev)
+            if ("lifeops", ref) in prior:  # its inbox key was pruned; the activity is still there
+                job.reply = _again(prior[("lifeops", ref)])
+                continue
+            scores = {
+                "sleep": ev.scores.sleep,
+                "readiness": ev.scores.readiness,
+                "activity": ev.scores.activity,
+            }
+            grants = game.oura_grants(self.rules, scores)
+            if not grants:
+                job.reply = ActivityLogReply(message="no XP for these scores")
+                continue
+            grant = ledger.Grant(user_id=user_id, activity_id=self._derived_id(ref), grants=grants)
+            fresh.append(
+                Pending(
+                    job=job,
+                    grant=grant,
+                    activity_type="oura_daily",
+                    source="lifeops",
+                    source_ref=ref,
+                    activity_time=dt.datetime.combine(ev.date, dt.time(), dt.UTC),
+                )
+            )
+        await self._grant_new(fresh)
+
+    async def _grant_new(self, fresh: list[Pending]) -> None:
+        """Activities not seen before, in order: a taken activity_id is refused (or, the same
+        user's, answered as the repeat it is); one activity twice in the batch counts once."""
+        if not fresh:
+            return
+        tx = fresh[0].job.ctx.tx
+        known = await repository.activities_by_id(tx, [p.grant.activity_id for p in fresh])
+        todo: list[Pending] = []
+        first: dict[str, Pending] = {}
+        first_ref: dict[tuple[str, str], Pending] = {}
+        later: list[tuple[Pending, Pending]] = []
+        for p in fresh:
+            aid, ref = p.grant.activity_id, (p.source, p.source_ref or "")
+            earlier = known.get(aid)
+            if earlier is not None and earlier[0] != p.grant.user_id:
+                p.job.refuse(
+                    HandlerError(
+                        "activity_id_taken", f"activity_id {aid[:80]!r} belongs to another activity"
+                    )
+                )
+            elif earlier is not None:
+                p.job.reply = _again(earlier[1])
+            elif aid in first or (p.source_ref and ref in first_ref):
+                later.append((p, first.get(aid) or first_ref[ref]))
+            else:
+                first[aid] = p
+                if p.source_ref:
+                    first_ref[ref] = p
+                todo.append(p)
+        await self._apply(todo)
+        for p, original in later:
+            if original.job.reply is not None and original.grant.user_id == p.grant.user_id:
+                p.job.reply = msgspec.structs.replace(original.job.reply, duplicate=True)
+            else:
+                aid = p.grant.activity_id
+                p.job.refuse(
+                    HandlerError(
+                        "activity_id_taken", f"activity_id {aid[:80]!r} belongs to another activity"
+                    )
+                )
+
+    async def _apply(self, todo: list[Pending]) -> None:
+        """Grant XP: characters and stats incremented in one statement each (concurrent agents
+        add, never overwrite), the batch replayed from each character's start (ledger), then
+        achievements, level-ups, events, activities and one retained sheet per user."""
+        if not todo:
+            return
+        tx, now = todo[0].job.ctx.tx, todo[0].job.ctx.now
+        at = now.isoformat()
+        gains: dict[str, tuple[int, int]] = {}
+        stat_gains: dict[tuple[str, str], int] = {}
+        for p in todo:
+            xp, n = gains.get(p.grant.user_id, (0, 0))
+            gains[p.grant.user_id] = (xp + sum(p.grant.grants.values()), n + 1)
+            for stat, value in p.grant.grants.items():
+                key = (p.grant.user_id, stat)
+                stat_gains[key] = stat_gains.get(key, 0) + value
+        after = await repository.add_xp(tx, gains, stat_gains, at)
+        users = sorted(gains)
+        extra = await repository.stats_and_achievements(tx, users)
+        chars = ledger.starts(
+            {
+                u: ledger.Character(
+                    total_xp=after[u][0],
+                    activities=after[u][1],
+                    stat_xp=extra[u][0],
+                    achievements=extra[u][1],
+                )
+                for u in users
+            },
+            [p.grant for p in todo],
+        )
+        applied = [ledger.apply(self.rules, chars[p.grant.user_id], p.grant, now) for p in todo]
+        titles = {r.code: r.title for r in self.rules.achievements}
+        wanted = [
+            (a.grant.user_id, code, titles[code], a.grant.activity_id)
+            for a in applied
+            for code in a.awards
+        ]
+        awarded = await repository.award_many(tx, wanted, at)
+        last: dict[str, Context] = {}
+        for p, a in zip(todo, applied, strict=True):
+            await self._record(p, a, awarded, titles)
+            last[p.grant.user_id] = p.job.ctx
+        for user, ctx in last.items():
+            c = chars[user]
+            codes = [x for x in c.achievements if x in extra[user][1] or (user, x) in awarded]
+            sheet = repository.build_sheet(
+                user, self.rules.game.stats, c.total_xp, c.activities, after[user][2],
+                c.stat_xp, codes,
+            )  # fmt: skip
+            await ctx.emit("character_state", sheet, user_id=user)
+
+    async def _record(
+        self,
+        p: Pending,
+        a: ledger.Applied,
+        awarded: set[tuple[str, str]],
+        titles: dict[str, str],
+    ) -> None:
+        """One activity's events, its row, its reply."""
+        ctx, g = p.job.ctx, p.grant
+        reply = a.reply
+        won = [code for code in a.awards if (g.user_id, code) in awarded]
+        if won != a.awards:  # another agent awarded one a moment ago
+            reply = msgspec.structs.replace(reply, achievements=won)
+        for event in a.levelups:
+            repository.keep_levelup(ctx.tx, event)
+            await ctx.emit("levelup", event)
+        for code in won:
+            await ctx.emit(
+                "achievement",
+                AchievementUnlocked(
+                    event_id=f"ach:{g.user_id}:{code}",
+                    user_id=g.user_id,
+                    achievement_code=code,
+                    title=titles[code],
+                    activity_id=g.activity_id,
+                    awarded_at=ctx.now,
+                ),
+            )
+        repository.insert_activity(
             ctx.tx,
-            activity_id=activity_id,
-            user_id=user_id,
-            activity_type="oura_daily",
-            source="lifeops",
-            source_ref=oura_identity(ev),
-            activity_time=dt.datetime.combine(ev.date, dt.time(), dt.UTC),
-            xp=codec.encode(grants).decode(),
+            activity_id=g.activity_id,
+            user_id=g.user_id,
+            activity_type=p.activity_type,
+            source=p.source,
+            source_ref=p.source_ref,
+            activity_time=p.activity_time,
+            xp=codec.encode(g.grants).decode(),
             reply=codec.encode(reply).decode(),
             now=ctx.now,
         )
-        return reply
+        p.job.reply = reply
 
     async def character_get(self, ctx: Context, req: CharacterGetRequest) -> CharacterReply:
         user_id = game.check_user_id(req.user_id)
@@ -149,101 +321,8 @@ class StatsHandlers:
         )
         return EventsRecentReply(levelups=levelups, achievements=achievements)
 
-    async def _grant(
-        self, ctx: Context, user_id: str, activity_id: str, grants: dict[str, int], streak: int
-    ) -> ActivityLogReply:
-        gained = sum(grants.values())
-        total, activities = await repository.add_character_xp(ctx.tx, user_id, gained, ctx.now)
-        before, after = game.level_for(total - gained), game.level_for(total)
-        stat_level_ups: dict[str, int] = {}
-        stat_xp = await repository.add_stats_xp(ctx.tx, user_id, grants)
-        for stat, xp in grants.items():
-            new_xp = stat_xp[stat]
-            old_lvl, new_lvl = game.level_for(new_xp - xp).level, game.level_for(new_xp).level
-            if new_lvl > old_lvl:
-                stat_level_ups[stat] = new_lvl
-                await _level_up(ctx, user_id, activity_id, stat, old_lvl, new_lvl, new_xp)
-        if after.level > before.level:
-            await _level_up(ctx, user_id, activity_id, None, before.level, after.level, total)
-        # Achievements: the whole stat picture, not only the stats this activity touched.
-        sheet = await repository.character_sheet(
-            ctx.tx, user_id, self.rules.game.stats, known=(total, activities, ctx.now.isoformat())
-        )
-        assert sheet is not None
-        progress = game.Progress(
-            activities=activities,
-            level=after.level,
-            stat_xp={s: st.xp for s, st in sheet.stats.items()},
-            streak=streak,
-        )
-        new_achievements = await self._award(ctx, user_id, activity_id, sheet, progress)
-        if new_achievements:
-            sheet = msgspec.structs.replace(
-                sheet,
-                achievements=[*sheet.achievements, *new_achievements],
-                latest_achievement=new_achievements[-1],
-            )
-        await ctx.emit("character_state", sheet, user_id=user_id)
-        return ActivityLogReply(
-            activity_id=activity_id,
-            xp_granted=grants,
-            stat_level_ups=stat_level_ups,
-            character_level_up=after.level > before.level,
-            new_level=after.level,
-            total_xp=total,
-            achievements=new_achievements,
-            message=game.gained_message(grants),
-        )
 
-    async def _award(
-        self,
-        ctx: Context,
-        user_id: str,
-        activity_id: str,
-        sheet: CharacterSheet,
-        progress: game.Progress,
-    ) -> list[str]:
-        """Award every achievement the character has now earned and did not have; returns
-        their codes in rule order, each staged as a stats/achievement event."""
-        new: list[str] = []
-        for rule in self.rules.achievements:
-            if rule.code in sheet.achievements or not game.earned(rule, progress):
-                continue
-            if await repository.award(ctx.tx, user_id, rule.code, rule.title, activity_id, ctx.now):
-                new.append(rule.code)
-                await ctx.emit(
-                    "achievement",
-                    AchievementUnlocked(
-                        event_id=f"ach:{user_id}:{rule.code}",
-                        user_id=user_id,
-                        achievement_code=rule.code,
-                        title=rule.title,
-                        activity_id=activity_id,
-                        awarded_at=ctx.now,
-                    ),
-                )
-        return new
-
-
-async def _level_up(
-    ctx: Context,
-    user_id: str,
-    activity_id: str,
-    stat: str | None,
-    previous: int,
-    new: int,
-    total_xp: int,
-) -> None:
-    """Stage one level-up event; its id is deterministic, so a republish is recognisable."""
-    event = LevelUp(
-        event_id=f"lvl:{user_id}:{stat or 'character'}:{new}",
-        user_id=user_id,
-        new_level=new,
-        previous_level=previous,
-        total_xp=total_xp,
-        activity_id=activity_id,
-        stat=stat,
-        occurred_at=ctx.now,
-    )
-    await repository.keep_levelup(ctx.tx, event)
-    await ctx.emit("levelup", event)
+def _again(stored: str) -> ActivityLogReply:
+    """An activity known before: its original result, marked as a repeat."""
+    original: ActivityLogReply = codec.decode(stored.encode(), ActivityLogReply)
+    return msgspec.structs.replace(original, duplicate=True)

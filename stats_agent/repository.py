@@ -92,7 +92,7 @@ async def activity_by_source(tx: Tx, source: str, source_ref: str) -> str | None
     return row[0] if row else None
 
 
-async def insert_activity(
+def insert_activity(
     tx: Tx,
     *,
     activity_id: str,
@@ -105,7 +105,7 @@ async def insert_activity(
     reply: str,
     now: dt.datetime,
 ) -> None:
-    await tx.execute(
+    tx.defer(
         "INSERT INTO stats_activities (activity_id, user_id, activity_type, source, source_ref,"
         " activity_time, xp, reply, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         activity_id,
@@ -120,8 +120,8 @@ async def insert_activity(
     )
 
 
-async def keep_levelup(tx: Tx, event: LevelUp) -> None:
-    await tx.execute(
+def keep_levelup(tx: Tx, event: LevelUp) -> None:
+    tx.defer(
         "INSERT INTO stats_levelups (event_id, user_id, body, occurred_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT DO NOTHING",
         event.event_id,
@@ -194,7 +194,7 @@ async def character_sheet(
             return None
         known = (int(row[0]), int(row[1]), row[2])
     total, activities, updated = known
-    xp = {s: 0 for s in stats}
+    xp: dict[str, int] = {}
     codes: list[str] = []
     # Stats and achievements in one statement: (0, stat, xp, NULL) rows, then (1, code, 0,
     # awarded_at) rows in the order they were awarded.
@@ -209,9 +209,22 @@ async def character_sheet(
             xp[name] = int(value)
         else:
             codes.append(name)
+    return build_sheet(user_id, stats, total, activities, updated, xp, codes)
+
+
+def build_sheet(
+    user_id: str,
+    stats: list[str],
+    total: int,
+    activities: int,
+    updated: str,
+    xp: dict[str, int],
+    codes: list[str],
+) -> CharacterSheet:
+    """The character sheet of these figures (every stat of the rules, 0 when never granted)."""
     char = level_for(total)
     sheets = {}
-    for stat, value in xp.items():
+    for stat, value in {**dict.fromkeys(stats, 0), **xp}.items():
         info = level_for(value)
         sheets[stat] = StatSheet(
             xp=value,
@@ -231,3 +244,111 @@ async def character_sheet(
         activities=activities,
         updated_at=dt.datetime.fromisoformat(updated),
     )
+
+
+# -- a batch at a time: one statement per table, whatever the batch's size ----------------------
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" for _ in range(n))
+
+
+async def replies_by_source(tx: Tx, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(source, source_ref) -> the stored reply, for activities already known (one query per
+    source, on the unique index)."""
+    by_source: dict[str, list[str]] = {}
+    for source, ref in refs:
+        by_source.setdefault(source, []).append(ref)
+    out: dict[tuple[str, str], str] = {}
+    for source, wanted in by_source.items():
+        for ref, reply in await tx.fetchall(
+            "SELECT source_ref, reply FROM stats_activities"
+            f" WHERE source = ? AND source_ref IN ({_marks(len(wanted))})",
+            source,
+            *wanted,
+        ):
+            out[(source, ref)] = reply
+    return out
+
+
+async def activities_by_id(tx: Tx, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """activity_id -> (user id, stored reply), for the ids already taken."""
+    if not ids:
+        return {}
+    rows = await tx.fetchall(
+        f"SELECT activity_id, user_id, reply FROM stats_activities"
+        f" WHERE activity_id IN ({_marks(len(ids))})",
+        *ids,
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def add_xp(
+    tx: Tx, gains: dict[str, tuple[int, int]], stat_gains: dict[tuple[str, str], int], now: str
+) -> dict[str, tuple[int, int, str]]:
+    """Add each user's XP and activity count, and each stat's XP (users and stats in a fixed
+    order: concurrent agents lock rows alike, no deadlock); returns user -> (total XP,
+    activities, updated_at) after."""
+    users = sorted(gains)
+    values = ", ".join("(?, ?, ?, ?, ?)" for _ in users)
+    args: list[object] = []
+    for u in users:
+        args += [u, gains[u][0], gains[u][1], now, now]
+    rows = await tx.fetchall(
+        "INSERT INTO stats_characters (user_id, total_xp, activities, created_at, updated_at)"
+        f" VALUES {values} ON CONFLICT (user_id) DO UPDATE SET"
+        " total_xp = stats_characters.total_xp + excluded.total_xp,"
+        " activities = stats_characters.activities + excluded.activities,"
+        " updated_at = excluded.updated_at"
+        " RETURNING user_id, total_xp, activities, updated_at",
+        *args,
+    )
+    for (user, stat), xp in sorted(stat_gains.items()):
+        tx.defer(
+            "INSERT INTO stats_stat_xp (user_id, stat, xp) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, stat) DO UPDATE SET xp = stats_stat_xp.xp + excluded.xp",
+            user,
+            stat,
+            xp,
+        )
+    return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
+
+
+async def stats_and_achievements(
+    tx: Tx, users: list[str]
+) -> dict[str, tuple[dict[str, int], list[str]]]:
+    """user -> (stat -> XP, achievement codes in the order they were awarded)."""
+    out: dict[str, tuple[dict[str, int], list[str]]] = {u: ({}, []) for u in users}
+    marks = _marks(len(users))
+    for kind, user, name, value, _ in await tx.fetchall(
+        f"SELECT 0, user_id, stat, xp, NULL FROM stats_stat_xp WHERE user_id IN ({marks})"
+        " UNION ALL SELECT 1, user_id, code, 0, awarded_at FROM stats_achievements"
+        f" WHERE user_id IN ({marks}) ORDER BY 1, 5, 3",
+        *users,
+        *users,
+    ):
+        if kind == 0:
+            out[user][0][name] = int(value)
+        else:
+            out[user][1].append(name)
+    return out
+
+
+async def award_many(
+    tx: Tx, awards: list[tuple[str, str, str, str]], now: str
+) -> set[tuple[str, str]]:
+    """Insert (user, code, title, activity_id) achievements; returns the (user, code) that
+    were new (another agent may have just awarded one)."""
+    if not awards:
+        return set()
+    ordered = sorted(awards)
+    values = ", ".join("(?, ?, ?, ?, ?)" for _ in ordered)
+    args: list[object] = []
+    for user, code, title, activity_id in ordered:
+        args += [user, code, title, activity_id, now]
+    rows = await tx.fetchall(
+        "INSERT INTO stats_achievements (user_id, code, title, activity_id, awarded_at)"
+        f" VALUES {values} ON CONFLICT DO NOTHING RETURNING user_id, code",
+        *args,
+    )
+    return {(r[0], r[1]) for r in rows}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
 import msgspec
@@ -28,24 +28,82 @@ class Migration(msgspec.Struct, frozen=True):
 
 
 class Tx(abc.ABC):
-    """One open transaction."""
+    """One open transaction.
 
-    @abc.abstractmethod
+    `defer(sql, *args)` queues a write whose row count nobody needs; consecutive deferred
+    writes of the same statement go to the database as one `executemany` just before the next
+    other statement, savepoint or commit. So the order of effects is the order of the calls
+    (a read sees every write before it), and a batch that reads first and writes after costs
+    one round trip per table instead of one per row."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, list[Sequence[Any]]]] = []
+
+    def defer(self, sql: str, *args: Any) -> None:
+        if self._pending and self._pending[-1][0] == sql:
+            self._pending[-1][1].append(args)
+        else:
+            self._pending.append((sql, [args]))
+
+    async def flush(self) -> None:
+        """Send what was deferred (the runtime calls it before commits and savepoints)."""
+        while self._pending:
+            sql, rows = self._pending.pop(0)
+            if len(rows) == 1:
+                await self._run(sql, rows[0])
+            else:
+                await self._run_many(sql, rows)
+
+    def discard(self) -> None:
+        """Forget what was deferred (its transaction or savepoint is being rolled back)."""
+        self._pending.clear()
+
     async def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; returns the number of rows it changed where the backend knows."""
+        await self.flush()
+        return await self._run(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.flush()
+        await self._run_many(sql, rows)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        await self.flush()
+        return await self._fetchone(sql, args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        await self.flush()
+        return await self._fetchall(sql, args)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: rolled back alone when its block raises (with what it
+        deferred)."""
+        await self.flush()
+        async with self._savepoint():
+            try:
+                yield
+                await self.flush()
+            except BaseException:
+                self.discard()
+                raise
+
+    # -- what a backend implements ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    async def _run(self, sql: str, args: Sequence[Any]) -> int: ...
 
     @abc.abstractmethod
-    async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
+    async def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
     @abc.abstractmethod
-    async def fetchall(self, sql: str, *args: Any) -> list[Row]: ...
+    async def _fetchone(self, sql: str, args: Sequence[Any]) -> Row | None: ...
 
     @abc.abstractmethod
-    def savepoint(self) -> AbstractAsyncContextManager[None]:
-        """A nested transaction: rolled back alone when its block raises."""
+    async def _fetchall(self, sql: str, args: Sequence[Any]) -> list[Row]: ...
+
+    @abc.abstractmethod
+    def _savepoint(self) -> AbstractAsyncContextManager[None]: ...
 
 
 class Store(abc.ABC):

@@ -25,25 +25,26 @@ def to_pg(sql: str) -> str:
 
 class PostgresTx(Tx):
     def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__()
         self._conn = conn
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _run(self, sql: str, args: Sequence[Any]) -> int:
         status = await self._conn.execute(to_pg(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else -1
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._conn.executemany(to_pg(sql), rows)
 
-    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+    async def _fetchone(self, sql: str, args: Sequence[Any]) -> Row | None:
         row = await self._conn.fetchrow(to_pg(sql), *args)
         return tuple(row) if row is not None else None
 
-    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+    async def _fetchall(self, sql: str, args: Sequence[Any]) -> list[Row]:
         return [tuple(r) for r in await self._conn.fetch(to_pg(sql), *args)]
 
     @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
+    async def _savepoint(self) -> AsyncIterator[None]:
         async with self._conn.transaction():
             yield
 
@@ -92,7 +93,13 @@ class PostgresStore(Store):
                 self._pool.acquire(timeout=30) as conn,
                 conn.transaction(readonly=readonly),
             ):
-                yield PostgresTx(conn)
+                tx = PostgresTx(conn)
+                try:
+                    yield tx
+                    await tx.flush()
+                except BaseException:
+                    tx.discard()
+                    raise
         except (
             OSError,
             TimeoutError,

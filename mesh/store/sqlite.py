@@ -28,24 +28,25 @@ from mesh.store.errors import cause_of
 
 class SqliteTx(Tx):
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self._conn = conn
         self._sp = itertools.count()
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _run(self, sql: str, args: Sequence[Any]) -> int:
         return self._conn.execute(sql, args).rowcount
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
 
-    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+    async def _fetchone(self, sql: str, args: Sequence[Any]) -> Row | None:
         row = self._conn.execute(sql, args).fetchone()
         return tuple(row) if row is not None else None
 
-    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+    async def _fetchall(self, sql: str, args: Sequence[Any]) -> list[Row]:
         return [tuple(r) for r in self._conn.execute(sql, args).fetchall()]
 
     @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
+    async def _savepoint(self) -> AsyncIterator[None]:
         name = f"sp{next(self._sp)}"
         self._conn.execute(f"SAVEPOINT {name}")
         try:
@@ -116,9 +117,12 @@ class SqliteStore(Store):
         conn = self._conn
         async with self._lock:
             await _begin(conn, "BEGIN IMMEDIATE")
+            tx = SqliteTx(conn._conn)  # the sqlite3 connection aiosqlite owns
             try:
-                yield SqliteTx(conn._conn)  # the sqlite3 connection aiosqlite owns
+                yield tx
+                await tx.flush()
             except BaseException:
+                tx.discard()
                 try:
                     await asyncio.shield(conn.execute("ROLLBACK"))
                 except sqlite3.Error:

@@ -200,7 +200,7 @@ class MqttTransport:
         self.on_lost: Callable[[], None] | None = None
         self.taken_over = False
         self._reconnects = 0
-        self._reconnect_pacing = Backoff(0.25, 10.0)
+        self._reconnect_pacing = Backoff(1.0, 10.0)
         self._ever_connected = False
         self._closed = False
 
@@ -234,12 +234,13 @@ class MqttTransport:
         return client
 
     def _guard_reconnect(self, create: Any) -> Any:
-        """Every reconnect attempt waits a jittered, growing delay (full jitter, 0.25 s doubling
-        to 10 s, reset by a successful connect): clients that lost one broker together do not
-        come back in lockstep. And gmqtt's reconnect loop connects without asking whether the
-        client was disconnected meanwhile: a ghost connection (with a durable client id, one
-        that takes the session over from a new instance). Refuse to connect once `disconnect()`
-        ran."""
+        """Every reconnect attempt waits a jittered, growing delay (0.5-1 s, then up to 2, 4, 8,
+        10 s; reset by a successful connect): clients that lost one broker together do not come
+        back in lockstep, and an agent whose session was taken over notices it (presence still
+        up) before its next attempt throws the other process off. And gmqtt's reconnect loop
+        connects without asking whether the client was disconnected meanwhile: a ghost
+        connection (with a durable client id, one that takes the session over from a new
+        instance). Refuse to connect once `disconnect()` ran."""
 
         def closed() -> bool:
             return self._closed

@@ -78,3 +78,23 @@ async def test_sqlite_syncs_every_commit_unless_told_otherwise(tmp_path: Path) -
         async with open_store(f"sqlite:///{tmp_path / 'd.db'}{query}") as store:
             async with store.read() as tx:
                 assert await tx.fetchone("PRAGMA synchronous") == (want,)
+
+
+async def test_deferred_writes_keep_their_order_and_roll_back(db_url: str) -> None:
+    """Tx.defer: a later read sees every deferred write before it; a savepoint that raises
+    takes its deferred writes with it; the commit sends what is left."""
+    async with open_store(db_url) as store:
+        async with store.transaction() as tx:
+            await tx.execute("CREATE TABLE IF NOT EXISTS d (k TEXT PRIMARY KEY, v INTEGER)")
+        async with store.transaction() as tx:
+            for n in range(3):
+                tx.defer("INSERT INTO d (k, v) VALUES (?, ?)", f"k{n}", n)
+            assert await tx.fetchone("SELECT COUNT(*) FROM d") == (3,)
+            with pytest.raises(RuntimeError):
+                async with tx.savepoint():
+                    tx.defer("INSERT INTO d (k, v) VALUES (?, ?)", "lost", 9)
+                    raise RuntimeError("rolled back")
+            tx.defer("UPDATE d SET v = v + 10 WHERE k = ?", "k0")
+        async with store.read() as tx:
+            rows = await tx.fetchall("SELECT k, v FROM d ORDER BY k")
+        assert rows == [("k0", 10), ("k1", 1), ("k2", 2)]
