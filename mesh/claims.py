@@ -58,6 +58,7 @@ async def claim_many(tx: Tx, keys: list[str], topic_key: str, now: dt.datetime) 
     """Claim distinct `keys` in one statement per CHUNK; returns those that were free."""
     got: set[str] = set()
     at = now.isoformat()
+    keys = sorted(keys)  # one order for every agent: concurrent claims cannot deadlock
     for start in range(0, len(keys), CHUNK):
         part = keys[start : start + CHUNK]
         values = ", ".join("(?, ?, NULL, ?)" for _ in part)
