@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -38,6 +39,7 @@ from mesh import Inbound, MeshClient, codec, plain_transport  # noqa: E402
 from mesh.broker.process import MosquittoProcess, free_port  # noqa: E402
 from mesh.testing.processes import AgentProcess  # noqa: E402
 
+READING_XP = 30  # stats_agent/default_rules.toml: reading grants INT+30
 BENCH_ACL = "user bench\ntopic readwrite #\n"  # a scratch account on a scratch broker
 
 
@@ -119,10 +121,19 @@ def spawn(args: list[str], ready: str = "ready", timeout: float = 30) -> subproc
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if ready in line:
+            # Keep draining: a service that logs into a full pipe blocks in its log handler.
+            # (This, not FastStream, was why the FastStream row once timed out: its access log
+            # filled the 64 KiB pipe after 376 requests and the service stopped in write().)
+            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
             return proc
         if proc.poll() is not None:
             raise RuntimeError(f"{args} exited {proc.returncode}")
     raise RuntimeError(f"{args} not ready in {timeout}s")
+
+
+def _drain(stream: IO[str]) -> None:
+    for _ in stream:
+        pass
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -190,6 +201,69 @@ async def bench_stats(
     res.name = label
     alone.name = label + ", 1 in flight"
     return res, alone, idle_rss, peak
+
+
+class Scale(msgspec.Struct):
+    instances: int
+    result: Result
+    accepted: int  # requests answered with success
+    stored: int  # rows in stats_activities afterwards
+    total_xp: int  # sum of stats_characters.total_xp afterwards
+    expected_xp: int
+
+
+async def bench_scale(
+    broker: MosquittoProcess, pg: Any, work: Path, n: int, inflight: int, counts: tuple[int, ...]
+) -> list[Scale]:
+    """(6): 1, 2, 3 Stats instances behind `$share/stats/...` on one PostgreSQL database each
+    run; afterwards the database must hold exactly one activity and its XP per accepted request."""
+    import asyncpg
+
+    from mesh.testing.postgres import run_sync
+
+    out = []
+    for k in counts:
+        db = run_sync(pg.create_database())
+        agents = [
+            agent_process(
+                "stats",
+                broker.url("stats"),
+                db,
+                data_dir=work,
+                instance=f"s{k}-{j}-{uuid.uuid4().hex[:4]}",
+                env={"LIFEOPS_LOG_LEVEL": "WARNING"},
+                extra_args=["--shared", "stats"],
+            )
+            for j in range(k)
+        ]
+        try:
+            for agent in agents:
+                agent.start()
+            accepted = 0
+            async with MeshClient(broker.url("tester"), contract()) as client:
+                call = activity_caller(client, users=1000)
+
+                async def counted(i: int, call: Callable[[int], Awaitable[None]] = call) -> None:
+                    nonlocal accepted
+                    await call(i)
+                    accepted += 1
+
+                await load(counted, min(500, n), inflight)  # warm-up
+                res = await load(lambda i: counted(i + 10_000_000), n, inflight)
+        finally:
+            for agent in agents:
+                agent.stop()
+        conn = await asyncpg.connect(db)
+        try:
+            stored = await conn.fetchval("SELECT count(*) FROM stats_activities")
+            total = await conn.fetchval("SELECT coalesce(sum(total_xp), 0) FROM stats_characters")
+        finally:
+            await conn.close()
+            run_sync(pg.drop_database(db))
+        res.name = f"(6) Stats (PostgreSQL), {k} instance{'s' if k > 1 else ''}, $share/stats"
+        # "reading" grants INT+30 (default_rules.toml); no level-up bonus XP on this path
+        out.append(Scale(k, res, accepted, int(stored), int(total), accepted * READING_XP))
+    return out
 
 
 async def bench_growth(
@@ -409,12 +483,8 @@ async def bench_faststream(
                 )
                 assert b"success" in msg.body
 
-            try:
-                r = await load(call, n, inflight)
-            except TimeoutError:
-                # Seen here: zmqtt's requests stop being answered under concurrent load (every
-                # later request times out); report that instead of a number.
-                r = Result("", 0.0, 0.0, 0.0, note="requests timed out under concurrent load")
+            await load(call, min(500, n), inflight)  # warm-up, as for every other row
+            r = await load(lambda i: call(i + 10_000_000), n, inflight)
     finally:
         stop(proc)
     r.name = "(5) FastStream MQTT request/response"
@@ -427,6 +497,22 @@ def table(results: list[Result], base: Result) -> str:
         lines.append(
             f"{r.name:<58} {r.rate:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
             f"{r.rate / base.rate:>6.0%}" + (f"  ({r.note})" if r.note else "")
+        )
+    return "\n".join(lines)
+
+
+def scale_table(rows: list[Scale], base: Result) -> str:
+    lines = [
+        f"{'Stats instances on one PostgreSQL':<34} {'req/s':>8} {'vs 1':>6} {'vs (1)':>7} "
+        f"{'accepted':>9} {'stored':>7} {'total XP':>9} {'exact':>6}"
+    ]
+    one = rows[0].result.rate
+    for r in rows:
+        exact = r.stored == r.accepted and r.total_xp == r.expected_xp
+        lines.append(
+            f"{r.instances:<34} {r.result.rate:>8.0f} {r.result.rate / one:>6.2f} "
+            f"{r.result.rate / base.rate:>6.0%} {r.accepted:>9} {r.stored:>7} {r.total_xp:>9} "
+            f"{'yes' if exact else 'NO':>6}"
         )
     return "\n".join(lines)
 
@@ -452,6 +538,7 @@ async def main() -> int:
             "LIFEOPS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
     )
+    ap.add_argument("--no-scale", action="store_true", help="skip (6), the scale table")
     args = ap.parse_args()
     n = 3000 if args.quick else args.requests
     work = Path(tempfile.mkdtemp(prefix="lifeops-bench-"))
@@ -503,6 +590,9 @@ async def main() -> int:
                 )
             finally:
                 run_sync(pg.drop_database(db))
+            scale = await bench_scale(
+                broker, pg, work, n, args.inflight, () if args.no_scale else (1, 2, 3)
+            )
         results.append(pgr)
         chain, peak_chain = await bench_chain(broker, work, max(1000, n // 4), args.inflight)
         results.append(chain)
@@ -524,6 +614,10 @@ async def main() -> int:
         f"{n} requests per MQTT scenario, {args.inflight} in flight"
     )
     print(table(results, base))
+    print()
+    if scale:
+        print()
+        print(scale_table(scale, base))
     print()
     print(
         f"Stats agent RSS: idle {idle:.0f} MB, peak {peak_sq:.0f} MB (SQLite), "

@@ -104,9 +104,11 @@ class LifeOpsHandlers:
         prior = history.rows.get((item.code, day))
         if prior is not None:
             reply = self._reply_from(prior, best.get(item.code, 0))
+            then = f" ({reply.message} then)" if reply.message else ""
             return msgspec.structs.replace(
                 reply,
                 success=False,
+                message=f"Already completed for {day}{then}: nothing gained now",
                 error=ErrorInfo(
                     code="already_completed", message=f"{item.title} is already completed for {day}"
                 ),

@@ -80,6 +80,7 @@ class Dispatcher:
         self.committer = committer
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self.broker_dropped: int | None = None  # $SYS/broker/publish/messages/dropped
         self.on_agent_status = on_agent_status
         self.on_instance_status = on_instance_status
         self.on_refused = on_refused
@@ -103,7 +104,8 @@ class Dispatcher:
             return 0
         if msg.topic == DROPPED:
             with contextlib.suppress(ValueError):
-                self.metrics.broker_dropped.set(int(msg.payload))
+                self.broker_dropped = int(msg.payload)
+                self.metrics.broker_dropped.set(self.broker_dropped)
             return 0
         if "/status" in msg.topic and "status" not in self.routes:
             found = self.contract.match(msg.topic)

@@ -7,6 +7,7 @@ MeshError
 ├── HandlerError           a handler refuses a message with a code (becomes an error reply)
 │   └── NotFound
 ├── TransportError         the broker connection failed or refused something
+│   ├── NotAuthorized      the broker refused the user name or password
 │   ├── PublishRefused     a QoS 1 publish was answered with a failure reason code
 │   └── PacketTooLarge     a publish would exceed the broker's Maximum Packet Size
 ├── RequestTimeout         no reply within the contract's timeout
@@ -55,6 +56,10 @@ class NotFound(HandlerError):
 
 class TransportError(MeshError):
     """The broker connection failed or refused something."""
+
+
+class NotAuthorized(TransportError):
+    """The broker refused the CONNECT: bad user name or password, or not authorized."""
 
 
 class PublishRefused(TransportError):

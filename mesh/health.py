@@ -71,6 +71,7 @@ async def report(agent: Agent) -> HealthReport:
         outbox_oldest_age_seconds=outbox_age,
         receipts_pending=receipts_n,
         receipts_oldest_age_seconds=receipts_age,
+        broker_dropped=agent.dispatcher.broker_dropped,
     )
 
 

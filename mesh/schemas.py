@@ -80,6 +80,10 @@ class HealthReport(Payload, kw_only=True):
     outbox_oldest_age_seconds: float = 0.0
     receipts_pending: int = 0
     receipts_oldest_age_seconds: float = 0.0
+    # Mosquitto's $SYS dropped-messages counter as this agent last saw it (None: not seen yet).
+    # The broker sends a $SYS value only when it changes, so a tool that listens for a moment
+    # rarely sees it; an agent listens all the time.
+    broker_dropped: int | None = None
     checked_at: dt.datetime | None = None
 
     @classmethod

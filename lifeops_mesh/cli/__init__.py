@@ -7,6 +7,7 @@ Each command is a module of this package that declares its arguments beside its 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ from lifeops_mesh.cli import (
     up,
 )
 from lifeops_mesh.cli.common import Command
-from mesh import MeshError
+from mesh import MeshError, NotAuthorized
 
 COMMANDS: tuple[Command, ...] = (
     up,
@@ -53,10 +54,23 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+PASSWORD_HINT = (
+    "`lifeops-mesh up` keeps every account's password in DATA/broker/credentials.toml; "
+    "pass --broker mqtt://USER:PASSWORD@HOST:PORT or set LIFEOPS_TOOL_BROKER_URL"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "tool", False):
+        # A tool prints one line per problem; gmqtt's own log lines (CONNACK codes, reconnects)
+        # say the same thing worse. Agents (run, up) keep them in their logs.
+        logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args))
+    except NotAuthorized as exc:
+        print(f"lifeops-mesh: {exc} ({PASSWORD_HINT})", file=sys.stderr)
+        return 2
     except MeshError as exc:
         print(f"lifeops-mesh: {exc}", file=sys.stderr)
         return 2

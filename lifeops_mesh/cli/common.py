@@ -24,6 +24,7 @@ def add_tool_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--broker and --data, as every tool that talks to a running mesh takes them."""
     p.add_argument("--broker", help="mqtt://tester:PASSWORD@host:port (default: the `up` broker)")
     p.add_argument("--data", help="the data dir of `lifeops-mesh up` (default ./data)")
+    p.set_defaults(tool=True)
     return p
 
 

@@ -18,16 +18,27 @@ def register(sub: Subparsers) -> None:
     p = add_tool_args(
         sub.add_parser("request", help="request/response by contract key, printing the reply")
     )
-    p.add_argument("key", help="contract key, e.g. activities_log (see `contract check`)")
-    p.add_argument("json", help="the request payload")
+    p.add_argument("key", nargs="?", help="contract key, e.g. activities_log (see --list)")
+    p.add_argument("json", nargs="?", help="the request payload")
+    p.add_argument("--list", action="store_true", help="list the request keys and exit")
     p.add_argument("--timeout", type=float, help="seconds (default: the contract's)")
     p.set_defaults(func=cmd_request)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    url = tool_broker_url(args.broker, args.data)
     contract = the_contract()
-    entry = contract.entry(args.key)
+    if args.list:
+        for e in contract.topics.values():
+            if e.kind == "request":
+                print(f"{e.key:<22} {e.topic:<34} {e.schema}")
+        return 0
+    if not args.key or args.json is None:
+        raise ConfigError("usage: lifeops-mesh request KEY JSON (the keys: request --list)")
+    found = contract.topics.get(args.key)
+    if found is None or found.kind != "request":
+        raise ConfigError(f"{args.key!r} is not a request key (the keys: request --list)")
+    entry = found
+    url = tool_broker_url(args.broker, args.data)
     try:
         payload = codec.decode(args.json.encode("utf-8"), entry.schema_type, entry.format)
     except DecodeError as exc:

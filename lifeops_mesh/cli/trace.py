@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lifeops_mesh.cli.common import Subparsers
@@ -23,5 +24,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     missing = [f for f in files if not f.exists()]
     if missing:
         raise ConfigError(f"no log file {missing[0]} (pass --log FILE for each agent's log)")
-    print(render(find(args.trace_id, files)))
+    lines = find(args.trace_id, files)
+    if not lines:
+        names = ", ".join(str(f) for f in files)
+        print(f"lifeops-mesh: no log line of trace {args.trace_id} in {names}", file=sys.stderr)
+        return 1
+    print(render(lines))
     return 0

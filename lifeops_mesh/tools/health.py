@@ -69,6 +69,16 @@ async def gather(broker_url: str, listen_s: float = 0.7) -> MeshHealth:
         up = [r for i, r in reports.items() if instances.get(agent, {}).get(i) == "online"]
         if up:  # what a running instance says, not what a stopped one said last
             health[agent] = min(up, key=lambda r: r.status == "healthy")
+    dropped = SYS["$SYS/broker/publish/messages/dropped"]
+    if dropped not in broker:
+        # Mosquitto sends a $SYS value only when it changed within its sys_interval (10 s), so a
+        # steady counter rarely arrives while we listen; the agents listen all the time.
+        seen = [(r.broker_dropped, a) for a, r in health.items() if r.broker_dropped is not None]
+        if seen:
+            value, agent = max(seen)
+            broker[dropped] = f"{value} (as {agent} last saw it)"
+        else:
+            broker[dropped] = "not sent while we listened (Mosquitto sends it only on change)"
     return MeshHealth(agents=agents, health=health, broker=broker, instances=instances)
 
 

@@ -26,7 +26,7 @@ import gmqtt
 from gmqtt.storage import PersistentStorage
 
 from mesh.backoff import Backoff
-from mesh.errors import PacketTooLarge, PublishRefused, TransportError
+from mesh.errors import NotAuthorized, PacketTooLarge, PublishRefused, TransportError
 from mesh.transport.base import ConnectHandler, Inbound, MessageHandler, Transport, Will
 
 log = logging.getLogger("mesh.transport")
@@ -324,6 +324,11 @@ class MqttTransport:
         except OSError as exc:
             raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
         except gmqtt.mqtt.handler.MQTTConnectError as exc:
+            if getattr(exc, "_code", None) in (4, 5, 0x86, 0x87):
+                who = self._account[0] or "(no user name)"
+                raise NotAuthorized(
+                    f"{self.host}:{self.port} refused user {who!r}: wrong user name or password"
+                ) from exc
             raise TransportError(f"broker refused {self.client_id!r}: {exc}") from exc
 
     async def wait_connected(self, timeout: float) -> None:

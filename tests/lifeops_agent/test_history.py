@@ -24,7 +24,8 @@ from mesh import Agent, availability_will, open_store
 from mesh.testing.brokers import InMemoryBroker, client_for
 from tests.conftest import make_settings
 
-TODAY = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+# A moment already past (a completion may not be in the future), on the day the test runs.
+TODAY = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
 
 
 async def _agents(twin: InMemoryBroker, tmp: Path) -> list[Agent]:

@@ -90,6 +90,8 @@ async def test_request_and_trace_show_the_whole_path(mesh: dict[str, Any]) -> No
     assert rc == 0, err
     assert "lifeops" in out and "timeline_complete" in out
     assert "stats" in out and "activity_completed" in out
+    rc, out, err = await cli("trace", "0" * 32, "--log", str(mesh["log"]))
+    assert rc == 1 and out == "" and f"no log line of trace {'0' * 32}" in err
     rc, out, err = await cli(
         "request", "activities_log", '{"user_id": "x"}', "--broker", mesh["url"]
     )
@@ -109,6 +111,27 @@ async def test_the_same_request_command_again_is_a_retry(mesh: dict[str, Any]) -
     one, two = json.loads(first[1]), json.loads(again[1])
     assert one["xp_granted"] == {"INT": 30} and not one["duplicate"]
     assert two["duplicate"] and two["activity_id"] == one["activity_id"]
+
+
+async def test_request_lists_its_keys_and_a_wrong_password_is_one_line(
+    mesh: dict[str, Any],
+) -> None:
+    """`request --list` names every request key; a wrong password is one line that says where
+    the passwords are, with no gmqtt internals and no trace id of a request never sent."""
+    rc, out, err = await cli("request", "--list")
+    assert rc == 0, err
+    keys = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert keys["activities_log"] == "stats/activities/log"
+    assert keys["timeline_complete"] == "lifeops/timeline/complete"
+    assert "character_state" not in keys  # a state topic, not a request
+    bad = mesh["url"].replace("tester:", "tester:wrong", 1)
+    body = '{"user_id": "u", "activity_type": "reading"}'
+    for args in (("request", "activities_log", body), ("health",)):
+        rc, out, err = await cli(*args, "--broker", bad)
+        assert rc == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert "refused user 'tester': wrong user name or password" in err
+        assert "credentials.toml" in err and "CONNACK" not in err and "trace" not in err
 
 
 async def test_tail_shows_traffic_with_contract_keys(mesh: dict[str, Any]) -> None:
@@ -152,6 +175,9 @@ async def test_health_lists_agents_and_broker_figures(mesh: dict[str, Any]) -> N
     assert report["agents"]["stats"] == "online" and report["agents"]["lifeops"] == "online"
     assert report["health"]["lifeops"]["checks"]["stats"]["ok"] is True
     assert "version" in report["broker"]
+    # Never a bare "-": the broker's figure, an agent's last view of it, or why there is none.
+    dropped = report["broker"]["messages dropped (queue limits)"]
+    assert dropped.split()[0].isdigit() or "only on change" in dropped, dropped
 
 
 async def test_dlq_list_and_replay_a_fixed_message(
