@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 ensure_python
 ensure_mosquitto
-ensure_venv test
+ensure_venv  # what running needs; scripts/test.sh adds the test extra
 exec .venv/bin/lifeops-mesh up --demo "$@"

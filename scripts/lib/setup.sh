@@ -41,16 +41,18 @@ ensure_mosquitto() {
 }
 
 ensure_venv() {
-    local extras="$1"
-    local stamp=".venv/.installed-$extras"
+    local extras="${1:-}"
+    local stamp=".venv/.installed-${extras:-run}"
+    local spec="."
+    if [ -n "$extras" ]; then spec=".[${extras}]"; fi
     if [ ! -x .venv/bin/python ]; then
         log "creating .venv"
         "$PYTHON" -m venv .venv
     fi
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        log "installing Python packages (.[${extras}])"
+        log "installing Python packages (${spec})"
         .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-        .venv/bin/python -m pip install -q -e ".[${extras}]"
+        .venv/bin/python -m pip install -q -e "${spec}"
         touch "$stamp"
     fi
 }
