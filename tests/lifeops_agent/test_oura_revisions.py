@@ -58,7 +58,7 @@ async def test_revised_day_grants_only_what_the_better_version_adds(
         up = await _import(tester, uid, sleep=90)  # WIS 27: 3 more
         assert up.revised == 1
         sheet = await eventually(lambda: _sheet(tester, uid, 89), what="XP of the best version")
-        assert sheet is not None
+        assert sheet is not None and sheet.character is not None
         assert {s: v.xp for s, v in sheet.character.stats.items() if v.xp} == {
             "WIS": 27,
             "STA": 35,
