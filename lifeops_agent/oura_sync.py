@@ -31,6 +31,7 @@ from lifeops_oura import (
     OuraClient,
     OuraError,
     Token,
+    env_suffix,
     token_for,
 )
 from mesh import Agent, Check, ConfigError, HandlerError, ReceiptRecord
@@ -86,9 +87,10 @@ def tokens_for(config: OuraSyncConfig, env: Mapping[str, str]) -> dict[str, Toke
     for user in config.users:
         token = token_for(user, env)
         if token is None:
+            suffix = env_suffix(user)
             raise ConfigError(
                 f"LIFEOPS_OURA_USERS names {user!r}, but neither LIFEOPS_OURA_TOKEN_FILE_"
-                f"{user.upper().replace('-', '_')} nor LIFEOPS_OURA_TOKEN_... is set"
+                f"{suffix} nor LIFEOPS_OURA_TOKEN_{suffix} is set"
             )
         out[user] = token
     return out

@@ -16,7 +16,7 @@ from lifeops_oura.api import (
 )
 from lifeops_oura.documents import KINDS
 from lifeops_oura.files import load_days
-from lifeops_oura.tokens import Token, token_for
+from lifeops_oura.tokens import Token, env_suffix, read_token_file, token_for
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -27,6 +27,8 @@ __all__ = [
     "OuraResponseError",
     "OuraUnavailable",
     "Token",
+    "env_suffix",
     "load_days",
+    "read_token_file",
     "token_for",
 ]

@@ -46,21 +46,24 @@ def env_suffix(user_id: str) -> str:
     return user_id.upper().replace("-", "_")
 
 
+def read_token_file(path: Path, what: str) -> Token:
+    """The token in a file; `what` (the variable or option that named it) is in the errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        return Token(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {path}: {exc}") from exc
+
+
 def token_for(user_id: str, env: Mapping[str, str]) -> Token | None:
     """The user's token from LIFEOPS_OURA_TOKEN_FILE_<USER> or LIFEOPS_OURA_TOKEN_<USER>."""
     suffix = env_suffix(user_id)
     path = env.get(f"LIFEOPS_OURA_TOKEN_FILE_{suffix}")
     if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"LIFEOPS_OURA_TOKEN_FILE_{suffix}: cannot read {path}: {exc.strerror}"
-            ) from exc
-        try:
-            return Token(text)
-        except ConfigError as exc:
-            raise ConfigError(f"LIFEOPS_OURA_TOKEN_FILE_{suffix}: {path}: {exc}") from exc
+        return read_token_file(Path(path), f"LIFEOPS_OURA_TOKEN_FILE_{suffix}")
     value = env.get(f"LIFEOPS_OURA_TOKEN_{suffix}")
     if value:
         try:

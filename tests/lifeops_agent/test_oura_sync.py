@@ -4,9 +4,12 @@ through the real broker; the XP equals what the rules give, exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -154,3 +157,54 @@ async def _more(api: OuraStandIn, n: int) -> bool:
 async def _degraded(agent: Any) -> bool:
     report = await agent.health()
     return bool(report.status == "degraded" and not report.checks["oura"].ok)
+
+
+async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lifeops_mesh",
+        "oura",
+        "sync",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_sync_once_then_again_then_with_a_refused_token(
+    broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start, tester: MeshClient
+) -> None:
+    """`lifeops-mesh oura sync --user ID --since DATE`: fetches through pages and a 503, sends
+    the days through `oura_import` (XP by the rules); again: nothing new; a wrong token: exit
+    2 with a clear message that does not show the token."""
+    uid = user()
+    scores: dict[dt.date, Scores] = {
+        day(3): (82, 78, 70),
+        day(2): (74, 66, 55),
+        day(1): (90, 88, None),
+    }
+    env = {f"LIFEOPS_OURA_TOKEN_{uid.upper()}": SECRET}
+    async with oura_standin(page_size=2) as api:
+        serve(api, scores)
+        serve(api, {day(9): (99, 99, 99)})  # before --since: not fetched
+        api.fail("daily_activity", 503)
+        args = ["--user", uid, "--since", day(3).isoformat(), "--broker", broker.url("tester")]
+        args += ["--api-url", api.base_url]
+        async with start_agent("stats", broker, new_db()), start_agent("lifeops", broker, new_db()):
+            code, out, err = await _cli(*args, env=env)
+            assert code == 0, err
+            assert f"3 days for {uid}: 3 new, 0 already imported" in out
+            expected = rules_xp({d: [s] for d, s in scores.items()})
+            await eventually(lambda: _total_is(tester, uid, expected), what="XP of the CLI sync")
+            code, out, err = await _cli(*args, env=env)
+            assert code == 0 and "0 new, 3 already imported" in out, err
+            bad = f"{SECRET}-revoked"
+            code, out, err = await _cli(*args, env={f"LIFEOPS_OURA_TOKEN_{uid.upper()}": bad})
+            assert code == 2 and "token is refused (401)" in err
+            assert bad not in out + err
+            assert await _total_is(tester, uid, expected)
