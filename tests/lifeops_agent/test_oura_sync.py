@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from lifeops_contract.schemas import CharacterGetRequest, CharacterReply
-from mesh import codec
+from mesh import ConfigError, codec
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.wait import eventually
@@ -208,3 +208,27 @@ async def test_cli_sync_once_then_again_then_with_a_refused_token(
             assert code == 2 and "token is refused (401)" in err
             assert bad not in out + err
             assert await _total_is(tester, uid, expected)
+
+
+def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None:
+    """A user without a token, a bad interval or user id: ConfigError naming the variables;
+    `doctor` builds LifeOps with a token configured and nothing it reports shows it."""
+    from lifeops_agent.oura_sync import OuraSyncConfig, tokens_for
+    from lifeops_mesh.tools.doctor.static import build_apps
+
+    config = OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "ada, run-club"})
+    assert config.users == ("ada", "run-club") and config.overlap_days == 7
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_TOKEN_RUN_CLUB"):
+        tokens_for(config, {"LIFEOPS_OURA_TOKEN_ADA": SECRET})
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA"):
+        OuraSyncConfig.from_env({"LIFEOPS_OURA_SYNC_INTERVAL_S": "soon"})
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_USERS"):
+        OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "a/b"})
+    env = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": SECRET}
+    apps, failed = build_apps(env)
+    assert "lifeops" in apps and not failed
+    checks = apps["lifeops"].checks
+    assert checks is not None and SECRET not in repr(checks())
+    bad = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": f"{SECRET} x"}
+    _, failed = build_apps(bad)
+    assert "lifeops" in failed and SECRET not in str(failed["lifeops"])
