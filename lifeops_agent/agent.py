@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from lifeops_agent.handlers import LifeOpsHandlers
+from lifeops_agent.oura_sync import OuraSync, OuraSyncConfig, tokens_for
 from lifeops_agent.repository import MIGRATIONS
 from lifeops_agent.timeline import load_timeline
 from lifeops_contract import contract
@@ -37,6 +38,8 @@ def build(settings: Settings) -> AgentApp:
     handlers = LifeOpsHandlers(load_timeline(config.timeline_file), config.timezone)
     the_contract = contract()
     handlers.contract = the_contract
+    oura_config = OuraSyncConfig.from_env(settings.env)
+    oura = OuraSync(oura_config, tokens_for(oura_config, settings.env))
 
     async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts
@@ -52,6 +55,10 @@ def build(settings: Settings) -> AgentApp:
         if changed:
             log.info("timeline changed: %d retained timelines restated", changed)
             agent.states.changed()
+        await oura.start(agent)
+
+    async def on_stop(agent: Agent) -> None:
+        await oura.stop()
 
     return AgentApp(
         name="lifeops",
@@ -65,6 +72,8 @@ def build(settings: Settings) -> AgentApp:
         ],
         on_open=on_open,
         on_start=on_start,
+        on_stop=on_stop,
+        checks=oura.checks,
         on_receipt=handlers.on_receipt,
         depends_on=("stats",),
         on_peer_status=handlers.peer_status,

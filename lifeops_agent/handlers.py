@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 import msgspec
@@ -11,6 +10,7 @@ import msgspec
 from lifeops_agent import days, repository
 from lifeops_agent.history import History
 from lifeops_agent.history import load as load_history
+from lifeops_agent.oura_days import keep_days
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
 from lifeops_contract import contract
@@ -45,8 +45,6 @@ from mesh import (
     state,
 )
 
-_NS = uuid.UUID("0b7d2f5e-3c1a-4e8b-9f60-7a5d4c3b2a19")
-MAX_OURA_DAYS = 400
 FUTURE_SLACK = dt.timedelta(minutes=5)
 
 
@@ -165,27 +163,11 @@ class LifeOpsHandlers:
 
     async def oura_import(self, ctx: Context, req: OuraImportRequest) -> OuraImportReply:
         user_id = check_user_id(req.user_id)
-        if len(req.days) > MAX_OURA_DAYS:
-            raise HandlerError("too_many_days", f"at most {MAX_OURA_DAYS} days per request")
-        imported = skipped = 0
-        for d in req.days:
-            for name in ("sleep", "readiness", "activity"):
-                score = getattr(d.scores, name)
-                if score is not None and not 0 <= score <= 100:
-                    raise HandlerError("invalid_score", f"{d.date}: {name} score {score}")
-            new = await repository.insert_oura_day(
-                ctx.tx, user_id, d.date, codec.encode(d.scores).decode(), ctx.now
-            )
-            if not new:
-                skipped += 1
-                continue
-            imported += 1
-            await ctx.request_with_receipt(
-                "oura_synced",
-                OuraSynced(user_id=user_id, date=d.date, scores=d.scores),
-                record_id=str(uuid.uuid5(_NS, f"oura:{user_id}:{d.date.isoformat()}")),
-            )
-        return OuraImportReply(imported=imported, skipped=skipped)
+
+        async def send(event: OuraSynced, record_id: str) -> None:
+            await ctx.request_with_receipt("oura_synced", event, record_id=record_id)
+
+        return await keep_days(ctx.tx, user_id, req.days, ctx.now, send)
 
     async def peer_status(self, agent: str, online: bool) -> None:
         """Availability of the other agents; when Stats comes back, resend what waits now."""

@@ -36,6 +36,14 @@ MIGRATIONS = (
             " PRIMARY KEY (user_id, item_code))",
         ),
     ),
+    # A day Oura revises later (a partial day completed by a later sync) is stored again.
+    Migration(
+        3,
+        (
+            "ALTER TABLE lifeops_oura_days ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE lifeops_oura_days ADD COLUMN revised_at TEXT",
+        ),
+    ),
 )
 
 
@@ -156,6 +164,31 @@ async def store_result(tx: Tx, activity_id: str, result: str) -> tuple[str, str,
     return (row[0], row[1], dt.date.fromisoformat(str(row[2]))) if row else None
 
 
+class StoredOuraDay(msgspec.Struct, frozen=True):
+    scores: str  # OuraScores as JSON
+    revision: int
+
+
+async def oura_days(tx: Tx, user_id: str, wanted: list[dt.date]) -> dict[dt.date, StoredOuraDay]:
+    """The stored versions of some of a user's days (one query)."""
+    if not wanted:
+        return {}
+    rows = await tx.fetchall(
+        "SELECT day, scores, revision FROM lifeops_oura_days WHERE user_id = ?"
+        " AND day >= ? AND day <= ?",
+        user_id,
+        min(wanted).isoformat(),
+        max(wanted).isoformat(),
+    )
+    return {dt.date.fromisoformat(str(r[0])): StoredOuraDay(r[1], int(r[2])) for r in rows}
+
+
+async def last_oura_day(tx: Tx, user_id: str) -> dt.date | None:
+    """The latest day stored for a user (where an incremental sync starts)."""
+    row = await tx.fetchone("SELECT MAX(day) FROM lifeops_oura_days WHERE user_id = ?", user_id)
+    return dt.date.fromisoformat(str(row[0])) if row and row[0] else None
+
+
 async def insert_oura_day(
     tx: Tx, user_id: str, day: dt.date, scores: str, now: dt.datetime
 ) -> bool:
@@ -166,5 +199,22 @@ async def insert_oura_day(
         day.isoformat(),
         scores,
         now.isoformat(),
+    )
+    return n == 1
+
+
+async def revise_oura_day(
+    tx: Tx, user_id: str, day: dt.date, scores: str, revision: int, now: dt.datetime
+) -> bool:
+    """Store a day's next version; False when another writer revised it first."""
+    n = await tx.execute(
+        "UPDATE lifeops_oura_days SET scores = ?, revision = ?, revised_at = ?"
+        " WHERE user_id = ? AND day = ? AND revision = ?",
+        scores,
+        revision,
+        now.isoformat(),
+        user_id,
+        day.isoformat(),
+        revision - 1,
     )
     return n == 1

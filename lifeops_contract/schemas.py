@@ -110,9 +110,13 @@ class OuraScores(Payload, kw_only=True):
 
 
 class OuraSynced(Payload, kw_only=True):
+    """One day's scores. `revision` counts how often LifeOps saw the day change (0: its first
+    version); Stats grants, per stat, only what a revision adds to what the day already got."""
+
     user_id: UserId
     date: dt.date
     scores: OuraScores
+    revision: Count = 0
 
 
 # --- stats: characters and events ----------------------------------------------------------
@@ -264,6 +268,7 @@ class OuraImportRequest(Payload, kw_only=True):
 class OuraImportReply(Reply, kw_only=True):
     imported: int = 0
     skipped: int = 0
+    revised: int = 0  # days known before whose scores changed (sent to Stats as a revision)
 
 
 # --- Home Assistant ------------------------------------------------------------------------

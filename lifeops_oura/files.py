@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from lifeops_contract.schemas import OuraDay, OuraScores
+from lifeops_contract.schemas import OuraDay
+from lifeops_oura.documents import KINDS, Doc, Page, merge
 from mesh import ConfigError
 
-KINDS = ("sleep", "readiness", "activity")
 
-
-class _Doc(msgspec.Struct):
-    day: dt.date
-    score: int | None = None
-    steps: int | None = None
-    temperature_deviation: float | None = None
-    contributors: dict[str, Any] = {}
-
-
-class _Page(msgspec.Struct):
-    data: list[_Doc]
-    next_token: str | None = None
-
-
-def _kind_of(path: Path, docs: list[_Doc]) -> str:
+def _kind_of(path: Path, docs: list[Doc]) -> str:
     name = path.name.lower()
     for kind in KINDS:
         if f"daily_{kind}" in name:
@@ -44,16 +28,16 @@ def _kind_of(path: Path, docs: list[_Doc]) -> str:
     )
 
 
-def _read(path: Path) -> list[_Doc]:
+def _read(path: Path) -> list[Doc]:
     raw = path.read_bytes()
     try:
-        page = msgspec.json.decode(raw, type=_Page | list[_Doc])
+        page = msgspec.json.decode(raw, type=Page | list[Doc])
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not JSON: {exc}") from exc
     else:
-        return page.data if isinstance(page, _Page) else page
+        return page.data if isinstance(page, Page) else page
     raise ConfigError(
         f'{path}: expected an Oura API v2 page {{"data": [...]}} or a list of '
         "daily documents with `day` and `score`"
@@ -65,12 +49,9 @@ def load_days(target: Path) -> list[OuraDay]:
     files = sorted(target.glob("*.json")) if target.is_dir() else [target]
     if not files:
         raise ConfigError(f"{target}: no JSON files")
-    merged: dict[dt.date, dict[str, int | None]] = {}
+    found: list[tuple[str, Doc]] = []
     for path in files:
         docs = _read(path)
         kind = _kind_of(path, docs)
-        for d in docs:
-            merged.setdefault(d.day, {})[kind] = d.score
-    return [
-        OuraDay(date=day, scores=OuraScores(**scores)) for day, scores in sorted(merged.items())
-    ]
+        found += [(kind, d) for d in docs]
+    return merge(found)

@@ -16,6 +16,7 @@ from mesh.agent import (
     mqtt_agent,
     mqtt_transport,
 )
+from mesh.backoff import Backoff
 from mesh.client import MeshClient, plain_transport
 from mesh.contract import Contract, TopicEntry, check_level
 from mesh.errors import (
@@ -62,6 +63,7 @@ __all__ = [
     "AgentApp",
     "AgentBuilder",
     "Availability",
+    "Backoff",
     "BatchHandler",
     "BrokerURL",
     "Check",

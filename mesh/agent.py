@@ -32,7 +32,7 @@ from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.presence import Presence
 from mesh.readback import read_retained
 from mesh.rpc import TRACE_PROPERTY, Requester, reply_topic_for
-from mesh.schemas import HealthReport
+from mesh.schemas import Check, HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.topics import covers, shared
@@ -72,6 +72,8 @@ class AgentApp(msgspec.Struct, kw_only=True):
     on_peer_status: Callable[[str, bool], Awaitable[None]] | None = None
     # Refreshes the app's own gauges before a scrape.
     collect: Callable[[Agent], Awaitable[None]] | None = None
+    # The app's own health checks (name -> Check), merged into the agent's health report.
+    checks: Callable[[], dict[str, Check]] | None = None
 
 
 AgentBuilder = Callable[[Settings], AgentApp]

@@ -59,6 +59,8 @@ async def report(agent: Agent) -> HealthReport:
             ok=state is True,
             detail={True: "online", False: "offline", None: "no status seen"}[state],
         )
+    if agent.app.checks is not None:
+        checks.update(agent.app.checks())
     outbox_n, outbox_age, receipts_n, receipts_age = 0, 0.0, 0, 0.0
     if checks["database"].ok:
         outbox_n, outbox_age = await agent.relay.pending()

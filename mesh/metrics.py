@@ -26,6 +26,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._extra: dict[str, Gauge] = {}
+        self._counters: dict[str, Counter] = {}
         c, g = self._counter, self._gauge
         self.received = c(
             "mesh_messages_received_total", "Messages received, by contract key", "key"
@@ -106,6 +107,12 @@ class Metrics:
         if label is None:
             return Gauge(name, documentation, registry=self.registry)
         return _cached_children(Gauge(name, documentation, [label], registry=self.registry))
+
+    def counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        """An agent's own counter in this registry (created on first use)."""
+        if name not in self._counters:
+            self._counters[name] = self._counter(name, documentation, *labels)
+        return self._counters[name]
 
     def gauge(self, name: str, documentation: str) -> Gauge:
         """An agent's own gauge in this registry (created on first use)."""

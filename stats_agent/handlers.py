@@ -31,8 +31,20 @@ def activity_identity(req: ActivityLogRequest) -> str | None:
     return None
 
 
+def oura_day_ref(user_id: str, day: dt.date) -> str:
+    return f"oura:{user_id}:{day.isoformat()}"
+
+
 def oura_identity(ev: OuraSynced) -> str:
-    return f"oura:{ev.user_id}:{ev.date.isoformat()}"
+    """A day's first version keeps the identity it always had; a revision adds its number."""
+    base = oura_day_ref(ev.user_id, ev.date)
+    return base if ev.revision == 0 else f"{base}:rev{ev.revision}"
+
+
+def oura_increment(full: dict[str, int], so_far: dict[str, int]) -> dict[str, int]:
+    """Per stat, what the rules give a day's version beyond what the day already got (never
+    negative: a revised-down score takes nothing back)."""
+    return {stat: xp - so_far.get(stat, 0) for stat, xp in full.items() if xp > so_far.get(stat, 0)}
 
 
 class Pending(msgspec.Struct, kw_only=True):
@@ -131,7 +143,9 @@ class StatsHandlers:
         await self._grant_new(fresh)
 
     async def oura_days(self, jobs: list[Job]) -> None:
-        """lifeops/oura/synced: a day's scores, once per user and day."""
+        """lifeops/oura/synced: a day's scores. Each version (revision) of a user's day counts
+        once; per stat it grants what the rules give beyond the XP the day already got from
+        its other versions, so a day's XP is, per stat, the rules' XP of its best version."""
         valid: list[tuple[Job, str]] = []
         for job in jobs:
             try:
@@ -143,6 +157,9 @@ class StatsHandlers:
         tx = valid[0][0].ctx.tx
         refs = [("lifeops", oura_identity(j.payload)) for j, _ in valid]
         prior = await repository.replies_by_source(tx, refs)
+        granted = await repository.oura_granted(
+            tx, [oura_day_ref(user_id, j.payload.date) for j, user_id in valid]
+        )
         fresh: list[Pending] = []
         for job, user_id in valid:
             ev: OuraSynced = job.payload
@@ -155,11 +172,23 @@ class StatsHandlers:
                 "readiness": ev.scores.readiness,
                 "activity": ev.scores.activity,
             }
-            grants = game.oura_grants(self.rules, scores)
+            full = game.oura_grants(self.rules, scores)
+            day = oura_day_ref(user_id, ev.date)
+            known = day in granted
+            so_far = granted.setdefault(day, {})  # this batch's earlier versions count too
+            grants = oura_increment(full, so_far)
             if not grants:
-                job.reply = ActivityLogReply(message="no XP for these scores")
+                job.reply = ActivityLogReply(
+                    message="no new XP for this day" if known else "no XP for these scores"
+                )
                 continue
-            grant = ledger.Grant(user_id=user_id, activity_id=self._derived_id(ref), grants=grants)
+            so_far.update({stat: full[stat] for stat in grants})
+            grant = ledger.Grant(
+                user_id=user_id,
+                activity_id=self._derived_id(ref),
+                grants=grants,
+                new_activity=not known,
+            )
             fresh.append(
                 Pending(
                     job=job,
@@ -225,7 +254,7 @@ class StatsHandlers:
         stat_gains: dict[tuple[str, str], int] = {}
         for p in todo:
             xp, n = gains.get(p.grant.user_id, (0, 0))
-            gains[p.grant.user_id] = (xp + sum(p.grant.grants.values()), n + 1)
+            gains[p.grant.user_id] = (xp + sum(p.grant.grants.values()), n + p.grant.counted)
             for stat, value in p.grant.grants.items():
                 key = (p.grant.user_id, stat)
                 stat_gains[key] = stat_gains.get(key, 0) + value

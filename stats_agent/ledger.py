@@ -31,6 +31,13 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     activity_id: str
     grants: dict[str, int]
     streak: int = 0
+    # False for what only adds to an activity already counted (a revised Oura day).
+    new_activity: bool = True
+
+    @property
+    def counted(self) -> int:
+        """What this grant adds to the character's activity count."""
+        return 1 if self.new_activity else 0
 
 
 class Applied(msgspec.Struct, kw_only=True):
@@ -45,7 +52,7 @@ def apply(rules: Rules, who: Character, g: Grant, now: dt.datetime) -> Applied:
     gained = sum(g.grants.values())
     before = game.level_for(who.total_xp)
     who.total_xp += gained
-    who.activities += 1
+    who.activities += g.counted
     after = game.level_for(who.total_xp)
     levelups: list[LevelUp] = []
     stat_level_ups: dict[str, int] = {}
@@ -107,7 +114,7 @@ def starts(after: dict[str, Character], grants: list[Grant]) -> dict[str, Charac
     for g in grants:
         c = out[g.user_id]
         c.total_xp -= sum(g.grants.values())
-        c.activities -= 1
+        c.activities -= g.counted
         for stat, xp in g.grants.items():
             c.stat_xp[stat] = c.stat_xp.get(stat, 0) - xp
     return out

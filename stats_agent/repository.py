@@ -271,6 +271,30 @@ async def replies_by_source(tx: Tx, refs: list[tuple[str, str]]) -> dict[tuple[s
     return out
 
 
+async def oura_granted(tx: Tx, days: list[str]) -> dict[str, dict[str, int]]:
+    """Oura day ref (`oura:<user>:<date>`) -> XP per stat granted to all its versions so far,
+    for the days that have any (one query: each day's first version or a revision of it)."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    where = " OR ".join("source_ref = ? OR source_ref LIKE ? ESCAPE '!'" for _ in wanted)
+    args: list[str] = []
+    for ref in wanted:
+        escaped = ref.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        args += [ref, f"{escaped}:rev%"]
+    rows = await tx.fetchall(
+        f"SELECT source_ref, xp FROM stats_activities WHERE source = 'lifeops' AND ({where})",
+        *args,
+    )
+    out: dict[str, dict[str, int]] = {}
+    for ref, xp in rows:
+        day = ref.partition(":rev")[0]
+        total = out.setdefault(day, {})
+        for stat, value in codec.decode(str(xp).encode(), dict[str, int]).items():
+            total[stat] = total.get(stat, 0) + value
+    return out
+
+
 async def activities_by_id(tx: Tx, ids: list[str]) -> dict[str, tuple[str, str]]:
     """activity_id -> (user id, stored reply), for the ids already taken."""
     if not ids:

@@ -14,6 +14,7 @@ from lifeops_contract.schemas import (
     ActivityLogReply,
     ActivityLogRequest,
     CharacterGetRequest,
+    CharacterReply,
     CharacterSheet,
     LevelUp,
 )
@@ -251,6 +252,35 @@ async def test_oura_sync_grants_once_per_day(
     assert await eventually(total, what="oura XP") == 74
     await asyncio.sleep(0.3)
     assert await total() == 74
+
+
+async def test_oura_revisions_in_any_order_grant_the_best_version_once(
+    stats: Agent, broker: MosquittoProcess, tester: MeshClient
+) -> None:
+    """Versions of one day arriving out of order (revision 2, then 0, then 1, each twice):
+    per stat, the XP of the best version, once; the day is one activity."""
+    uid = user()
+
+    def version(revision: int, sleep: int, readiness: int, activity: int | None) -> bytes:
+        scores = {"sleep": sleep, "readiness": readiness, "activity": activity}
+        body = {"user_id": uid, "date": "2026-11-26", "scores": scores, "revision": revision}
+        return codec.encode(body)
+
+    async with Recorder(broker, [], principal="lifeops") as rec:
+        for payload in (version(2, 60, 70, 50), version(0, 80, 70, None), version(1, 80, 90, 50)):
+            for _ in range(2):
+                await rec.transport.publish("lifeops/oura/synced", payload)
+
+    async def sheet() -> CharacterReply | None:
+        r: CharacterReply = await tester.request("character_get", CharacterGetRequest(user_id=uid))
+        return r if r.success and r.total_xp == 24 + 45 + 15 else None
+
+    # best per stat: WIS 80*0.3=24 (rev 0/1), STA 90*0.5=45 (rev 1), DEX 50*0.3=15 (rev 1/2)
+    await eventually(sheet, what="XP of the best versions")
+    await asyncio.sleep(0.3)  # the repeats and late versions are in: nothing more
+    again = await sheet()
+    assert again is not None and again.character is not None
+    assert again.character.activities == 1
 
 
 async def test_mosquitto_rr_round_trip(stats: Agent, broker: MosquittoProcess) -> None:

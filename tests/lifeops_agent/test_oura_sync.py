@@ -1,0 +1,234 @@
+"""LifeOps syncs Oura days from the API itself: a stand-in of the Oura API v2 over real HTTP
+(pages, 429 with Retry-After, 5xx, a day revised between syncs, then 401), a real Stats
+through the real broker; the XP equals what the rules give, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lifeops_contract.schemas import CharacterGetRequest, CharacterReply
+from mesh import ConfigError, codec
+from mesh.broker.process import MosquittoProcess
+from mesh.client import MeshClient
+from mesh.testing.wait import eventually
+from tests.conftest import user
+from tests.support.oura_standin import OuraStandIn, oura_standin
+
+Start = Callable[..., Any]
+SECRET = "PAT-never-shown-9f3a1c"
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def day(n: int) -> dt.date:
+    return TODAY - dt.timedelta(days=n)
+
+
+Scores = tuple[int | None, int | None, int | None]  # sleep, readiness, activity
+ENDPOINTS = ("daily_sleep", "daily_readiness", "daily_activity")
+
+
+def rules_xp(versions: dict[dt.date, list[Scores]]) -> int:
+    """The default rules (WIS = sleep * 0.3, STA = readiness * 0.5, DEX = activity * 0.3,
+    floored), per day and stat the best version's XP, summed."""
+    total = 0
+    for seen in versions.values():
+        for i, factor in enumerate((0.3, 0.5, 0.3)):
+            total += max(
+                math.floor(score * factor) if (score := v[i]) is not None else 0 for v in seen
+            )
+    return total
+
+
+def _floor(score: int | None, factor: float) -> int:
+    return math.floor(score * factor) if score is not None else 0
+
+
+def serve(
+    api: OuraStandIn, scores: dict[dt.date, tuple[int | None, int | None, int | None]]
+) -> None:
+    for d, (sleep, readiness, activity) in scores.items():
+        for endpoint, score in zip(
+            ("daily_sleep", "daily_readiness", "daily_activity"),
+            (sleep, readiness, activity),
+            strict=True,
+        ):
+            if score is not None:
+                api.put(SECRET, endpoint, d, score)
+
+
+async def _sheet(client: MeshClient, uid: str) -> CharacterReply:
+    reply: CharacterReply = await client.request("character_get", CharacterGetRequest(user_id=uid))
+    return reply
+
+
+async def _total_is(client: MeshClient, uid: str, expected: int) -> bool:
+    r = await _sheet(client, uid)
+    return r.success and r.total_xp == expected
+
+
+async def test_scheduled_sync_grants_the_rules_xp_once_through_faults_and_revisions(
+    broker: MosquittoProcess,
+    new_db: Callable[[], str],
+    start_agent: Start,
+    tester: MeshClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """First sync through a 429 (Retry-After: 1) and a 503, 2 documents a page: the five days'
+    XP. Oura then completes today's partial day and revises two scores (one up, one down): the
+    next sync adds only what the better versions give. More syncs add nothing; a revoked token
+    degrades health, counts `auth` failures, logs one line, never shows the token."""
+    uid = user()
+    first: dict[dt.date, Scores] = {
+        day(4): (82, 78, 70),
+        day(3): (74, 66, 55),
+        day(2): (90, 88, 61),
+        day(1): (65, 71, 80),
+        day(0): (77, 69, None),  # today: no activity score yet
+    }
+    env = {
+        "LIFEOPS_OURA_USERS": uid,
+        f"LIFEOPS_OURA_TOKEN_{uid.upper()}": SECRET,
+        "LIFEOPS_OURA_SYNC_INTERVAL_S": "1",
+        "LIFEOPS_OURA_BACKFILL_DAYS": "10",
+    }
+    caplog.set_level(logging.INFO, logger="lifeops_agent.oura")
+    async with oura_standin(page_size=2) as api:
+        serve(api, first)
+        api.fail("daily_sleep", 429, {"Retry-After": "1"})
+        api.fail("daily_readiness", 503)
+        env["LIFEOPS_OURA_API_URL"] = api.base_url
+        async with (
+            start_agent("stats", broker, new_db()),
+            start_agent("lifeops", broker, new_db(), env=env) as lifeops,
+        ):
+            versions: dict[dt.date, list[Scores]] = {d: [s] for d, s in first.items()}
+            await eventually(
+                lambda: _total_is(tester, uid, rules_xp(versions)), timeout=20, what="first sync"
+            )
+            sleep_seen = [s for s in api.seen if s.endpoint == "daily_sleep"]
+            assert [s.status for s in sleep_seen[:2]] == [429, 200]
+            assert sleep_seen[1].at - sleep_seen[0].at >= 1.0  # Retry-After honoured
+            assert any(s.params.get("next_token") for s in sleep_seen)  # pages followed
+
+            revised: dict[dt.date, Scores] = {
+                day(0): (77, 69, 64),
+                day(3): (80, 66, 55),
+                day(4): (60, 78, 70),
+            }
+            serve(api, revised)
+            for d, s in revised.items():
+                versions[d].append(s)
+            expected = rules_xp(versions)
+            await eventually(
+                lambda: _total_is(tester, uid, expected), timeout=20, what="revised days"
+            )
+            syncs = len(api.seen)
+            await eventually(lambda: _more(api, syncs + 6), timeout=10, what="two more syncs")
+            sheet = await _sheet(tester, uid)
+            assert sheet.character is not None and sheet.character.activities == 5
+            assert sheet.total_xp == expected
+
+            api.docs.clear()  # the token is revoked: every request is answered 401
+            await eventually(lambda: _degraded(lifeops), timeout=10, what="degraded health")
+            refused_at = len(api.seen)  # each sync now stops at its first request
+            await eventually(lambda: _more(api, refused_at + 3), timeout=10, what="more syncs")
+            report = await lifeops.health()
+            assert report.status == "degraded" and uid in report.checks["oura"].detail
+            assert lifeops.metrics.total("lifeops_oura_sync_failures_total") >= 2
+            assert (await _sheet(tester, uid)).total_xp == expected
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
+    assert SECRET not in caplog.text and SECRET not in codec.encode(report).decode()
+
+
+async def _more(api: OuraStandIn, n: int) -> bool:
+    return len(api.seen) >= n
+
+
+async def _degraded(agent: Any) -> bool:
+    report = await agent.health()
+    return bool(report.status == "degraded" and not report.checks["oura"].ok)
+
+
+async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lifeops_mesh",
+        "oura",
+        "sync",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_sync_once_then_again_then_with_a_refused_token(
+    broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start, tester: MeshClient
+) -> None:
+    """`lifeops-mesh oura sync --user ID --since DATE`: fetches through pages and a 503, sends
+    the days through `oura_import` (XP by the rules); again: nothing new; a wrong token: exit
+    2 with a clear message that does not show the token."""
+    uid = user()
+    scores: dict[dt.date, Scores] = {
+        day(3): (82, 78, 70),
+        day(2): (74, 66, 55),
+        day(1): (90, 88, None),
+    }
+    env = {f"LIFEOPS_OURA_TOKEN_{uid.upper()}": SECRET}
+    async with oura_standin(page_size=2) as api:
+        serve(api, scores)
+        serve(api, {day(9): (99, 99, 99)})  # before --since: not fetched
+        api.fail("daily_activity", 503)
+        args = ["--user", uid, "--since", day(3).isoformat(), "--broker", broker.url("tester")]
+        args += ["--api-url", api.base_url]
+        async with start_agent("stats", broker, new_db()), start_agent("lifeops", broker, new_db()):
+            code, out, err = await _cli(*args, env=env)
+            assert code == 0, err
+            assert f"3 days for {uid}: 3 new, 0 already imported" in out
+            expected = rules_xp({d: [s] for d, s in scores.items()})
+            await eventually(lambda: _total_is(tester, uid, expected), what="XP of the CLI sync")
+            code, out, err = await _cli(*args, env=env)
+            assert code == 0 and "0 new, 3 already imported" in out, err
+            bad = f"{SECRET}-revoked"
+            code, out, err = await _cli(*args, env={f"LIFEOPS_OURA_TOKEN_{uid.upper()}": bad})
+            assert code == 2 and "token is refused (401)" in err
+            assert bad not in out + err
+            assert await _total_is(tester, uid, expected)
+
+
+def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None:
+    """A user without a token, a bad interval or user id: ConfigError naming the variables;
+    `doctor` builds LifeOps with a token configured and nothing it reports shows it."""
+    from lifeops_agent.oura_sync import OuraSyncConfig, tokens_for
+    from lifeops_mesh.tools.doctor.static import build_apps
+
+    config = OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "ada, run-club"})
+    assert config.users == ("ada", "run-club") and config.overlap_days == 7
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_TOKEN_RUN_CLUB"):
+        tokens_for(config, {"LIFEOPS_OURA_TOKEN_ADA": SECRET})
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA"):
+        OuraSyncConfig.from_env({"LIFEOPS_OURA_SYNC_INTERVAL_S": "soon"})
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_USERS"):
+        OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "a/b"})
+    env = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": SECRET}
+    apps, failed = build_apps(env)
+    assert "lifeops" in apps and not failed
+    checks = apps["lifeops"].checks
+    assert checks is not None and SECRET not in repr(checks())
+    bad = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": f"{SECRET} x"}
+    _, failed = build_apps(bad)
+    assert "lifeops" in failed and SECRET not in str(failed["lifeops"])
