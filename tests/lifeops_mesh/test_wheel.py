@@ -32,7 +32,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`lifeops-mesh` of a fresh venv that holds only the wheel and its dependencies."""
     work = tmp_path_factory.mktemp("wheel")
     built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps",
          "-w", str(work / "dist"), str(ROOT)],
         cwd=work, timeout=300,
     )  # fmt: skip
