@@ -65,7 +65,9 @@ def build(settings: Settings) -> AgentApp:
         contract=the_contract,
         migrations=MIGRATIONS,
         routes=[
-            Route("timeline_complete", handlers.complete, after_commit=handlers.after_complete),
+            Route.batched(
+                "timeline_complete", handlers.complete, after_commit=handlers.after_complete
+            ),
             Route("timeline_get", handlers.get),
             Route("user_settings", handlers.settings),
             Route("oura_import", handlers.oura_import),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
 import msgspec
 
 from lifeops_agent import days, repository
-from lifeops_agent.history import History
+from lifeops_agent.history import History, load_many
 from lifeops_agent.history import load as load_history
 from lifeops_agent.oura_days import keep_days
 from lifeops_agent.repository import Completion
@@ -36,6 +37,7 @@ from mesh import (
     DecodeError,
     ErrorInfo,
     HandlerError,
+    Job,
     ReceiptOutbox,
     ReceiptRecord,
     Reply,
@@ -46,6 +48,18 @@ from mesh import (
 )
 
 FUTURE_SLACK = dt.timedelta(minutes=5)
+
+
+class _Planned(msgspec.Struct):
+    """A completion request of a batch, checked and placed on the user's local day."""
+
+    job: Job
+    user_id: str
+    item: TimelineItem
+    moment: dt.datetime
+    tzname: str
+    day: dt.date
+    today: dt.date
 
 
 def completion_id(key: bytes, user_id: str, item_code: str, day: dt.date) -> str:
@@ -91,51 +105,103 @@ class LifeOpsHandlers:
             )
         return moment
 
-    async def complete(self, ctx: Context, req: TimelineCompleteRequest) -> TimelineCompleteReply:
-        user_id = check_user_id(req.user_id)
-        item = self._item(req.item_code)
-        tzname = await self._timezone(ctx.tx, user_id)
-        moment = self._moment(req, ctx.now)
-        day = days.local_day(moment, days.zone(tzname))
-        today = days.local_day(ctx.now, days.zone(tzname))
-        history, best = await load_history(ctx.tx, user_id, day, today, self.codes)
-        prior = history.rows.get((item.code, day))
-        if prior is not None:
-            reply = self._reply_from(prior, best.get(item.code, 0))
-            then = f" ({reply.message} then)" if reply.message else ""
-            return msgspec.structs.replace(
-                reply,
-                success=False,
-                message=f"Already completed for {day}{then}: nothing gained now",
-                error=ErrorInfo(
-                    code="already_completed", message=f"{item.title} is already completed for {day}"
-                ),
-            )
+    async def complete(self, jobs: list[Job]) -> None:
+        """lifeops/timeline/complete for a whole group commit: the users' settings, histories
+        and best streaks read with one query per table, streaks computed in memory (in order,
+        so two completions of one user in a batch see each other), every table written once."""
         if self.key is None:
             raise RuntimeError("LifeOps has not started (no installation key)")
-        activity_id = completion_id(self.key, user_id, item.code, day)
-        streak = (history.run_back(item.code, day - dt.timedelta(days=1)) or 0) + 1
-        completion = Completion(item.code, day, moment, activity_id, streak, None, True)
-        await repository.insert_completion(ctx.tx, user_id, completion)
-        history.add(completion)
-        run = streak + (history.run_forward(item.code, day) or 0)  # a filled gap joins runs
-        best[item.code] = max(best.get(item.code, 0), run)
-        await repository.raise_best(ctx.tx, user_id, item.code, run)
-        await ctx.request_with_receipt(
-            "activity_completed",
-            completed_event(user_id, item, completion),
-            record_id=activity_id,
-        )
-        state = self._day(user_id, today, today, tzname, history, best)
-        await ctx.emit("timeline_state", state, user_id=user_id)
-        return TimelineCompleteReply(
-            item_code=item.code,
-            date=day,
-            activity_id=activity_id,
-            new_streak=streak,
-            best_streak=best[item.code],
-            xp_pending=True,
-            message=f"Completed {item.title}",
+        planned = self._plan(jobs, await self._zones(jobs))
+        if not planned:
+            return
+        wanted: dict[str, tuple[list[dt.date], dt.date]] = {}
+        for p in planned:
+            wanted.setdefault(p.user_id, ([], p.today))[0].append(p.day)
+        histories = await load_many(jobs[0].ctx.tx, wanted, self.codes)
+        done: list[tuple[_Planned, Completion]] = []
+        for p in planned:
+            history, best = histories[p.user_id]
+            prior = history.rows.get((p.item.code, p.day))
+            if prior is not None:
+                p.job.reply = self._already(prior, best.get(p.item.code, 0), p.item, p.day)
+                continue
+            activity_id = completion_id(self.key, p.user_id, p.item.code, p.day)
+            streak = (history.run_back(p.item.code, p.day - dt.timedelta(days=1)) or 0) + 1
+            completion = Completion(p.item.code, p.day, p.moment, activity_id, streak, None, True)
+            history.add(completion)
+            run = streak + (history.run_forward(p.item.code, p.day) or 0)  # a gap filled joins
+            best[p.item.code] = max(best.get(p.item.code, 0), run)
+            done.append((p, completion))
+            p.job.reply = TimelineCompleteReply(
+                item_code=p.item.code,
+                date=p.day,
+                activity_id=activity_id,
+                new_streak=streak,
+                best_streak=best[p.item.code],
+                xp_pending=True,
+                message=f"Completed {p.item.title}",
+            )
+        await self._write(done, histories)
+
+    async def _zones(self, jobs: list[Job]) -> dict[str, str]:
+        users = set()
+        for job in jobs:
+            with contextlib.suppress(HandlerError):
+                users.add(check_user_id(job.payload.user_id))
+        return await repository.user_timezones(jobs[0].ctx.tx, sorted(users)) if users else {}
+
+    def _plan(self, jobs: list[Job], zones: dict[str, str]) -> list[_Planned]:
+        """Each job checked (a refusal is that job's answer) and placed on its local day."""
+        planned = []
+        for job in jobs:
+            req: TimelineCompleteRequest = job.payload
+            try:
+                user_id = check_user_id(req.user_id)
+                item = self._item(req.item_code)
+                moment = self._moment(req, job.ctx.now)
+            except HandlerError as exc:
+                job.refuse(exc)
+                continue
+            tzname = zones.get(user_id) or self.default_timezone
+            zone = days.zone(tzname)
+            day, today = days.local_day(moment, zone), days.local_day(job.ctx.now, zone)
+            planned.append(_Planned(job, user_id, item, moment, tzname, day, today))
+        return planned
+
+    async def _write(
+        self,
+        done: list[tuple[_Planned, Completion]],
+        histories: dict[str, tuple[History, dict[str, int]]],
+    ) -> None:
+        """Each kind of write for the whole batch in turn, so each is one statement."""
+        for p, c in done:
+            repository.defer_completion(p.job.ctx.tx, p.user_id, c)
+        raised = {(p.user_id, p.item.code): p for p, _ in done}
+        for (user_id, code), p in raised.items():
+            repository.defer_raise_best(p.job.ctx.tx, user_id, code, histories[user_id][1][code])
+        for p, c in done:
+            event = completed_event(p.user_id, p.item, c)
+            await p.job.ctx.request_with_receipt(
+                "activity_completed", event, record_id=c.activity_id
+            )
+        last = {p.user_id: p for p, _ in done}  # one retained timeline per user, the latest
+        for user_id, p in last.items():
+            history, best = histories[user_id]
+            state = self._day(user_id, p.today, p.today, p.tzname, history, best)
+            await p.job.ctx.emit("timeline_state", state, user_id=user_id)
+
+    def _already(
+        self, prior: Completion, best: int, item: TimelineItem, day: dt.date
+    ) -> TimelineCompleteReply:
+        reply = self._reply_from(prior, best)
+        then = f" ({reply.message} then)" if reply.message else ""
+        return msgspec.structs.replace(
+            reply,
+            success=False,
+            message=f"Already completed for {day}{then}: nothing gained now",
+            error=ErrorInfo(
+                code="already_completed", message=f"{item.title} is already completed for {day}"
+            ),
         )
 
     async def after_complete(self, req: Any, reply: Reply) -> Reply:

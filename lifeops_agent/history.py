@@ -93,3 +93,50 @@ def _fits(h: History, item: str, around: dt.date, today: dt.date) -> bool:
         and h.run_forward(item, around) is not None
         and h.current(item, today) is not None
     )
+
+
+async def load_many(
+    tx: Tx, wanted: dict[str, tuple[list[dt.date], dt.date]], items: list[str]
+) -> dict[str, tuple[History, dict[str, int]]]:
+    """`load` for the users of a batch, {user: (the days in question, today)}: one query per
+    table for all of them (a window per distinct span, usually one); a user whose runs reach
+    past the window is read again alone, widening as `load` does."""
+    users = sorted(wanted)
+    earliest = await repository.first_days(tx, users)
+    best = await repository.best_streaks_of(tx, users)
+    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
+    for user, (around, today) in wanted.items():
+        lo = min(*around, today) - WINDOW * ONE
+        hi = max(*around, today) + ONE
+        spans.setdefault((lo, hi), []).append(user)
+    out: dict[str, tuple[History, dict[str, int]]] = {}
+    for (lo, hi), group in spans.items():
+        rows = await repository.completions_of(tx, group, lo, hi)
+        for user in group:
+            history = History(rows[user], lo, hi, earliest.get(user))
+            around, today = wanted[user]
+            if all(_fits(history, i, day, today) for i in items for day in around):
+                out[user] = (history, best[user])
+            else:  # a long run: this user's window widens alone
+                out[user] = await _load_spanning(tx, user, around, today, items, earliest.get(user))
+    return out
+
+
+async def _load_spanning(
+    tx: Tx,
+    user_id: str,
+    around: list[dt.date],
+    today: dt.date,
+    items: list[str],
+    earliest: dt.date | None,
+) -> tuple[History, dict[str, int]]:
+    width = WINDOW * 4
+    while True:
+        lo = min(*around, today) - width * ONE
+        hi = max(*around, today) + ONE
+        history = History(
+            await repository.completions_between(tx, user_id, lo, hi), lo, hi, earliest
+        )
+        if all(_fits(history, i, day, today) for i in items for day in around):
+            return history, await repository.best_streaks(tx, user_id)
+        width *= 4

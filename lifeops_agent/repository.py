@@ -138,21 +138,6 @@ def _completions(rows: list[tuple[Any, ...]]) -> list[Completion]:
     ]
 
 
-async def insert_completion(tx: Tx, user_id: str, c: Completion) -> bool:
-    """False when the item was already completed that day."""
-    n = await tx.execute(
-        "INSERT INTO lifeops_completions (user_id, item_code, day, completed_at, activity_id,"
-        " streak, result, xp_pending) VALUES (?, ?, ?, ?, ?, ?, NULL, 1) ON CONFLICT DO NOTHING",
-        user_id,
-        c.item_code,
-        c.day.isoformat(),
-        c.completed_at.isoformat(),
-        c.activity_id,
-        c.streak,
-    )
-    return n == 1
-
-
 async def store_result(tx: Tx, activity_id: str, result: str) -> tuple[str, str, dt.date] | None:
     """Fill in Stats' answer; returns the completion's (user id, item code, local day)."""
     row = await tx.fetchone(
@@ -218,3 +203,96 @@ async def revise_oura_day(
         revision - 1,
     )
     return n == 1
+
+
+# -- a batch's reads and writes: one statement per table, whatever the batch's size ----------
+
+_CHUNK = 500  # bound parameters per statement (SQLite allows 32766; PostgreSQL 32767)
+
+
+def _chunks(users: list[str]) -> list[list[str]]:
+    return [users[i : i + _CHUNK] for i in range(0, len(users), _CHUNK)]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" for _ in range(n))
+
+
+async def user_timezones(tx: Tx, users: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in _chunks(users):
+        rows = await tx.fetchall(
+            f"SELECT user_id, timezone FROM lifeops_users WHERE user_id IN ({_marks(len(part))})",
+            *part,
+        )
+        out.update({r[0]: r[1] for r in rows})
+    return out
+
+
+async def first_days(tx: Tx, users: list[str]) -> dict[str, dt.date]:
+    out: dict[str, dt.date] = {}
+    for part in _chunks(users):
+        rows = await tx.fetchall(
+            "SELECT user_id, MIN(day) FROM lifeops_completions"
+            f" WHERE user_id IN ({_marks(len(part))}) GROUP BY user_id",
+            *part,
+        )
+        out.update({r[0]: dt.date.fromisoformat(str(r[1])) for r in rows if r[1]})
+    return out
+
+
+async def best_streaks_of(tx: Tx, users: list[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {u: {} for u in users}
+    for part in _chunks(users):
+        rows = await tx.fetchall(
+            "SELECT user_id, item_code, best FROM lifeops_best_streaks"
+            f" WHERE user_id IN ({_marks(len(part))})",
+            *part,
+        )
+        for r in rows:
+            out[r[0]][r[1]] = int(r[2])
+    return out
+
+
+async def completions_of(
+    tx: Tx, users: list[str], lo: dt.date, hi: dt.date
+) -> dict[str, list[Completion]]:
+    """Completions of local days lo..hi (inclusive) of several users."""
+    out: dict[str, list[Completion]] = {u: [] for u in users}
+    for part in _chunks(users):
+        rows = await tx.fetchall(
+            f"SELECT user_id, {_COMPLETION} FROM lifeops_completions"
+            f" WHERE user_id IN ({_marks(len(part))}) AND day >= ? AND day <= ?",
+            *part,
+            lo.isoformat(),
+            hi.isoformat(),
+        )
+        for r, c in zip(rows, _completions([r[1:] for r in rows]), strict=True):
+            out[r[0]].append(c)
+    return out
+
+
+def defer_completion(tx: Tx, user_id: str, c: Completion) -> None:
+    """Written with the batch's other completions in one statement at commit."""
+    tx.defer(
+        "INSERT INTO lifeops_completions (user_id, item_code, day, completed_at, activity_id,"
+        " streak, result, xp_pending) VALUES (?, ?, ?, ?, ?, ?, NULL, 1) ON CONFLICT DO NOTHING",
+        user_id,
+        c.item_code,
+        c.day.isoformat(),
+        c.completed_at.isoformat(),
+        c.activity_id,
+        c.streak,
+    )
+
+
+def defer_raise_best(tx: Tx, user_id: str, item_code: str, run: int) -> None:
+    tx.defer(
+        "INSERT INTO lifeops_best_streaks (user_id, item_code, best) VALUES (?, ?, ?)"
+        " ON CONFLICT (user_id, item_code) DO UPDATE SET"
+        " best = CASE WHEN excluded.best > lifeops_best_streaks.best"
+        " THEN excluded.best ELSE lifeops_best_streaks.best END",
+        user_id,
+        item_code,
+        run,
+    )

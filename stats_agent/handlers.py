@@ -282,8 +282,15 @@ class StatsHandlers:
         ]
         awarded = await repository.award_many(tx, wanted, at)
         last: dict[str, Context] = {}
-        for p, a in zip(todo, applied, strict=True):
-            await self._record(p, a, awarded, titles)
+        won = [self._won(p, a, awarded) for p, a in zip(todo, applied, strict=True)]
+        # Each kind of write for the whole batch in turn, so each is one statement.
+        for a in applied:
+            for event in a.levelups:
+                repository.keep_levelup(todo[0].job.ctx.tx, event)
+        for p, a, codes in zip(todo, applied, won, strict=True):
+            await self._events(p, a, codes, titles)
+        for p, a, codes in zip(todo, applied, won, strict=True):
+            self._record(p, a, codes)
             last[p.grant.user_id] = p.job.ctx
         for user, ctx in last.items():
             c = chars[user]
@@ -294,21 +301,17 @@ class StatsHandlers:
             )  # fmt: skip
             await ctx.emit("character_state", sheet, user_id=user)
 
-    async def _record(
-        self,
-        p: Pending,
-        a: ledger.Applied,
-        awarded: set[tuple[str, str]],
-        titles: dict[str, str],
+    @staticmethod
+    def _won(p: Pending, a: ledger.Applied, awarded: set[tuple[str, str]]) -> list[str]:
+        """The achievements this activity really awarded (another agent may have been first)."""
+        return [code for code in a.awards if (p.grant.user_id, code) in awarded]
+
+    async def _events(
+        self, p: Pending, a: ledger.Applied, won: list[str], titles: dict[str, str]
     ) -> None:
-        """One activity's events, its row, its reply."""
+        """One activity's level-up and achievement events."""
         ctx, g = p.job.ctx, p.grant
-        reply = a.reply
-        won = [code for code in a.awards if (g.user_id, code) in awarded]
-        if won != a.awards:  # another agent awarded one a moment ago
-            reply = msgspec.structs.replace(reply, achievements=won)
         for event in a.levelups:
-            repository.keep_levelup(ctx.tx, event)
             await ctx.emit("levelup", event)
         for code in won:
             await ctx.emit(
@@ -322,6 +325,14 @@ class StatsHandlers:
                     awarded_at=ctx.now,
                 ),
             )
+
+    @staticmethod
+    def _record(p: Pending, a: ledger.Applied, won: list[str]) -> None:
+        """One activity's row and its reply."""
+        ctx, g = p.job.ctx, p.grant
+        reply = a.reply
+        if won != a.awards:  # another agent awarded one a moment ago
+            reply = msgspec.structs.replace(reply, achievements=won)
         repository.insert_activity(
             ctx.tx,
             activity_id=g.activity_id,
