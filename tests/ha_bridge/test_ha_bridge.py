@@ -59,9 +59,19 @@ class Retained:
         payload = self.topics.get(f"ha_bridge/user/{uid}")
         return codec.decode(payload, HaUserState) if payload else None
 
+    def events(self, uid: str, kind: str) -> list[dict[str, Any]]:
+        """The user's HA events (`levelup` or `achievement`) received so far, in order."""
+        topic = f"ha_bridge/user/{uid}/{kind}"
+        return [json.loads(m.payload) for m in self.log if m.topic == topic]
+
     async def __aenter__(self) -> Retained:
         await self.transport.subscribe(
-            ["homeassistant/+/+/+/config", "ha_bridge/user/+", "ha_bridge/status"]
+            [
+                "homeassistant/+/+/+/config",
+                "ha_bridge/user/+",
+                "ha_bridge/user/+/+",
+                "ha_bridge/status",
+            ]
         )
         await self.transport.connect()
         return self
@@ -70,10 +80,16 @@ class Retained:
         await self.transport.disconnect()
 
 
+def _with_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]] | None:
+    """`events` once one of them has `event_type`."""
+    return events if any(e["event_type"] == event_type for e in events) else None
+
+
 def user_config_keys(stats: set[str] = STATS, items: list[str] = ITEMS) -> set[str]:
     keys = {f"sensor/{k}" for k in CHARACTER}
     keys |= {f"sensor/{s.lower()}_{k}" for s in stats for k in ("level", "xp")}
     keys |= {f"sensor/{i}_streak" for i in items} | {f"button/{i}_complete" for i in items}
+    keys |= {"event/level_up", "event/achievement"}
     return keys
 
 
@@ -191,6 +207,23 @@ async def test_button_press_completes_through_lifeops(
             what="70 XP from the gym session in the device state",
         )
         assert state.streaks["gym_session"] == 1
+        # Stats' level-ups and achievement, republished for the user's HA event entities
+        levelups = await eventually(
+            lambda: _async(_with_type(view.events(uid, "levelup"), "level_up")),
+            what="the gym session's level-up on the user's event topic",
+        )
+        character = [e for e in levelups if e["event_type"] == "level_up"]
+        assert [(e["previous_level"], e["new_level"]) for e in character] == [(1, state.level)]
+        assert character[0]["stat"] is None and character[0]["total_xp"] == 70
+        assert {e["event_type"] for e in levelups} <= {"level_up", "stat_level_up"}
+        assert all(e["stat"] for e in levelups if e["event_type"] == "stat_level_up")
+        achievements = await eventually(
+            lambda: _async(view.events(uid, "achievement")),
+            what="the first achievement on the user's event topic",
+        )
+        assert achievements[0]["event_type"] == "achievement_unlocked"
+        assert achievements[0]["achievement_code"] and achievements[0]["title"]
+        assert not any(m.retain for m in view.log if m.topic.count("/") == 3)
         # the character's sensors came with its first sheet (published in the same flush as
         # the state, in any order)
         await eventually(
