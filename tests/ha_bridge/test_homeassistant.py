@@ -1,16 +1,20 @@
-"""A real Home Assistant core (2024.3.3, its own cached virtualenv) against the test Mosquitto.
+"""Real Home Assistant cores against the test Mosquitto: 2024.3.3 (its own cached virtualenv) and
+2026.11.0 (python3.14 in a cached Debian root, under chroot), the same scenario on each.
 
-What HA itself created is checked: entity ids, unique ids and device grouping (HA's registries),
-numeric states equal to the character sheet, availability, no discovery errors in HA's log; a
-button pressed through HA's REST API completes the item, grants XP and updates the sensors; the
-documented automation (docs/homeassistant/automations.yaml) fires on the level-up; every entity
-of the documented dashboard exists; and after an HA restart, a bridge restart and a broker
-restart every entity is available again and shows its current value.
+What HA itself created is checked: entity ids (2026.11 ignores object_id: they come from
+default_entity_id), unique ids and device grouping (HA's registries), numeric states equal to the
+character sheet, availability, no rejected discovery payloads in HA's log; a button pressed
+through HA's REST API completes the item, grants XP and updates the sensors; the level-up event
+entity shows the level-up; both documented automations (docs/homeassistant/automations.yaml: a raw
+MQTT trigger and an event-entity trigger) fire on it; every entity of the documented dashboard
+exists; and after an HA restart, a bridge restart and a broker restart every entity is available
+again and shows its current value, without the event automation firing again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +29,15 @@ from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.wait import eventually
 from stats_agent.rules import load_rules
-from tests.support.homeassistant import HomeAssistantProcess
+from tests.support.homeassistant import VERSIONS, HomeAssistantProcess
 
 pytestmark = pytest.mark.timeout(600)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "homeassistant"
 UID = "alice"  # the documented dashboard's user; this test has a broker of its own
 Start = Callable[..., Any]
+EVENTS = ("level_up", "achievement")
+LEVEL_UP = f"event.lifeops_{UID}_level_up"
 
 
 def expected_entities() -> dict[str, str]:
@@ -46,6 +52,7 @@ def expected_entities() -> dict[str, str]:
     out |= {
         f"button.lifeops_{UID}_{i}_complete": f"lifeops_mesh:user:{UID}:{i}_complete" for i in items
     }
+    out |= {f"event.lifeops_{UID}_{w}": f"lifeops_mesh:user:{UID}:{w}" for w in EVENTS}
     out |= {
         f"binary_sensor.lifeops_mesh_{a}": f"lifeops_mesh:agent:{a}"
         for a in ("stats", "lifeops", "ha_bridge")
@@ -82,27 +89,38 @@ def matches_sheet(
 
 
 def all_available(states: dict[str, dict[str, Any]]) -> bool:
-    """Every entity there and available; sensors also known (a button's state is the time of
-    its last press: `unknown` until pressed)."""
+    """Every entity there and available; sensors also known (a button's or an event's state is
+    the time of its last press or event: `unknown` until then)."""
     return all(
         e in states
         and states[e]["state"] != "unavailable"
-        and (e.startswith("button.") or states[e]["state"] != "unknown")
+        and (e.startswith(("button.", "event.")) or states[e]["state"] != "unknown")
         for e in expected_entities()
     )
 
 
+@pytest.mark.parametrize("ha_version", VERSIONS)
 async def test_real_home_assistant(
-    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start, ha_version: str
 ) -> None:
+    """The whole scenario on one Home Assistant release."""
     ha = HomeAssistantProcess(
         tmp_path / "ha",
         mqtt_port=own_broker.port,
         mqtt_username="homeassistant",
         mqtt_password=own_broker.credentials["homeassistant"],
         automations=(DOCS / "automations.yaml").read_text(),
+        version=ha_version,
     )
+    try:
+        await _run(ha, own_broker, tmp_path, start_agent)
+    finally:
+        ha.cleanup()
 
+
+async def _run(
+    ha: HomeAssistantProcess, own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+) -> None:
     async def states() -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(ha.states)
 
@@ -122,6 +140,7 @@ async def test_real_home_assistant(
         try:
             await asyncio.to_thread(ha.start)
             try:
+                assert await asyncio.to_thread(ha.version) == ha.installation.release.version
                 await _scenario(ha, states, tester, own_broker, bridge)
             finally:
                 await asyncio.to_thread(ha.stop)
@@ -190,10 +209,16 @@ async def _scenario(
     )
     assert dashboard and dashboard <= set(current), sorted(dashboard - set(current))
     automation = "automation.lifeops_level_up"
-    assert current[automation]["attributes"].get("last_triggered") is None
+    event_automation = "automation.lifeops_level_up_event"
+    for a in (automation, event_automation):
+        assert current[a]["state"] == "on", (a, current[a])
+        assert current[a]["attributes"].get("last_triggered") is None, a
+    assert current[LEVEL_UP]["attributes"]["event_types"] == ["level_up", "stat_level_up"]
+    assert current[LEVEL_UP]["state"] == "unknown"  # no level-up since HA discovered it
 
-    # A button pressed in HA: LifeOps completes, Stats grants 70 XP (two level-ups), the sensors
-    # follow and the documented automation fires on stats/levelup.
+    # A button pressed in HA: LifeOps completes, Stats grants 70 XP (level-ups of the character
+    # and of stats), the sensors follow, the level-up event entity shows it and both documented
+    # automations fire (on stats/levelup, and on the event entity).
     await asyncio.to_thread(
         ha.call_service,
         "button",
@@ -216,11 +241,24 @@ async def _scenario(
         timeout=20,
         what="every sensor updated after the button press",
     )
-    await eventually(
-        lambda: _check(states, lambda s: s[automation]["attributes"].get("last_triggered")),
-        timeout=20,
-        what="the level-up automation triggered",
-    )
+    for a in (automation, event_automation):
+        await eventually(
+            functools.partial(_check, states, _triggered(a)),
+            timeout=20,
+            what=f"{a} triggered",
+        )
+    current = await states()
+    event = current[LEVEL_UP]
+    assert event["state"] not in ("unknown", "unavailable"), event  # the time of the event
+    attributes = event["attributes"]
+    if attributes["event_type"] == "level_up":
+        assert (attributes["previous_level"], attributes["stat"]) == (1, None), attributes
+        assert attributes["new_level"] == sheet.level, attributes
+    else:  # a stat's level-up came after the character's
+        assert attributes["event_type"] == "stat_level_up", attributes
+        assert attributes["new_level"] == sheet.stats[attributes["stat"]].level, attributes
+    assert attributes["event_id"].startswith(f"lvl:{UID}:"), attributes
+    fired = current[event_automation]["attributes"]["last_triggered"]
 
     # HA restart: its registries say what it created; after the restart everything is back.
     await asyncio.to_thread(ha.stop)
@@ -254,9 +292,23 @@ async def _scenario(
     await asyncio.sleep(1)
     await asyncio.to_thread(broker.start)
     await _back(states, tester, streaks, "after a broker restart")
+    current = await states()
+    assert current[event_automation]["attributes"]["last_triggered"] == fired, (
+        "restarts fired the event automation again"
+    )
 
     log = ha.log_text()
-    for bad in ("when processing MQTT discovery message", "illegal discovery topic"):
+    rejected = (
+        "when processing MQTT discovery message",  # a payload HA's schema refused
+        "illegal discovery topic",
+        "Invalid MQTT device discovery payload",
+        "Unable to parse JSON discovery payload",
+        "Unable to parse origin information",
+        "`event_type` missing in JSON event payload",
+        "Invalid event type",
+        "No valid JSON event payload",
+    )
+    for bad in rejected:
         assert bad not in log, [line for line in log.splitlines() if bad in line][:5]
     errors = [
         line
@@ -289,6 +341,10 @@ async def _check(states: Callable[[], Any], predicate: Callable[[dict[str, Any]]
         return bool(predicate(current))
     except KeyError:
         return False
+
+
+def _triggered(automation: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda s: s[automation]["attributes"].get("last_triggered")
 
 
 def _dashboard() -> str:

@@ -541,12 +541,15 @@ class HomeAssistantProcess:
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.token: str | None = None
+        self.earlier_logs = ""
 
     def cleanup(self) -> None:
-        """Stop HA and remove a config directory made inside the root."""
+        """Stop HA and remove a config directory made inside the root (its log is kept beside
+        the link, for a look after a failure)."""
         self.stop()
         if self.link is not None:
             self.link.unlink(missing_ok=True)
+            self.link.with_name("home-assistant.log").write_text(self.log_text())
             shutil.rmtree(self.config_dir, ignore_errors=True)
             self.link = None
 
@@ -558,6 +561,10 @@ class HomeAssistantProcess:
         return self.config_dir / "home-assistant.log"
 
     def log_text(self) -> str:
+        """HA's log of every start so far (HA starts each run with a new file)."""
+        return self.earlier_logs + self._current_log()
+
+    def _current_log(self) -> str:
         try:
             return self.log_file.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -594,6 +601,7 @@ class HomeAssistantProcess:
 
     def start(self, timeout: float = 120.0) -> None:
         self.prepare()
+        self.earlier_logs += self._current_log()
         self.log_file.unlink(missing_ok=True)
         inside = self.installation.inside
         self.proc = subprocess.Popen(
@@ -672,6 +680,12 @@ class HomeAssistantProcess:
         )
         assert isinstance(token, dict)
         return str(token["access_token"])
+
+    def version(self) -> str:
+        """The release HA says it is (REST API /api/config)."""
+        config = self._http("GET", "/api/config")
+        assert isinstance(config, dict)
+        return str(config["version"])
 
     def states(self) -> dict[str, dict[str, object]]:
         states = self._http("GET", "/api/states")
