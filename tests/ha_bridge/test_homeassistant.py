@@ -27,7 +27,9 @@ from lifeops_contract import contract as default_contract
 from lifeops_contract.schemas import CharacterGetRequest, CharacterSheet, TimelineCompleteRequest
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
+from mesh.testing.brokers import transport_for
 from mesh.testing.wait import eventually
+from mesh.transport import Inbound
 from stats_agent.rules import load_rules
 from tests.support.homeassistant import VERSIONS, HomeAssistantProcess
 
@@ -138,7 +140,7 @@ async def _run(
         bridge = Restartable(lambda: start_agent("ha_bridge", own_broker, db["ha_bridge"]))
         await bridge.start()
         try:
-            await asyncio.to_thread(ha.start)
+            await _start_until_birth(ha, own_broker)
             try:
                 assert await asyncio.to_thread(ha.version) == ha.installation.release.version
                 await _scenario(ha, states, tester, own_broker, bridge)
@@ -146,6 +148,34 @@ async def _run(
                 await asyncio.to_thread(ha.stop)
         finally:
             await bridge.stop()
+
+
+async def _start_until_birth(ha: HomeAssistantProcess, broker: MosquittoProcess) -> None:
+    """Start HA and wait for its birth message: HA sends it once started, after the
+    subscriptions of its automations' MQTT triggers (which the REST API's automation state
+    does not wait for; a level-up before them is missed)."""
+    births: list[bytes] = []
+
+    async def on_message(msg: Inbound) -> int:
+        if msg.payload == b"online":
+            births.append(msg.payload)
+        return 0
+
+    watcher = transport_for(broker, "tester", prefix="ha-birth")
+    watcher.on_message = on_message
+    await watcher.subscribe([default_contract().topic("ha_status")])
+    await watcher.connect()
+    try:
+        await asyncio.to_thread(ha.start)
+        await eventually(
+            lambda: _true(bool(births)), timeout=60, what="Home Assistant's birth message"
+        )
+    finally:
+        await watcher.disconnect()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 class Restartable:
