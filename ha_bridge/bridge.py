@@ -108,9 +108,11 @@ class Bridge:
         self._fill_wake.set()
 
     async def levelup(self, ctx: Context, event: LevelUp) -> None:
-        """Stats' level-up, republished on the user's topic for their HA event entity."""
+        """Stats' level-up, republished on the user's topic for their HA event entity (the
+        character's and the stats' apart)."""
         user_id = check_user_id(event.user_id)
-        await ctx.emit("ha_levelup", levelup_event(event), user_id=user_id)
+        key = "ha_levelup" if event.stat is None else "ha_stat_levelup"
+        await ctx.emit(key, levelup_event(event), user_id=user_id)
 
     async def achievement(self, ctx: Context, event: AchievementUnlocked) -> None:
         """Stats' achievement, republished on the user's topic for their HA event entity."""

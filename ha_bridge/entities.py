@@ -260,25 +260,35 @@ class _UserDevice:
 
     def event_entities(self) -> list[Entity]:
         """HA event entities: automations trigger on their state (HA's event trigger) instead
-        of raw MQTT; the bridge republishes Stats' events per user with an `event_type`."""
+        of raw MQTT; the bridge republishes Stats' events per user with an `event_type`. The
+        character's level-ups have an entity of their own: HA keeps only the last of events
+        that reach one entity in the same millisecond, and a grant raises stats with it."""
         stats = self.builder.availability("ha_bridge", "stats")
         topic = self.builder.contract.topic
         level_up = _config(
             name="Level up",
             state_topic=topic("ha_levelup", user_id=self.user_id),
-            event_types=list(LEVEL_UP_EVENT_TYPES),
+            event_types=["level_up"],
             icon="mdi:arrow-up-bold-hexagon-outline",
+            qos=1,
+        )
+        stat_level_up = _config(
+            name="Stat level up",
+            state_topic=topic("ha_stat_levelup", user_id=self.user_id),
+            event_types=["stat_level_up"],
+            icon="mdi:chart-line",
             qos=1,
         )
         achievement = _config(
             name="Achievement unlocked",
             state_topic=topic("ha_achievement", user_id=self.user_id),
-            event_types=list(ACHIEVEMENT_EVENT_TYPES),
+            event_types=["achievement_unlocked"],
             icon="mdi:trophy-award",
             qos=1,
         )
         return [
             self.entity("event", "level_up", stats, level_up),
+            self.entity("event", "stat_level_up", stats, stat_level_up),
             self.entity("event", "achievement", stats, achievement),
         ]
 
@@ -304,10 +314,6 @@ class _UserDevice:
             )
             out.append(self.entity("button", f"{item.code}_complete", lifeops, button))
         return out
-
-
-LEVEL_UP_EVENT_TYPES = ("level_up", "stat_level_up")
-ACHIEVEMENT_EVENT_TYPES = ("achievement_unlocked",)
 
 
 def levelup_event(event: LevelUp) -> HaLevelUpEvent:

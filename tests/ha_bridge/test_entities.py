@@ -67,6 +67,7 @@ ROWS = [
     ("walk_streak", "sensor", "d", "measurement", None),
     ("walk_complete", "button", None, None, None),
     ("level_up", "event", None, None, None),
+    ("stat_level_up", "event", None, None, None),
     ("achievement", "event", None, None, None),
 ]
 
@@ -108,13 +109,23 @@ def test_button_press_is_a_timeline_completion() -> None:
 NOW = dt.datetime(2026, 11, 27, 18, 0, 1, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(("stat", "event_type"), [(None, "level_up"), ("STR", "stat_level_up")])
-def test_level_up_event_is_what_the_event_entity_reads(stat: str | None, event_type: str) -> None:
-    """A level-up on the user's event topic: a JSON object whose `event_type` is one of the
-    entity's event_types (HA rejects others), the rest of Stats' fields as attributes."""
+@pytest.mark.parametrize(
+    ("stat", "what", "key", "event_type"),
+    [
+        (None, "level_up", "ha_levelup", "level_up"),
+        ("STR", "stat_level_up", "ha_stat_levelup", "stat_level_up"),
+    ],
+)
+def test_level_up_event_is_what_the_event_entity_reads(
+    stat: str | None, what: str, key: str, event_type: str
+) -> None:
+    """A level-up on the user's event topic (the character's and the stats' apart): a JSON
+    object whose `event_type` is its entity's one event type (HA rejects others), the rest of
+    Stats' fields as attributes."""
     c = contract()
     builder = EntityBuilder(c, list(c.agents))
-    (entity,) = [e for e in builder.user_entities("bo", SHEET, None) if "level_up" in e.topic]
+    by_what = {e.topic.split("/")[3]: e for e in builder.user_entities("bo", SHEET, None)}
+    entity = by_what[what]
     up = LevelUp(
         event_id="lvl:bo:x", user_id="bo", new_level=3, previous_level=2, total_xp=90,
         activity_id="a1", stat=stat, occurred_at=NOW,
@@ -129,16 +140,16 @@ def test_level_up_event_is_what_the_event_entity_reads(stat: str | None, event_t
         "total_xp": 90,
         "occurred_at": "2026-11-27T18:00:01Z",
     }
-    assert payload["event_type"] in (entity.config.event_types or [])
-    assert entity.config.state_topic == c.topic("ha_levelup", user_id="bo")
-    assert c.entry("ha_levelup").retain is False  # HA ignores retained events
+    assert entity.config.event_types == [event_type]
+    assert entity.config.state_topic == c.topic(key, user_id="bo")
+    assert c.entry(key).retain is False  # HA ignores retained events
 
 
 def test_achievement_event_is_what_the_event_entity_reads() -> None:
     """An achievement on the user's event topic, typed `achievement_unlocked`."""
     c = contract()
     builder = EntityBuilder(c, list(c.agents))
-    (entity,) = [e for e in builder.user_entities("bo", SHEET, None) if "achievement/" in e.topic]
+    (entity,) = [e for e in builder.user_entities("bo", SHEET, None) if "/achievement/" in e.topic]
     won = AchievementUnlocked(
         event_id="ach:bo:first", user_id="bo", achievement_code="first_activity",
         title="First steps", activity_id="a1", awarded_at=NOW,

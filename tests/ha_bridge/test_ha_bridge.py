@@ -60,7 +60,7 @@ class Retained:
         return codec.decode(payload, HaUserState) if payload else None
 
     def events(self, uid: str, kind: str) -> list[dict[str, Any]]:
-        """The user's HA events (`levelup` or `achievement`) received so far, in order."""
+        """The user's HA events (`levelup`, `stat_levelup` or `achievement`) so far, in order."""
         topic = f"ha_bridge/user/{uid}/{kind}"
         return [json.loads(m.payload) for m in self.log if m.topic == topic]
 
@@ -80,16 +80,11 @@ class Retained:
         await self.transport.disconnect()
 
 
-def _with_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]] | None:
-    """`events` once one of them has `event_type`."""
-    return events if any(e["event_type"] == event_type for e in events) else None
-
-
 def user_config_keys(stats: set[str] = STATS, items: list[str] = ITEMS) -> set[str]:
     keys = {f"sensor/{k}" for k in CHARACTER}
     keys |= {f"sensor/{s.lower()}_{k}" for s in stats for k in ("level", "xp")}
     keys |= {f"sensor/{i}_streak" for i in items} | {f"button/{i}_complete" for i in items}
-    keys |= {"event/level_up", "event/achievement"}
+    keys |= {"event/level_up", "event/stat_level_up", "event/achievement"}
     return keys
 
 
@@ -209,14 +204,19 @@ async def test_button_press_completes_through_lifeops(
         assert state.streaks["gym_session"] == 1
         # Stats' level-ups and achievement, republished for the user's HA event entities
         levelups = await eventually(
-            lambda: _async(_with_type(view.events(uid, "levelup"), "level_up")),
+            lambda: _async(view.events(uid, "levelup")),
             what="the gym session's level-up on the user's event topic",
         )
-        character = [e for e in levelups if e["event_type"] == "level_up"]
-        assert [(e["previous_level"], e["new_level"]) for e in character] == [(1, state.level)]
-        assert character[0]["stat"] is None and character[0]["total_xp"] == 70
-        assert {e["event_type"] for e in levelups} <= {"level_up", "stat_level_up"}
-        assert all(e["stat"] for e in levelups if e["event_type"] == "stat_level_up")
+        assert [(e["event_type"], e["previous_level"], e["new_level"]) for e in levelups] == [
+            ("level_up", 1, state.level)
+        ]
+        assert levelups[0]["stat"] is None and levelups[0]["total_xp"] == 70
+        stat_ups = await eventually(
+            lambda: _async(view.events(uid, "stat_levelup")),
+            what="the gym session's stat level-ups on their own topic",
+        )
+        assert {e["event_type"] for e in stat_ups} == {"stat_level_up"}
+        assert {e["stat"] for e in stat_ups} <= STATS and all(e["stat"] for e in stat_ups)
         achievements = await eventually(
             lambda: _async(view.events(uid, "achievement")),
             what="the first achievement on the user's event topic",

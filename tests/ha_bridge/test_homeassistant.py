@@ -24,7 +24,12 @@ import pytest
 
 from lifeops_agent.timeline import load_timeline
 from lifeops_contract import contract as default_contract
-from lifeops_contract.schemas import CharacterGetRequest, CharacterSheet, TimelineCompleteRequest
+from lifeops_contract.schemas import (
+    ActivityLogRequest,
+    CharacterGetRequest,
+    CharacterSheet,
+    TimelineCompleteRequest,
+)
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.brokers import transport_for
@@ -38,8 +43,10 @@ pytestmark = pytest.mark.timeout(600)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "homeassistant"
 UID = "alice"  # the documented dashboard's user; this test has a broker of its own
 Start = Callable[..., Any]
-EVENTS = ("level_up", "achievement")
+EVENTS = ("level_up", "stat_level_up", "achievement")
 LEVEL_UP = f"event.lifeops_{UID}_level_up"
+STAT_LEVEL_UP = f"event.lifeops_{UID}_stat_level_up"
+ACHIEVEMENT = f"event.lifeops_{UID}_achievement"
 
 
 def expected_entities() -> dict[str, str]:
@@ -243,7 +250,7 @@ async def _scenario(
     for a in (automation, event_automation):
         assert current[a]["state"] == "on", (a, current[a])
         assert current[a]["attributes"].get("last_triggered") is None, a
-    assert current[LEVEL_UP]["attributes"]["event_types"] == ["level_up", "stat_level_up"]
+    assert current[LEVEL_UP]["attributes"]["event_types"] == ["level_up"]
     assert current[LEVEL_UP]["state"] == "unknown"  # no level-up since HA discovered it
 
     # A button pressed in HA: LifeOps completes, Stats grants 70 XP (level-ups of the character
@@ -281,13 +288,44 @@ async def _scenario(
     event = current[LEVEL_UP]
     assert event["state"] not in ("unknown", "unavailable"), event  # the time of the event
     attributes = event["attributes"]
-    if attributes["event_type"] == "level_up":
-        assert (attributes["previous_level"], attributes["stat"]) == (1, None), attributes
-        assert attributes["new_level"] == sheet.level, attributes
-    else:  # a stat's level-up came after the character's
-        assert attributes["event_type"] == "stat_level_up", attributes
-        assert attributes["new_level"] == sheet.stats[attributes["stat"]].level, attributes
+    assert attributes["event_type"] == "level_up", attributes
+    assert (attributes["previous_level"], attributes["stat"]) == (1, None), attributes
+    assert attributes["new_level"] == sheet.level, attributes
+    stat_up = current[STAT_LEVEL_UP]
+    assert stat_up["state"] not in ("unknown", "unavailable"), stat_up
+    stat = stat_up["attributes"]["stat"]
+    assert stat_up["attributes"]["event_type"] == "stat_level_up", stat_up
+    assert stat_up["attributes"]["new_level"] == sheet.stats[stat].level, stat_up
     assert attributes["event_id"].startswith(f"lvl:{UID}:"), attributes
+    fired = current[event_automation]["attributes"]["last_triggered"]
+
+    # XP logged through the mesh (not HA) up to level 5: the achievement event entity shows
+    # Stats' level_5 achievement, and the event automation fires for the new level.
+    assert current[ACHIEVEMENT]["state"] == "unknown"  # first_activity came before HA
+    logged = await tester.request(
+        "activities_log",
+        ActivityLogRequest(user_id=UID, activity_type="bulk_test", custom_xp={"STR": 250}),
+    )
+    assert logged.success and "level_5" in logged.achievements, logged
+    await eventually(
+        lambda: _check(
+            states,
+            lambda s: (
+                s[ACHIEVEMENT]["attributes"].get("achievement_code") == "level_5"
+                and s[event_automation]["attributes"]["last_triggered"] != fired
+            ),
+        ),
+        timeout=20,
+        what="the level_5 achievement in its event entity, the event automation fired again",
+    )
+    current = await states()
+    won = current[ACHIEVEMENT]
+    assert won["state"] not in ("unknown", "unavailable"), won
+    assert won["attributes"]["event_type"] == "achievement_unlocked", won
+    assert won["attributes"]["title"] == "Level 5", won
+    assert won["attributes"]["event_types"] == ["achievement_unlocked"], won
+    sheet = await sheet_of(tester)
+    assert sheet.level >= 5 and "level_5" in sheet.achievements
     fired = current[event_automation]["attributes"]["last_triggered"]
 
     # HA restart: its registries say what it created; after the restart everything is back.

@@ -436,6 +436,7 @@ logger:
   default: warning
   logs:
     homeassistant.components.mqtt: debug
+    homeassistant.components.automation: debug
 automation: !include automations.yaml
 """
 # HA before 2026 reads its HTTP settings from YAML; later releases from .storage/http (YAML there
