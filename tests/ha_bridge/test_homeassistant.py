@@ -36,7 +36,13 @@ from mesh.testing.brokers import transport_for
 from mesh.testing.wait import eventually
 from mesh.transport import Inbound
 from stats_agent.rules import load_rules
-from tests.support.homeassistant import VERSIONS, HomeAssistantProcess
+from tests.support.homeassistant import (
+    RELEASES,
+    VERSIONS,
+    HomeAssistantProcess,
+    debian_mirror,
+    mqtt_config_entry,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -106,6 +112,45 @@ def all_available(states: dict[str, dict[str, Any]]) -> bool:
         and (e.startswith(("button.", "event.")) or states[e]["state"] != "unknown")
         for e in expected_entities()
     )
+
+
+def test_mqtt_config_entry_of_each_release() -> None:
+    """2024.3: entry 1.1, everything in data; 2026.11: entry 2.1, broker and protocol 5 in
+    data, discovery and birth in options (what their UIs write)."""
+    old = mqtt_config_entry(RELEASES["2024.3.3"].layout, 1883, "ha", "pw")
+    assert (old["version"], old["minor_version"], old["options"]) == (1, 1, {})
+    assert old["data"] == {
+        "broker": "127.0.0.1", "port": 1883, "username": "ha", "password": "pw", "discovery": True,
+    }  # fmt: skip
+    new = mqtt_config_entry(RELEASES["2026.11.0"].layout, 1883, "ha", "pw")
+    assert (new["version"], new["minor_version"]) == (2, 1)
+    assert new["data"] == {
+        "broker": "127.0.0.1", "port": 1883, "username": "ha", "password": "pw", "protocol": "5",
+    }  # fmt: skip
+    options = new["options"]
+    assert isinstance(options, dict)
+    assert (options["discovery"], options["discovery_prefix"]) == (True, "homeassistant")
+    assert options["birth_message"]["payload"] == "online"
+    assert options["will_message"]["topic"] == "homeassistant/status"
+
+
+def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forky root comes from the machine's own Debian mirror: deb822 sources first (not the
+    security archive), then one-line lists, else deb.debian.org."""
+    monkeypatch.delenv("LIFEOPS_DEBIAN_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    assert debian_mirror(tmp_path) == "http://deb.debian.org/debian"
+    (tmp_path / "sources.list").write_text(
+        "# x\ndeb [arch=amd64] http://old.example/debian bookworm main\n"
+    )
+    assert debian_mirror(tmp_path) == "http://old.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    monkeypatch.setenv("LIFEOPS_DEBIAN_MIRROR", "http://set.example/debian")
+    assert debian_mirror(tmp_path) == "http://set.example/debian"
 
 
 @pytest.mark.parametrize("ha_version", VERSIONS)

@@ -245,7 +245,7 @@ def ensure_installed(version: str = HA_VERSION, timeout: float = 1800.0) -> Inst
     if release.python == "host":
         where, env, more = venv_dir(), "LIFEOPS_HA_VENV", ""
     else:
-        where, env, more = root_dir(version), "LIFEOPS_HA_ROOT", ", plus about 250 MB of Debian"
+        where, env, more = root_dir(version), "LIFEOPS_HA_ROOT", ", and a Debian mirror for 250 MB"
     try:
         with _build_lock(where.with_name(where.name + ".lock"), timeout):
             if release.python == "host":
@@ -304,12 +304,12 @@ def _host_venv(release: Release, venv: Path, timeout: float) -> Installation:
 # -- 2026.11.0: python3.14 in a Debian forky root ----------------------------------------------
 
 
-def debian_mirror() -> str:
+def debian_mirror(apt: Path = Path("/etc/apt")) -> str:
     """The machine's Debian mirror (LIFEOPS_DEBIAN_MIRROR, else APT's sources, else Debian's)."""
     configured = os.environ.get("LIFEOPS_DEBIAN_MIRROR")
     if configured:
         return configured
-    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    sources = sorted((apt / "sources.list.d").glob("*.sources"))
     for path in sources:
         for paragraph in _read(path).split("\n\n"):
             fields = {}
@@ -322,7 +322,7 @@ def debian_mirror() -> str:
             for uri in fields.get("uris", "").split():
                 if _is_debian_main(uri, fields.get("suites", "")):
                     return uri
-    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]
+    lists = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
     for path in lists:
         for line in _read(path).splitlines():
             words = [w for w in line.split() if not w.startswith("[")]
@@ -359,19 +359,16 @@ def _forky_root(root: Path, timeout: float) -> None:
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    _run(
-        f"debootstrap forky from {mirror}",
-        [
-            debootstrap,
-            "--variant=minbase",
-            f"--include={','.join(FORKY_PACKAGES)}",
-            "forky",
-            str(partial),
-            mirror,
-            str(script),
-        ],
-        timeout,
-    )
+    args = [debootstrap, "--variant=minbase", f"--include={','.join(FORKY_PACKAGES)}"]
+    try:
+        _run(
+            f"debootstrap forky from {mirror}",
+            [*args, "forky", str(partial), mirror, str(script)],
+            timeout,
+        )
+    except _StepFailed:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     (partial / marker.name).write_text(recipe)
     shutil.rmtree(root, ignore_errors=True)  # a root of an older recipe
     partial.rename(root)
