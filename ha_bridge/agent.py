@@ -7,6 +7,7 @@ import msgspec
 from ha_bridge.bridge import Bridge
 from ha_bridge.repository import MIGRATIONS
 from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
+from lifeops_contract.schemas import AchievementUnlocked, LevelUp
 from mesh import AgentApp, Route, Settings
 
 
@@ -27,6 +28,11 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+def event_identity(event: LevelUp | AchievementUnlocked) -> str:
+    """Stats' events carry their own id: each is republished to Home Assistant once."""
+    return event.event_id
+
+
 def build(settings: Settings) -> AgentApp:
     config = BridgeConfig.from_env(settings.env)
     bridge_contract = with_discovery_prefix(contract(), config.discovery_prefix)
@@ -38,6 +44,8 @@ def build(settings: Settings) -> AgentApp:
         routes=[
             Route("character_state", bridge.character_state),
             Route("timeline_state", bridge.timeline_state),
+            Route("levelup", bridge.levelup, dedup=event_identity),
+            Route("achievement", bridge.achievement, dedup=event_identity),
             Route("ha_status", bridge.ha_status),
         ],
         on_open=bridge.open,

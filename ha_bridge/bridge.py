@@ -7,6 +7,8 @@
   state, then clears the configs it owns that no longer match a user, stat or item.
 - On Home Assistant's birth message it waits a short random delay, then republishes its
   availability, every discovery config and every state.
+- Stats' level-ups and achievements are republished per user with an `event_type`, for the
+  user's Home Assistant event entities (once per event id).
 - Users it knows of without a timeline (or sheet) get one asked from LifeOps (or Stats), so a
   new user's buttons appear before their first completion.
 """
@@ -18,14 +20,22 @@ import logging
 import random
 
 from ha_bridge import repository
-from ha_bridge.entities import EntityBuilder, encode_config, is_own_node
+from ha_bridge.entities import (
+    EntityBuilder,
+    achievement_event,
+    encode_config,
+    is_own_node,
+    levelup_event,
+)
 from ha_bridge.readback import read_back
 from ha_bridge.repository import Desired
 from lifeops_contract.ids import check_user_id
 from lifeops_contract.schemas import (
+    AchievementUnlocked,
     CharacterGetRequest,
     CharacterReply,
     CharacterSheet,
+    LevelUp,
     TimelineDay,
     TimelineGetRequest,
     TimelineReply,
@@ -96,6 +106,18 @@ class Bridge:
         await repository.save_timeline(ctx.tx, day)
         await self.sync_user(ctx.tx, user_id, ctx.trace_id)
         self._fill_wake.set()
+
+    async def levelup(self, ctx: Context, event: LevelUp) -> None:
+        """Stats' level-up, republished on the user's topic for their HA event entity (the
+        character's and the stats' apart)."""
+        user_id = check_user_id(event.user_id)
+        key = "ha_levelup" if event.stat is None else "ha_stat_levelup"
+        await ctx.emit(key, levelup_event(event), user_id=user_id)
+
+    async def achievement(self, ctx: Context, event: AchievementUnlocked) -> None:
+        """Stats' achievement, republished on the user's topic for their HA event entity."""
+        user_id = check_user_id(event.user_id)
+        await ctx.emit("ha_achievement", achievement_event(event), user_id=user_id)
 
     async def ha_status(self, ctx: Context, status: str) -> None:
         if status == "online":

@@ -19,13 +19,17 @@ from typing import Any
 import msgspec
 
 from lifeops_contract.schemas import (
+    AchievementUnlocked,
     CharacterSheet,
+    HaAchievementEvent,
     HaAvailability,
     HaDevice,
     HaDiscoveryConfig,
+    HaLevelUpEvent,
     HaOrigin,
     HaStat,
     HaUserState,
+    LevelUp,
     TimelineDay,
 )
 from mesh import Contract, codec
@@ -126,13 +130,15 @@ class EntityBuilder:
     def user_entities(
         self, user_id: str, sheet: CharacterSheet | None, timeline: TimelineDay | None
     ) -> list[Entity]:
-        """Every entity of one user's device: the character's sensors once Stats knows them,
-        a streak sensor and a completion button per timeline item once LifeOps does."""
+        """Every entity of one user's device: the character's sensors and its level-up and
+        achievement events once Stats knows them, a streak sensor and a completion button per
+        timeline item once LifeOps does."""
         device = _UserDevice(self, user_id)
         out: list[Entity] = []
         if sheet is not None:
             out += device.character_sensors()
             out += device.stat_sensors(sorted(sheet.stats))
+            out += device.event_entities()
         if timeline is not None:
             out += device.timeline_entities(timeline)
         return out
@@ -252,6 +258,40 @@ class _UserDevice:
             )  # fmt: skip
         return out
 
+    def event_entities(self) -> list[Entity]:
+        """HA event entities: automations trigger on their state (HA's event trigger) instead
+        of raw MQTT; the bridge republishes Stats' events per user with an `event_type`. The
+        character's level-ups have an entity of their own: HA keeps only the last of events
+        that reach one entity in the same millisecond, and a grant raises stats with it."""
+        stats = self.builder.availability("ha_bridge", "stats")
+        topic = self.builder.contract.topic
+        level_up = _config(
+            name="Level up",
+            state_topic=topic("ha_levelup", user_id=self.user_id),
+            event_types=["level_up"],
+            icon="mdi:arrow-up-bold-hexagon-outline",
+            qos=1,
+        )
+        stat_level_up = _config(
+            name="Stat level up",
+            state_topic=topic("ha_stat_levelup", user_id=self.user_id),
+            event_types=["stat_level_up"],
+            icon="mdi:chart-line",
+            qos=1,
+        )
+        achievement = _config(
+            name="Achievement unlocked",
+            state_topic=topic("ha_achievement", user_id=self.user_id),
+            event_types=["achievement_unlocked"],
+            icon="mdi:trophy-award",
+            qos=1,
+        )
+        return [
+            self.entity("event", "level_up", stats, level_up),
+            self.entity("event", "stat_level_up", stats, stat_level_up),
+            self.entity("event", "achievement", stats, achievement),
+        ]
+
     def timeline_entities(self, timeline: TimelineDay) -> list[Entity]:
         lifeops = self.builder.availability("ha_bridge", "lifeops")
         complete = self.builder.contract.topic("timeline_complete")
@@ -274,6 +314,30 @@ class _UserDevice:
             )
             out.append(self.entity("button", f"{item.code}_complete", lifeops, button))
         return out
+
+
+def levelup_event(event: LevelUp) -> HaLevelUpEvent:
+    """Stats' level-up as the user's level-up event entity reads it."""
+    return HaLevelUpEvent(
+        event_type="level_up" if event.stat is None else "stat_level_up",
+        event_id=event.event_id,
+        new_level=event.new_level,
+        previous_level=event.previous_level,
+        stat=event.stat,
+        total_xp=event.total_xp,
+        occurred_at=event.occurred_at,
+    )
+
+
+def achievement_event(event: AchievementUnlocked) -> HaAchievementEvent:
+    """Stats' achievement as the user's achievement event entity reads it."""
+    return HaAchievementEvent(
+        event_type="achievement_unlocked",
+        event_id=event.event_id,
+        achievement_code=event.achievement_code,
+        title=event.title,
+        awarded_at=event.awarded_at,
+    )
 
 
 _PLACEHOLDER_DEVICE = HaDevice(identifiers=[], name="", manufacturer="")

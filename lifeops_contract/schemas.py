@@ -296,6 +296,28 @@ class HaUserState(Payload, kw_only=True):
     updated_at: dt.datetime | None = None
 
 
+class HaLevelUpEvent(Payload, kw_only=True):
+    """A level-up as one user's Home Assistant event entity reads it (`event_type` first)."""
+
+    event_type: Literal["level_up", "stat_level_up"]  # character, or one stat
+    event_id: str
+    new_level: int
+    previous_level: int
+    stat: str | None = None
+    total_xp: int
+    occurred_at: dt.datetime
+
+
+class HaAchievementEvent(Payload, kw_only=True):
+    """An achievement as one user's Home Assistant event entity reads it."""
+
+    event_type: Literal["achievement_unlocked"]
+    event_id: str
+    achievement_code: str
+    title: str
+    awarded_at: dt.datetime
+
+
 class HaAvailability(msgspec.Struct, kw_only=True, omit_defaults=True):
     topic: str
     payload_available: str = "online"
@@ -317,7 +339,8 @@ class HaOrigin(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """An HA MQTT discovery payload (sensor, binary_sensor or button); unset keys are left out."""
+    """An HA MQTT discovery payload (sensor, binary_sensor, button or event); unset keys are
+    left out."""
 
     name: str | None = None
     unique_id: str
@@ -340,6 +363,7 @@ class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload_press: str | None = None
     payload_on: str | None = None
     payload_off: str | None = None
+    event_types: list[str] | None = None
     qos: int | None = None
 
 
@@ -366,5 +390,7 @@ SCHEMAS: dict[str, Any] = {
     "OuraImportReply": OuraImportReply,
     "HaUserState": HaUserState,
     "HaDiscoveryConfig": HaDiscoveryConfig,
+    "HaLevelUpEvent": HaLevelUpEvent,
+    "HaAchievementEvent": HaAchievementEvent,
 }
 """Schema name (as written in topics.toml) -> type."""

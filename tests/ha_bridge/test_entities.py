@@ -15,14 +15,24 @@ from typing import Any
 
 import pytest
 
-from ha_bridge.entities import EntityBuilder, encode_config, is_own_node, user_slug
+from ha_bridge.entities import (
+    EntityBuilder,
+    achievement_event,
+    encode_config,
+    is_own_node,
+    levelup_event,
+    user_slug,
+)
 from lifeops_contract import contract, with_discovery_prefix
 from lifeops_contract.schemas import (
+    AchievementUnlocked,
     CharacterSheet,
+    LevelUp,
     StatSheet,
     TimelineDay,
     TimelineItemState,
 )
+from mesh import codec
 
 GOLDEN = Path(__file__).parent / "golden" / "user_and_mesh_entities.json"
 SHEET = CharacterSheet(user_id="alice", stats={"STR": StatSheet(xp=50), "DEX": StatSheet()})
@@ -56,6 +66,9 @@ ROWS = [
     ("str_xp", "sensor", "XP", "total_increasing", None),
     ("walk_streak", "sensor", "d", "measurement", None),
     ("walk_complete", "button", None, None, None),
+    ("level_up", "event", None, None, None),
+    ("stat_level_up", "event", None, None, None),
+    ("achievement", "event", None, None, None),
 ]
 
 
@@ -93,12 +106,67 @@ def test_button_press_is_a_timeline_completion() -> None:
     assert json.loads(button.config.payload_press or "") == {"user_id": "bo", "item_code": "walk"}
 
 
+NOW = dt.datetime(2026, 11, 27, 18, 0, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("stat", "what", "key", "event_type"),
+    [
+        (None, "level_up", "ha_levelup", "level_up"),
+        ("STR", "stat_level_up", "ha_stat_levelup", "stat_level_up"),
+    ],
+)
+def test_level_up_event_is_what_the_event_entity_reads(
+    stat: str | None, what: str, key: str, event_type: str
+) -> None:
+    """A level-up on the user's event topic (the character's and the stats' apart): a JSON
+    object whose `event_type` is its entity's one event type (HA rejects others), the rest of
+    Stats' fields as attributes."""
+    c = contract()
+    builder = EntityBuilder(c, list(c.agents))
+    by_what = {e.topic.split("/")[3]: e for e in builder.user_entities("bo", SHEET, None)}
+    entity = by_what[what]
+    up = LevelUp(
+        event_id="lvl:bo:x", user_id="bo", new_level=3, previous_level=2, total_xp=90,
+        activity_id="a1", stat=stat, occurred_at=NOW,
+    )  # fmt: skip
+    payload = json.loads(codec.encode(levelup_event(up)))
+    assert payload == {
+        "event_type": event_type,
+        "event_id": "lvl:bo:x",
+        "new_level": 3,
+        "previous_level": 2,
+        "stat": stat,
+        "total_xp": 90,
+        "occurred_at": "2026-11-27T18:00:01Z",
+    }
+    assert entity.config.event_types == [event_type]
+    assert entity.config.state_topic == c.topic(key, user_id="bo")
+    assert c.entry(key).retain is False  # HA ignores retained events
+
+
+def test_achievement_event_is_what_the_event_entity_reads() -> None:
+    """An achievement on the user's event topic, typed `achievement_unlocked`."""
+    c = contract()
+    builder = EntityBuilder(c, list(c.agents))
+    (entity,) = [e for e in builder.user_entities("bo", SHEET, None) if "/achievement/" in e.topic]
+    won = AchievementUnlocked(
+        event_id="ach:bo:first", user_id="bo", achievement_code="first_activity",
+        title="First steps", activity_id="a1", awarded_at=NOW,
+    )  # fmt: skip
+    payload = json.loads(codec.encode(achievement_event(won)))
+    assert payload["event_type"] in (entity.config.event_types or []) == ["achievement_unlocked"]
+    assert (payload["achievement_code"], payload["title"]) == ("first_activity", "First steps")
+    assert entity.config.state_topic == c.topic("ha_achievement", user_id="bo")
+    assert entity.config.unique_id == "lifeops_mesh:user:bo:achievement"
+
+
 def test_what_a_user_has_decides_the_entities() -> None:
     """No sheet: no character sensors; no timeline: no streaks or buttons; neither: nothing."""
     builder = EntityBuilder(contract(), list(contract().agents))
     assert builder.user_entities("bo", None, None) == []
     only_sheet = {e.topic.split("/")[3] for e in builder.user_entities("bo", SHEET, None)}
-    assert "walk_complete" not in only_sheet and "level" in only_sheet
+    assert "walk_complete" not in only_sheet and {"level", "level_up"} <= only_sheet
     only_timeline = {e.topic.split("/")[3] for e in builder.user_entities("bo", None, TIMELINE)}
     assert only_timeline == {"walk_streak", "walk_complete"}
 

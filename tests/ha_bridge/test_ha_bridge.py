@@ -59,9 +59,19 @@ class Retained:
         payload = self.topics.get(f"ha_bridge/user/{uid}")
         return codec.decode(payload, HaUserState) if payload else None
 
+    def events(self, uid: str, kind: str) -> list[dict[str, Any]]:
+        """The user's HA events (`levelup`, `stat_levelup` or `achievement`) so far, in order."""
+        topic = f"ha_bridge/user/{uid}/{kind}"
+        return [json.loads(m.payload) for m in self.log if m.topic == topic]
+
     async def __aenter__(self) -> Retained:
         await self.transport.subscribe(
-            ["homeassistant/+/+/+/config", "ha_bridge/user/+", "ha_bridge/status"]
+            [
+                "homeassistant/+/+/+/config",
+                "ha_bridge/user/+",
+                "ha_bridge/user/+/+",
+                "ha_bridge/status",
+            ]
         )
         await self.transport.connect()
         return self
@@ -74,6 +84,7 @@ def user_config_keys(stats: set[str] = STATS, items: list[str] = ITEMS) -> set[s
     keys = {f"sensor/{k}" for k in CHARACTER}
     keys |= {f"sensor/{s.lower()}_{k}" for s in stats for k in ("level", "xp")}
     keys |= {f"sensor/{i}_streak" for i in items} | {f"button/{i}_complete" for i in items}
+    keys |= {"event/level_up", "event/stat_level_up", "event/achievement"}
     return keys
 
 
@@ -191,6 +202,28 @@ async def test_button_press_completes_through_lifeops(
             what="70 XP from the gym session in the device state",
         )
         assert state.streaks["gym_session"] == 1
+        # Stats' level-ups and achievement, republished for the user's HA event entities
+        levelups = await eventually(
+            lambda: _async(view.events(uid, "levelup")),
+            what="the gym session's level-up on the user's event topic",
+        )
+        assert [(e["event_type"], e["previous_level"], e["new_level"]) for e in levelups] == [
+            ("level_up", 1, state.level)
+        ]
+        assert levelups[0]["stat"] is None and levelups[0]["total_xp"] == 70
+        stat_ups = await eventually(
+            lambda: _async(view.events(uid, "stat_levelup")),
+            what="the gym session's stat level-ups on their own topic",
+        )
+        assert {e["event_type"] for e in stat_ups} == {"stat_level_up"}
+        assert {e["stat"] for e in stat_ups} <= STATS and all(e["stat"] for e in stat_ups)
+        achievements = await eventually(
+            lambda: _async(view.events(uid, "achievement")),
+            what="the first achievement on the user's event topic",
+        )
+        assert achievements[0]["event_type"] == "achievement_unlocked"
+        assert achievements[0]["achievement_code"] and achievements[0]["title"]
+        assert not any(m.retain for m in view.log if m.topic.count("/") == 3)
         # the character's sensors came with its first sheet (published in the same flush as
         # the state, in any order)
         await eventually(

@@ -1,16 +1,20 @@
-"""A real Home Assistant core (2024.3.3, its own cached virtualenv) against the test Mosquitto.
+"""Real Home Assistant cores against the test Mosquitto: 2024.3.3 (its own cached virtualenv) and
+2026.11.0 (python3.14 in a cached Debian root, under chroot), the same scenario on each.
 
-What HA itself created is checked: entity ids, unique ids and device grouping (HA's registries),
-numeric states equal to the character sheet, availability, no discovery errors in HA's log; a
-button pressed through HA's REST API completes the item, grants XP and updates the sensors; the
-documented automation (docs/homeassistant/automations.yaml) fires on the level-up; every entity
-of the documented dashboard exists; and after an HA restart, a bridge restart and a broker
-restart every entity is available again and shows its current value.
+What HA itself created is checked: entity ids (2026.11 ignores object_id: they come from
+default_entity_id), unique ids and device grouping (HA's registries), numeric states equal to the
+character sheet, availability, no rejected discovery payloads in HA's log; a button pressed
+through HA's REST API completes the item, grants XP and updates the sensors; the level-up event
+entity shows the level-up; both documented automations (docs/homeassistant/automations.yaml: a raw
+MQTT trigger and an event-entity trigger) fire on it; every entity of the documented dashboard
+exists; and after an HA restart, a bridge restart and a broker restart every entity is available
+again and shows its current value, without the event automation firing again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,18 +24,35 @@ import pytest
 
 from lifeops_agent.timeline import load_timeline
 from lifeops_contract import contract as default_contract
-from lifeops_contract.schemas import CharacterGetRequest, CharacterSheet, TimelineCompleteRequest
+from lifeops_contract.schemas import (
+    ActivityLogRequest,
+    CharacterGetRequest,
+    CharacterSheet,
+    TimelineCompleteRequest,
+)
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
+from mesh.testing.brokers import transport_for
 from mesh.testing.wait import eventually
+from mesh.transport import Inbound
 from stats_agent.rules import load_rules
-from tests.support.homeassistant import HomeAssistantProcess
+from tests.support.homeassistant import (
+    RELEASES,
+    VERSIONS,
+    HomeAssistantProcess,
+    debian_mirror,
+    mqtt_config_entry,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "homeassistant"
 UID = "alice"  # the documented dashboard's user; this test has a broker of its own
 Start = Callable[..., Any]
+EVENTS = ("level_up", "stat_level_up", "achievement")
+LEVEL_UP = f"event.lifeops_{UID}_level_up"
+STAT_LEVEL_UP = f"event.lifeops_{UID}_stat_level_up"
+ACHIEVEMENT = f"event.lifeops_{UID}_achievement"
 
 
 def expected_entities() -> dict[str, str]:
@@ -46,6 +67,7 @@ def expected_entities() -> dict[str, str]:
     out |= {
         f"button.lifeops_{UID}_{i}_complete": f"lifeops_mesh:user:{UID}:{i}_complete" for i in items
     }
+    out |= {f"event.lifeops_{UID}_{w}": f"lifeops_mesh:user:{UID}:{w}" for w in EVENTS}
     out |= {
         f"binary_sensor.lifeops_mesh_{a}": f"lifeops_mesh:agent:{a}"
         for a in ("stats", "lifeops", "ha_bridge")
@@ -82,27 +104,77 @@ def matches_sheet(
 
 
 def all_available(states: dict[str, dict[str, Any]]) -> bool:
-    """Every entity there and available; sensors also known (a button's state is the time of
-    its last press: `unknown` until pressed)."""
+    """Every entity there and available; sensors also known (a button's or an event's state is
+    the time of its last press or event: `unknown` until then)."""
     return all(
         e in states
         and states[e]["state"] != "unavailable"
-        and (e.startswith("button.") or states[e]["state"] != "unknown")
+        and (e.startswith(("button.", "event.")) or states[e]["state"] != "unknown")
         for e in expected_entities()
     )
 
 
+def test_mqtt_config_entry_of_each_release() -> None:
+    """2024.3: entry 1.1, everything in data; 2026.11: entry 2.1, broker and protocol 5 in
+    data, discovery and birth in options (what their UIs write)."""
+    old = mqtt_config_entry(RELEASES["2024.3.3"].layout, 1883, "ha", "pw")
+    assert (old["version"], old["minor_version"], old["options"]) == (1, 1, {})
+    assert old["data"] == {
+        "broker": "127.0.0.1", "port": 1883, "username": "ha", "password": "pw", "discovery": True,
+    }  # fmt: skip
+    new = mqtt_config_entry(RELEASES["2026.11.0"].layout, 1883, "ha", "pw")
+    assert (new["version"], new["minor_version"]) == (2, 1)
+    assert new["data"] == {
+        "broker": "127.0.0.1", "port": 1883, "username": "ha", "password": "pw", "protocol": "5",
+    }  # fmt: skip
+    options = new["options"]
+    assert isinstance(options, dict)
+    assert (options["discovery"], options["discovery_prefix"]) == (True, "homeassistant")
+    assert options["birth_message"]["payload"] == "online"
+    assert options["will_message"]["topic"] == "homeassistant/status"
+
+
+def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forky root comes from the machine's own Debian mirror: deb822 sources first (not the
+    security archive), then one-line lists, else deb.debian.org."""
+    monkeypatch.delenv("LIFEOPS_DEBIAN_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    assert debian_mirror(tmp_path) == "http://deb.debian.org/debian"
+    (tmp_path / "sources.list").write_text(
+        "# x\ndeb [arch=amd64] http://old.example/debian bookworm main\n"
+    )
+    assert debian_mirror(tmp_path) == "http://old.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    monkeypatch.setenv("LIFEOPS_DEBIAN_MIRROR", "http://set.example/debian")
+    assert debian_mirror(tmp_path) == "http://set.example/debian"
+
+
+@pytest.mark.parametrize("ha_version", VERSIONS)
 async def test_real_home_assistant(
-    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start, ha_version: str
 ) -> None:
+    """The whole scenario on one Home Assistant release."""
     ha = HomeAssistantProcess(
         tmp_path / "ha",
         mqtt_port=own_broker.port,
         mqtt_username="homeassistant",
         mqtt_password=own_broker.credentials["homeassistant"],
         automations=(DOCS / "automations.yaml").read_text(),
+        version=ha_version,
     )
+    try:
+        await _run(ha, own_broker, tmp_path, start_agent)
+    finally:
+        ha.cleanup()
 
+
+async def _run(
+    ha: HomeAssistantProcess, own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+) -> None:
     async def states() -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(ha.states)
 
@@ -120,13 +192,42 @@ async def test_real_home_assistant(
         bridge = Restartable(lambda: start_agent("ha_bridge", own_broker, db["ha_bridge"]))
         await bridge.start()
         try:
-            await asyncio.to_thread(ha.start)
+            await _start_until_birth(ha, own_broker)
             try:
+                assert await asyncio.to_thread(ha.version) == ha.installation.release.version
                 await _scenario(ha, states, tester, own_broker, bridge)
             finally:
                 await asyncio.to_thread(ha.stop)
         finally:
             await bridge.stop()
+
+
+async def _start_until_birth(ha: HomeAssistantProcess, broker: MosquittoProcess) -> None:
+    """Start HA and wait for its birth message: HA sends it once started, after the
+    subscriptions of its automations' MQTT triggers (which the REST API's automation state
+    does not wait for; a level-up before them is missed)."""
+    births: list[bytes] = []
+
+    async def on_message(msg: Inbound) -> int:
+        if msg.payload == b"online":
+            births.append(msg.payload)
+        return 0
+
+    watcher = transport_for(broker, "tester", prefix="ha-birth")
+    watcher.on_message = on_message
+    await watcher.subscribe([default_contract().topic("ha_status")])
+    await watcher.connect()
+    try:
+        await asyncio.to_thread(ha.start)
+        await eventually(
+            lambda: _true(bool(births)), timeout=60, what="Home Assistant's birth message"
+        )
+    finally:
+        await watcher.disconnect()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 class Restartable:
@@ -190,10 +291,16 @@ async def _scenario(
     )
     assert dashboard and dashboard <= set(current), sorted(dashboard - set(current))
     automation = "automation.lifeops_level_up"
-    assert current[automation]["attributes"].get("last_triggered") is None
+    event_automation = "automation.lifeops_level_up_event"
+    for a in (automation, event_automation):
+        assert current[a]["state"] == "on", (a, current[a])
+        assert current[a]["attributes"].get("last_triggered") is None, a
+    assert current[LEVEL_UP]["attributes"]["event_types"] == ["level_up"]
+    assert current[LEVEL_UP]["state"] == "unknown"  # no level-up since HA discovered it
 
-    # A button pressed in HA: LifeOps completes, Stats grants 70 XP (two level-ups), the sensors
-    # follow and the documented automation fires on stats/levelup.
+    # A button pressed in HA: LifeOps completes, Stats grants 70 XP (level-ups of the character
+    # and of stats), the sensors follow, the level-up event entity shows it and both documented
+    # automations fire (on stats/levelup, and on the event entity).
     await asyncio.to_thread(
         ha.call_service,
         "button",
@@ -216,11 +323,55 @@ async def _scenario(
         timeout=20,
         what="every sensor updated after the button press",
     )
-    await eventually(
-        lambda: _check(states, lambda s: s[automation]["attributes"].get("last_triggered")),
-        timeout=20,
-        what="the level-up automation triggered",
+    for a in (automation, event_automation):
+        await eventually(
+            functools.partial(_check, states, _triggered(a)),
+            timeout=20,
+            what=f"{a} triggered",
+        )
+    current = await states()
+    event = current[LEVEL_UP]
+    assert event["state"] not in ("unknown", "unavailable"), event  # the time of the event
+    attributes = event["attributes"]
+    assert attributes["event_type"] == "level_up", attributes
+    assert (attributes["previous_level"], attributes["stat"]) == (1, None), attributes
+    assert attributes["new_level"] == sheet.level, attributes
+    stat_up = current[STAT_LEVEL_UP]
+    assert stat_up["state"] not in ("unknown", "unavailable"), stat_up
+    stat = stat_up["attributes"]["stat"]
+    assert stat_up["attributes"]["event_type"] == "stat_level_up", stat_up
+    assert stat_up["attributes"]["new_level"] == sheet.stats[stat].level, stat_up
+    assert attributes["event_id"].startswith(f"lvl:{UID}:"), attributes
+    fired = current[event_automation]["attributes"]["last_triggered"]
+
+    # XP logged through the mesh (not HA) up to level 5: the achievement event entity shows
+    # Stats' level_5 achievement, and the event automation fires for the new level.
+    assert current[ACHIEVEMENT]["state"] == "unknown"  # first_activity came before HA
+    logged = await tester.request(
+        "activities_log",
+        ActivityLogRequest(user_id=UID, activity_type="bulk_test", custom_xp={"STR": 250}),
     )
+    assert logged.success and "level_5" in logged.achievements, logged
+    await eventually(
+        lambda: _check(
+            states,
+            lambda s: (
+                s[ACHIEVEMENT]["attributes"].get("achievement_code") == "level_5"
+                and s[event_automation]["attributes"]["last_triggered"] != fired
+            ),
+        ),
+        timeout=20,
+        what="the level_5 achievement in its event entity, the event automation fired again",
+    )
+    current = await states()
+    won = current[ACHIEVEMENT]
+    assert won["state"] not in ("unknown", "unavailable"), won
+    assert won["attributes"]["event_type"] == "achievement_unlocked", won
+    assert won["attributes"]["title"] == "Level 5", won
+    assert won["attributes"]["event_types"] == ["achievement_unlocked"], won
+    sheet = await sheet_of(tester)
+    assert sheet.level >= 5 and "level_5" in sheet.achievements
+    fired = current[event_automation]["attributes"]["last_triggered"]
 
     # HA restart: its registries say what it created; after the restart everything is back.
     await asyncio.to_thread(ha.stop)
@@ -254,9 +405,23 @@ async def _scenario(
     await asyncio.sleep(1)
     await asyncio.to_thread(broker.start)
     await _back(states, tester, streaks, "after a broker restart")
+    current = await states()
+    assert current[event_automation]["attributes"]["last_triggered"] == fired, (
+        "restarts fired the event automation again"
+    )
 
     log = ha.log_text()
-    for bad in ("when processing MQTT discovery message", "illegal discovery topic"):
+    rejected = (
+        "when processing MQTT discovery message",  # a payload HA's schema refused
+        "illegal discovery topic",
+        "Invalid MQTT device discovery payload",
+        "Unable to parse JSON discovery payload",
+        "Unable to parse origin information",
+        "`event_type` missing in JSON event payload",
+        "Invalid event type",
+        "No valid JSON event payload",
+    )
+    for bad in rejected:
         assert bad not in log, [line for line in log.splitlines() if bad in line][:5]
     errors = [
         line
@@ -289,6 +454,10 @@ async def _check(states: Callable[[], Any], predicate: Callable[[dict[str, Any]]
         return bool(predicate(current))
     except KeyError:
         return False
+
+
+def _triggered(automation: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda s: s[automation]["attributes"].get("last_triggered")
 
 
 def _dashboard() -> str:
