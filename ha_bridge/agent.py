@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from ha_bridge.bridge import Bridge
 from ha_bridge.repository import MIGRATIONS
 from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
 from lifeops_contract.schemas import AchievementUnlocked, LevelUp
-from mesh import AgentApp, Route, Settings
+from mesh import AgentApp, ConfigError, Route, Settings
 
 
 class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -18,13 +20,22 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     discovery_prefix: str = DISCOVERY_PREFIX
     users: tuple[str, ...] = ()
+    # "component": a config per entity (every HA version); "device": one per device (HA 2024.11+)
+    discovery: Literal["component", "device"] = "component"
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> BridgeConfig:
         users = tuple(u.strip() for u in env.get("LIFEOPS_HA_USERS", "").split(",") if u.strip())
+        discovery = env.get("LIFEOPS_HA_DISCOVERY") or "component"
+        if discovery not in ("component", "device"):
+            raise ConfigError(
+                f"LIFEOPS_HA_DISCOVERY={discovery!r}: 'component' (a config per entity, every "
+                "Home Assistant) or 'device' (one per device, Home Assistant 2024.11 and later)"
+            )
         return cls(
             discovery_prefix=env.get("LIFEOPS_HA_DISCOVERY_PREFIX") or DISCOVERY_PREFIX,
             users=users,
+            discovery="device" if discovery == "device" else "component",
         )
 
 
@@ -36,7 +47,7 @@ def event_identity(event: LevelUp | AchievementUnlocked) -> str:
 def build(settings: Settings) -> AgentApp:
     config = BridgeConfig.from_env(settings.env)
     bridge_contract = with_discovery_prefix(contract(), config.discovery_prefix)
-    bridge = Bridge(config.users, bridge_contract)
+    bridge = Bridge(config.users, bridge_contract, device_discovery=config.discovery == "device")
     return AgentApp(
         name="ha_bridge",
         contract=bridge_contract,

@@ -21,6 +21,7 @@ import random
 
 from ha_bridge import repository
 from ha_bridge.entities import (
+    Entity,
     EntityBuilder,
     achievement_event,
     encode_config,
@@ -48,9 +49,12 @@ BIRTH_DELAY_S = (0.5, 2.5)  # random, so many bridges do not answer HA's birth a
 
 
 class Bridge:
-    def __init__(self, users: tuple[str, ...], contract: Contract) -> None:
+    def __init__(
+        self, users: tuple[str, ...], contract: Contract, *, device_discovery: bool = False
+    ) -> None:
         self.users = users  # devices created at startup, before the mesh knows them
         self.contract = contract
+        self.device_discovery = device_discovery  # one config per device instead of per entity
         self.builder = EntityBuilder(contract, list(contract.agents))
         self.agent: Agent | None = None
         self._republish: asyncio.Task[None] | None = None
@@ -138,7 +142,7 @@ class Bridge:
     async def sync_user(self, tx: Tx, user_id: str, trace_id: str | None) -> int:
         inputs = await repository.load(tx, user_id)
         entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline)
-        desired = [Desired(e.topic, "ha_discovery", encode_config(e)) for e in entities]
+        desired = self._configs(entities)
         if entities:
             state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline)
             desired.append(
@@ -147,21 +151,30 @@ class Bridge:
         return await repository.sync_owner(tx, f"user:{user_id}", desired, trace_id)
 
     async def sync_mesh(self, tx: Tx) -> int:
-        desired = [
-            Desired(e.topic, "ha_discovery", encode_config(e)) for e in self.builder.mesh_entities()
-        ]
+        desired = self._configs(self.builder.mesh_entities())
         return await repository.sync_owner(tx, "mesh", desired, None)
+
+    def _configs(self, entities: list[Entity]) -> list[Desired]:
+        """The discovery configs of one device's entities, in the chosen form (the other
+        form's topics are then no longer desired, and cleared)."""
+        if not entities:
+            return []
+        if self.device_discovery:
+            one = self.builder.device_config(entities)
+            return [Desired(one.topic, "ha_device_discovery", encode_config(one))]
+        return [Desired(e.topic, "ha_discovery", encode_config(e)) for e in entities]
 
     async def reconcile(self) -> None:
         """Read back the broker, bring every user up to date, clear what is no longer ours."""
         agent = self._agent()
         discovery = self.contract.subscription("ha_discovery")
+        devices = self.contract.subscription("ha_device_discovery")
         inputs = [
             self.contract.subscription("character_state"),
             self.contract.subscription("timeline_state"),
         ]
         connection = agent.transport.sibling(f"{agent.settings.client_id}-readback")
-        retained = await read_back(connection, self.contract, [discovery, *inputs])
+        retained = await read_back(connection, self.contract, [discovery, devices, *inputs])
         on_broker: set[str] = set()
         async with agent.store.transaction() as tx:
             for msg in retained:
@@ -170,7 +183,7 @@ class Bridge:
                     continue
                 entry, params = found
                 try:
-                    if entry.key == "ha_discovery":
+                    if entry.key in DISCOVERY_KEYS:
                         if is_own_node(params["node_id"]):
                             on_broker.add(msg.topic)
                     elif entry.key == "character_state":
@@ -283,6 +296,9 @@ class Bridge:
         return self.agent
 
 
+DISCOVERY_KEYS = ("ha_discovery", "ha_device_discovery")
+
+
 def is_config(topic: str, contract: Contract) -> bool:
     found = contract.match(topic)
-    return found is not None and found[0].key == "ha_discovery"
+    return found is not None and found[0].key in DISCOVERY_KEYS

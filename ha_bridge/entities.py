@@ -24,6 +24,7 @@ from lifeops_contract.schemas import (
     HaAchievementEvent,
     HaAvailability,
     HaDevice,
+    HaDeviceDiscovery,
     HaDiscoveryConfig,
     HaLevelUpEvent,
     HaOrigin,
@@ -54,6 +55,20 @@ ORIGIN = HaOrigin(name="LifeOps Mesh", sw_version=VERSION, support_url=SUPPORT_U
 class Entity(msgspec.Struct, frozen=True, kw_only=True):
     topic: str
     config: HaDiscoveryConfig
+
+
+class DeviceConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One device's entities as one device-based discovery payload."""
+
+    topic: str
+    config: HaDeviceDiscovery
+
+
+def node_of(topic: str) -> tuple[str, str]:
+    """(component, object id) of a per-component config topic
+    `<prefix>/<component>/<node_id>/<object_id>/config`."""
+    parts = topic.split("/")
+    return parts[-4], parts[-2]
 
 
 def is_own_node(node_id: str) -> bool:
@@ -87,6 +102,26 @@ class EntityBuilder:
         if agent == "ha_bridge":
             return self.contract.topic("status", agent=agent)
         return self.contract.topic("ha_availability", peer=agent)
+
+    def device_config(self, entities: list[Entity]) -> DeviceConfig:
+        """The same entities (of one device) as one device-based discovery payload: each
+        component keeps its keys, ids and availability; device and origin are said once."""
+        first = entities[0]
+        assert first.config.device is not None and first.config.origin is not None
+        components = {}
+        node = ""
+        for e in entities:
+            component, what = node_of(e.topic)
+            node = e.topic.split("/")[-3]
+            components[what] = msgspec.structs.replace(
+                e.config, device=None, origin=None, platform=component
+            )
+        return DeviceConfig(
+            topic=self.contract.topic("ha_device_discovery", node_id=node),
+            config=HaDeviceDiscovery(
+                device=first.config.device, origin=first.config.origin, components=components
+            ),
+        )
 
     def availability(self, *agents: str) -> list[HaAvailability]:
         return [HaAvailability(topic=self.availability_topic(a)) for a in agents]
@@ -352,5 +387,5 @@ def _config(**kw: Any) -> HaDiscoveryConfig:
     )  # fmt: skip
 
 
-def encode_config(entity: Entity) -> bytes:
+def encode_config(entity: Entity | DeviceConfig) -> bytes:
     return codec.encode(entity.config)

@@ -119,5 +119,8 @@ async def sync_owner(tx: Tx, owner: str, desired: list[Desired], trace_id: str |
 
 
 async def clear(tx: Tx, topic: str, trace_id: str | None) -> None:
-    """Stage an empty retained payload: the broker drops the message, HA the entity."""
-    await state.put(tx, topic=topic, topic_key="ha_discovery", payload=b"", trace_id=trace_id)
+    """Stage an empty retained payload: the broker drops the message, HA the entity (or, for
+    a device-based config `<prefix>/device/<node_id>/config`, the device's entities)."""
+    parts = topic.split("/")
+    key = "ha_device_discovery" if len(parts) == 4 and parts[1] == "device" else "ha_discovery"
+    await state.put(tx, topic=topic, topic_key=key, payload=b"", trace_id=trace_id)

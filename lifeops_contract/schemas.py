@@ -340,14 +340,15 @@ class HaOrigin(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An HA MQTT discovery payload (sensor, binary_sensor, button or event); unset keys are
-    left out."""
+    left out. Alone on its topic it carries `device` and `origin`; as one component of a
+    device-based discovery payload it carries `p` (its platform) instead."""
 
     name: str | None = None
     unique_id: str
     object_id: str
     default_entity_id: str
-    device: HaDevice
-    origin: HaOrigin
+    device: HaDevice | None = None
+    origin: HaOrigin | None = None
     availability: list[HaAvailability] | None = None
     availability_mode: Literal["all", "any", "latest"] | None = None
     state_topic: str | None = None
@@ -365,6 +366,16 @@ class HaDiscoveryConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     payload_off: str | None = None
     event_types: list[str] | None = None
     qos: int | None = None
+    platform: str | None = msgspec.field(default=None, name="p")
+
+
+class HaDeviceDiscovery(msgspec.Struct, kw_only=True):
+    """Device-based discovery (HA 2024.11 and later): one payload per device, its entities
+    as components (`cmps`, each with its platform `p` and `unique_id`)."""
+
+    device: HaDevice = msgspec.field(name="dev")
+    origin: HaOrigin = msgspec.field(name="o")
+    components: dict[str, HaDiscoveryConfig] = msgspec.field(name="cmps")
 
 
 SCHEMAS: dict[str, Any] = {
@@ -390,6 +401,7 @@ SCHEMAS: dict[str, Any] = {
     "OuraImportReply": OuraImportReply,
     "HaUserState": HaUserState,
     "HaDiscoveryConfig": HaDiscoveryConfig,
+    "HaDeviceDiscovery": HaDeviceDiscovery,
     "HaLevelUpEvent": HaLevelUpEvent,
     "HaAchievementEvent": HaAchievementEvent,
 }

@@ -185,3 +185,30 @@ def test_node_ids_and_slugs() -> None:
     assert is_own_node("lifeops_alice") and is_own_node("lifeops-mesh")
     assert not is_own_node("zigbee2mqtt") and not is_own_node("lifeopsx")
     assert user_slug("Alice-1.x") == "alice_1_x"
+
+
+def test_device_based_discovery_is_one_message_with_the_same_entities() -> None:
+    """LIFEOPS_HA_DISCOVERY=device: one payload per device instead of one per entity. Each
+    component is the per-component config without device and origin (said once) and with its
+    platform `p`; ids, keys and availability are the same, so HA gives the same entity ids."""
+    builder = EntityBuilder(contract(), list(contract().agents))
+    per_entity = builder.user_entities("alice", SHEET, TIMELINE)
+    one = builder.device_config(per_entity)
+    assert one.topic == "homeassistant/device/lifeops_alice/config"
+    payload = json.loads(encode_config(one))
+    assert set(payload) == {"dev", "o", "cmps"}
+    assert payload["dev"]["identifiers"] == ["lifeops_mesh:user:alice"]
+    assert payload["o"]["name"] == "LifeOps Mesh"
+    assert len(payload["cmps"]) == len(per_entity)
+    for e in per_entity:
+        component, what = e.topic.split("/")[1], e.topic.split("/")[3]
+        alone = json.loads(encode_config(e))
+        assert alone.pop("device") == payload["dev"] and alone.pop("origin") == payload["o"]
+        assert payload["cmps"][what] == {**alone, "p": component}, what
+    # the measure the issue asks for: discovery messages for this user, both ways
+    # 4 character sensors, 2 per stat, 3 event entities, a streak and a button per item
+    assert len(per_entity) == 4 + 2 * len(SHEET.stats) + 3 + 2 * len(TIMELINE.items) == 13
+    mesh = builder.device_config(builder.mesh_entities())
+    assert mesh.topic == "homeassistant/device/lifeops-mesh/config"
+    assert len(json.loads(encode_config(mesh))["cmps"]) == len(builder.mesh_entities())
+    codec.decode(encode_config(one), contract().entry("ha_device_discovery").schema_type)

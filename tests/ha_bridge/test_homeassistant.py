@@ -33,6 +33,7 @@ from lifeops_contract.schemas import (
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.brokers import transport_for
+from mesh.testing.mqtt_cli import MosquittoCli
 from mesh.testing.wait import eventually
 from mesh.transport import Inbound
 from stats_agent.rules import load_rules
@@ -153,11 +154,20 @@ def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch: pytest.Monk
     assert debian_mirror(tmp_path) == "http://set.example/debian"
 
 
-@pytest.mark.parametrize("ha_version", VERSIONS)
+@pytest.mark.parametrize(
+    ("ha_version", "discovery"),
+    [*((v, "component") for v in VERSIONS), (VERSIONS[-1], "device")],
+)
 async def test_real_home_assistant(
-    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start, ha_version: str
+    own_broker: MosquittoProcess,
+    tmp_path: Path,
+    start_agent: Start,
+    ha_version: str,
+    discovery: str,
 ) -> None:
-    """The whole scenario on one Home Assistant release."""
+    """The whole scenario on one Home Assistant release, with per-entity discovery configs,
+    and on the newest also with device-based discovery (LIFEOPS_HA_DISCOVERY=device): the
+    same entity ids, states, events and automations either way."""
     ha = HomeAssistantProcess(
         tmp_path / "ha",
         mqtt_port=own_broker.port,
@@ -167,13 +177,17 @@ async def test_real_home_assistant(
         version=ha_version,
     )
     try:
-        await _run(ha, own_broker, tmp_path, start_agent)
+        await _run(ha, own_broker, tmp_path, start_agent, discovery)
     finally:
         ha.cleanup()
 
 
 async def _run(
-    ha: HomeAssistantProcess, own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+    ha: HomeAssistantProcess,
+    own_broker: MosquittoProcess,
+    tmp_path: Path,
+    start_agent: Start,
+    discovery: str,
 ) -> None:
     async def states() -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(ha.states)
@@ -189,17 +203,45 @@ async def _run(
             "timeline_complete", TimelineCompleteRequest(user_id=UID, item_code="morning_stretch")
         )
         assert reply.success, reply
-        bridge = Restartable(lambda: start_agent("ha_bridge", own_broker, db["ha_bridge"]))
+        env = {"LIFEOPS_HA_DISCOVERY": discovery}
+        bridge = Restartable(lambda: start_agent("ha_bridge", own_broker, db["ha_bridge"], env=env))
         await bridge.start()
         try:
             await _start_until_birth(ha, own_broker)
             try:
                 assert await asyncio.to_thread(ha.version) == ha.installation.release.version
                 await _scenario(ha, states, tester, own_broker, bridge)
+                await _configs_are_of_one_form(own_broker, discovery)
             finally:
                 await asyncio.to_thread(ha.stop)
         finally:
             await bridge.stop()
+
+
+async def _configs_are_of_one_form(broker: MosquittoProcess, discovery: str) -> None:
+    """What the broker retains for the user's device: one device-based config, or one config
+    per entity, never both (a switch clears the other form)."""
+    cli = MosquittoCli(broker, "tester")
+    out = await cli.run(
+        [
+            *cli.args("mosquitto_sub"),
+            "-t",
+            "homeassistant/#",
+            "--retained-only",
+            "-W",
+            "3",
+            "-F",
+            "%t",
+        ],
+        timeout=20,
+    )
+    topics = {t for t in out.stdout.decode().splitlines() if t.endswith("/config")}
+    mine = {t for t in topics if f"/lifeops_{UID}" in t}
+    device = {t for t in mine if t.startswith("homeassistant/device/")}
+    if discovery == "device":
+        assert device == {f"homeassistant/device/lifeops_{UID}/config"} and mine == device, mine
+    else:
+        assert not device and len(mine) == len(expected_entities()) - 3, mine  # 3 agents' sensors
 
 
 async def _start_until_birth(ha: HomeAssistantProcess, broker: MosquittoProcess) -> None:

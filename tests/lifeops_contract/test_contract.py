@@ -180,7 +180,8 @@ def test_discovery_prefix_moves_home_assistant_topics_and_their_acl() -> None:
         == "hass/sensor/n/o/config"
     )
     changed = {k for k in c.topics if c.topics[k].topic != moved.topics[k].topic}
-    assert changed == {"ha_status", "ha_discovery"}
+    assert changed == {"ha_status", "ha_discovery", "ha_device_discovery"}
+    assert moved.topic("ha_device_discovery", node_id="n") == "hass/device/n/config"
     assert moved.publisher_allowed("ha_bridge", "hass/sensor/lifeops_a/level/config")
     acl = generate_acl(moved)
     assert "topic readwrite hass/+/+/+/config" in acl and "homeassistant/" not in acl
