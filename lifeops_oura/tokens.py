@@ -4,6 +4,8 @@ Per user, the first that is set wins:
 
 - `LIFEOPS_OURA_TOKEN_FILE_<USER>`: a file holding the token (e.g. a Docker or systemd secret);
 - `LIFEOPS_OURA_TOKEN_<USER>`: the token itself;
+- `LIFEOPS_OURA_TOKEN_DIR`: a directory with one file per user, named by the user id (for a
+  mounted secrets directory, as compose.yaml does);
 
 where `<USER>` is the user id upper-cased with `-` as `_` (alice -> ALICE, run-club -> RUN_CLUB).
 """
@@ -70,4 +72,7 @@ def token_for(user_id: str, env: Mapping[str, str]) -> Token | None:
             return Token(value)
         except ConfigError as exc:
             raise ConfigError(f"LIFEOPS_OURA_TOKEN_{suffix}: {exc}") from exc
+    directory = env.get("LIFEOPS_OURA_TOKEN_DIR")
+    if directory and (Path(directory) / user_id).is_file():
+        return read_token_file(Path(directory) / user_id, "LIFEOPS_OURA_TOKEN_DIR")
     return None

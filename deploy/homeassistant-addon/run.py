@@ -63,6 +63,7 @@ class Options:
     timezone: str | None
     discovery_prefix: str | None
     broker_ca_file: str | None
+    oura_tokens: tuple[tuple[str, str], ...] = ()  # (user id, personal access token)
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,26 @@ def read_options(path: Path) -> Options:
     if prefix is not None and not PREFIX.match(prefix):
         raise Failure(f"option discovery_prefix: {prefix[:70]!r} is not an MQTT topic prefix")
     return Options(
+        oura_tokens=_oura_tokens(raw.get("oura_tokens") or []),
         users=cleaned,
         timezone=_optional_str(raw, "timezone"),
         discovery_prefix=prefix,
         broker_ca_file=_optional_str(raw, "broker_ca_file"),
     )
+
+
+def _oura_tokens(entries: Any) -> tuple[tuple[str, str], ...]:
+    """`user:token` entries; errors name the entry by its user, never show a token."""
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise Failure("option oura_tokens must be a list of user:token entries")
+    out: dict[str, str] = {}
+    for n, entry in enumerate(entries, 1):
+        user, sep, token = entry.strip().partition(":")
+        if not sep or not USER_ID.match(user) or not token or any(c.isspace() for c in token):
+            shown = user[:64] if USER_ID.match(user) else f"entry {n}"
+            raise Failure(f"option oura_tokens: {shown} is not user:token (the token one word)")
+        out[user] = token
+    return tuple(out.items())
 
 
 def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
@@ -291,6 +307,12 @@ def command(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     }
     out["LIFEOPS_TIMEZONE"] = zone
     out["LIFEOPS_HA_USERS"] = ",".join(options.users)
+    for key in [k for k in out if k.startswith("LIFEOPS_OURA_")]:
+        del out[key]  # only the options say who syncs with Oura
+    if options.oura_tokens:
+        out["LIFEOPS_OURA_USERS"] = ",".join(u for u, _ in options.oura_tokens)
+        for user, token in options.oura_tokens:
+            out["LIFEOPS_OURA_TOKEN_" + user.upper().replace("-", "_")] = token
     out.pop("LIFEOPS_HA_DISCOVERY_PREFIX", None)
     if options.discovery_prefix:
         out["LIFEOPS_HA_DISCOVERY_PREFIX"] = options.discovery_prefix

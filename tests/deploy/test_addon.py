@@ -853,6 +853,22 @@ def test_defaults_home_assistants_time_zone_and_no_users(app: App) -> None:
     assert "users: none yet" in run.stdout
 
 
+def test_oura_tokens_reach_lifeops_and_are_never_printed(app: App) -> None:
+    """Option oura_tokens (user:token): LifeOps syncs those users, each token in its own
+    variable; inherited Oura variables are dropped; no token appears in the app's output."""
+    options = {"users": [], "oura_tokens": ["alice:tok-A1", "run-club:tok-B2"]}
+    run = app.run(options, LIFEOPS_OURA_USERS="stale", LIFEOPS_OURA_TOKEN_STALE="old")
+    assert run.code == 0, run.stderr
+    assert run.env is not None
+    oura = {k: v for k, v in run.env.items() if k.startswith("LIFEOPS_OURA_")}
+    assert oura == {
+        "LIFEOPS_OURA_USERS": "alice,run-club",
+        "LIFEOPS_OURA_TOKEN_ALICE": "tok-A1",
+        "LIFEOPS_OURA_TOKEN_RUN_CLUB": "tok-B2",
+    }
+    assert "tok-" not in run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("tz", [None, "", "Not/AZone", "CET-1CEST"])
 def test_time_zone_falls_back_to_utc(app: App, tz: str | None) -> None:
     """No option and no usable TZ: UTC."""
@@ -979,6 +995,8 @@ def test_sigterm_while_waiting_for_the_supervisor_exits_cleanly(
         ({"users": ["alice,bob"]}, ("users", "alice,bob")),
         ({"users": "alice"}, ("users", "list")),
         ({"users": [], "discovery_prefix": "home/#"}, ("discovery_prefix",)),
+        ({"users": [], "oura_tokens": ["alice"]}, ("oura_tokens", "alice", "user:token")),
+        ({"users": [], "oura_tokens": ["bad user:s3cret"]}, ("oura_tokens", "entry 1")),
         ([], ("JSON object",)),
     ],
 )
@@ -1054,7 +1072,9 @@ def test_config_follows_the_app_configuration_reference() -> None:
     assert config_errors(cfg) == []
     assert cfg["services"] == ["mqtt:need"]
     assert cfg["init"] is False  # s6-overlay v3 base image
-    assert set(cfg["schema"]) == {"users", "timezone", "discovery_prefix", "broker_ca_file"}
+    assert set(cfg["schema"]) == {
+        "users", "timezone", "discovery_prefix", "broker_ca_file", "oura_tokens"
+    }  # fmt: skip
 
 
 def _mutated(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:

@@ -124,6 +124,14 @@ def test_tokens_from_a_file_or_the_environment(tmp_path: Path) -> None:
     assert token_for("carol", env) is None
     with pytest.raises(ConfigError, match="LIFEOPS_OURA_TOKEN_FILE_DAN"):
         token_for("dan", {"LIFEOPS_OURA_TOKEN_FILE_DAN": str(path) + ".missing"})
+    # a secrets directory with a file per user (compose.yaml mounts ./secrets/oura there)
+    secrets = tmp_path / "oura"
+    secrets.mkdir()
+    (secrets / "erin").write_text("e-token\n")
+    in_dir = {"LIFEOPS_OURA_TOKEN_DIR": str(secrets)}
+    assert token_for("erin", in_dir) == Token("e-token")
+    assert token_for("frank", in_dir) is None
+    assert token_for("erin", {**in_dir, "LIFEOPS_OURA_TOKEN_ERIN": "x2"}) == Token("x2")
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
