@@ -200,6 +200,15 @@ class EntityBuilder:
         return state
 
 
+# (what, name, contract key of its topic, event type, icon) of each user's event entities
+EVENT_ENTITIES = (
+    ("level_up", "Level up", "ha_levelup", "level_up", "mdi:arrow-up-bold-hexagon-outline"),
+    ("stat_level_up", "Stat level up", "ha_stat_levelup", "stat_level_up", "mdi:chart-line"),
+    ("achievement", "Achievement unlocked", "ha_achievement", "achievement_unlocked",
+     "mdi:trophy-award"),
+)  # fmt: skip
+
+
 class _UserDevice:
     """The entities of one user's device (`LifeOps <user>`)."""
 
@@ -299,32 +308,20 @@ class _UserDevice:
         character's level-ups have an entity of their own: HA keeps only the last of events
         that reach one entity in the same millisecond, and a grant raises stats with it."""
         stats = self.builder.availability("ha_bridge", "stats")
-        topic = self.builder.contract.topic
-        level_up = _config(
-            name="Level up",
-            state_topic=topic("ha_levelup", user_id=self.user_id),
-            event_types=["level_up"],
-            icon="mdi:arrow-up-bold-hexagon-outline",
-            qos=1,
-        )
-        stat_level_up = _config(
-            name="Stat level up",
-            state_topic=topic("ha_stat_levelup", user_id=self.user_id),
-            event_types=["stat_level_up"],
-            icon="mdi:chart-line",
-            qos=1,
-        )
-        achievement = _config(
-            name="Achievement unlocked",
-            state_topic=topic("ha_achievement", user_id=self.user_id),
-            event_types=["achievement_unlocked"],
-            icon="mdi:trophy-award",
-            qos=1,
-        )
         return [
-            self.entity("event", "level_up", stats, level_up),
-            self.entity("event", "stat_level_up", stats, stat_level_up),
-            self.entity("event", "achievement", stats, achievement),
+            self.entity(
+                "event",
+                what,
+                stats,
+                _config(
+                    name=name,
+                    state_topic=self.builder.contract.topic(key, user_id=self.user_id),
+                    event_types=[event_type],
+                    icon=icon,
+                    qos=1,
+                ),
+            )
+            for what, name, key, event_type, icon in EVENT_ENTITIES
         ]
 
     def timeline_entities(self, timeline: TimelineDay) -> list[Entity]:

@@ -360,7 +360,7 @@ class LifeOpsHandlers:
         for user_id, c in await repository.all_completions(tx):
             by_run.setdefault((user_id, c.item_code), set()).add(c.day)
         for (user_id, code), done in by_run.items():
-            await repository.raise_best(tx, user_id, code, days.longest_run(done))
+            repository.defer_raise_best(tx, user_id, code, days.longest_run(done))
         return len(by_run)
 
     async def _emit_state(self, ctx: Context, user_id: str) -> None:

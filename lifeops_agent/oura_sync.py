@@ -31,8 +31,8 @@ from lifeops_oura import (
     OuraClient,
     OuraError,
     Token,
-    env_suffix,
     token_for,
+    token_sources,
 )
 from mesh import Agent, Check, ConfigError, HandlerError, ReceiptRecord
 
@@ -87,10 +87,9 @@ def tokens_for(config: OuraSyncConfig, env: Mapping[str, str]) -> dict[str, Toke
     for user in config.users:
         token = token_for(user, env)
         if token is None:
-            suffix = env_suffix(user)
             raise ConfigError(
-                f"LIFEOPS_OURA_USERS names {user!r}, but neither LIFEOPS_OURA_TOKEN_FILE_"
-                f"{suffix} nor LIFEOPS_OURA_TOKEN_{suffix} is set"
+                f"LIFEOPS_OURA_USERS names {user!r}, but it has no token: set "
+                + token_sources(user)
             )
         out[user] = token
     return out

@@ -106,19 +106,6 @@ async def best_streaks(tx: Tx, user_id: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-async def raise_best(tx: Tx, user_id: str, item_code: str, run: int) -> None:
-    """The best streak of (user, item) is at least `run`."""
-    await tx.execute(
-        "INSERT INTO lifeops_best_streaks (user_id, item_code, best) VALUES (?, ?, ?)"
-        " ON CONFLICT (user_id, item_code) DO UPDATE SET"
-        " best = CASE WHEN excluded.best > lifeops_best_streaks.best"
-        " THEN excluded.best ELSE lifeops_best_streaks.best END",
-        user_id,
-        item_code,
-        run,
-    )
-
-
 async def has_best_streaks(tx: Tx) -> bool:
     return await tx.fetchone("SELECT 1 FROM lifeops_best_streaks LIMIT 1") is not None
 
@@ -287,6 +274,7 @@ def defer_completion(tx: Tx, user_id: str, c: Completion) -> None:
 
 
 def defer_raise_best(tx: Tx, user_id: str, item_code: str, run: int) -> None:
+    """The best streak of (user, item) is at least `run` (written with the batch's others)."""
     tx.defer(
         "INSERT INTO lifeops_best_streaks (user_id, item_code, best) VALUES (?, ?, ?)"
         " ON CONFLICT (user_id, item_code) DO UPDATE SET"

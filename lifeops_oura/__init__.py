@@ -16,7 +16,7 @@ from lifeops_oura.api import (
 )
 from lifeops_oura.documents import KINDS
 from lifeops_oura.files import load_days
-from lifeops_oura.tokens import Token, env_suffix, read_token_file, token_for
+from lifeops_oura.tokens import Token, env_suffix, read_token_file, token_for, token_sources
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -31,4 +31,5 @@ __all__ = [
     "load_days",
     "read_token_file",
     "token_for",
+    "token_sources",
 ]

@@ -60,6 +60,15 @@ def read_token_file(path: Path, what: str) -> Token:
         raise ConfigError(f"{what}: {path}: {exc}") from exc
 
 
+def token_sources(user_id: str) -> str:
+    """Where a user's token may come from, for the error that says none was found."""
+    suffix = env_suffix(user_id)
+    return (
+        f"LIFEOPS_OURA_TOKEN_FILE_{suffix}, LIFEOPS_OURA_TOKEN_{suffix} or a file "
+        f"{user_id} in LIFEOPS_OURA_TOKEN_DIR"
+    )
+
+
 def token_for(user_id: str, env: Mapping[str, str]) -> Token | None:
     """The user's token from LIFEOPS_OURA_TOKEN_FILE_<USER> or LIFEOPS_OURA_TOKEN_<USER>."""
     suffix = env_suffix(user_id)

@@ -100,12 +100,7 @@ class StatsHandlers:
         """The inbox already answered repeated dedup keys (activity_id, else source and
         source_ref). What it cannot see: the same (source, source_ref) under another
         activity_id, or after its inbox key was pruned: answered with the original result."""
-        valid: list[tuple[Job, str]] = []
-        for job in jobs:
-            try:
-                valid.append((job, game.check_user_id(job.payload.user_id)))
-            except HandlerError as exc:
-                job.refuse(exc)
+        valid = _with_user_ids(jobs)
         if not valid:
             return
         tx = valid[0][0].ctx.tx
@@ -146,12 +141,7 @@ class StatsHandlers:
         """lifeops/oura/synced: a day's scores. Each version (revision) of a user's day counts
         once; per stat it grants what the rules give beyond the XP the day already got from
         its other versions, so a day's XP is, per stat, the rules' XP of its best version."""
-        valid: list[tuple[Job, str]] = []
-        for job in jobs:
-            try:
-                valid.append((job, game.check_user_id(job.payload.user_id)))
-            except HandlerError as exc:
-                job.refuse(exc)
+        valid = _with_user_ids(jobs)
         if not valid:
             return
         tx = valid[0][0].ctx.tx
@@ -366,3 +356,14 @@ def _again(stored: str) -> ActivityLogReply:
     """An activity known before: its original result, marked as a repeat."""
     original: ActivityLogReply = codec.decode(stored.encode(), ActivityLogReply)
     return msgspec.structs.replace(original, duplicate=True)
+
+
+def _with_user_ids(jobs: list[Job]) -> list[tuple[Job, str]]:
+    """Each job with its checked user id; a bad one is that job's refusal."""
+    valid: list[tuple[Job, str]] = []
+    for job in jobs:
+        try:
+            valid.append((job, game.check_user_id(job.payload.user_id)))
+        except HandlerError as exc:
+            job.refuse(exc)
+    return valid

@@ -17,10 +17,10 @@ from lifeops_oura import (
     OuraClient,
     OuraError,
     Token,
-    env_suffix,
     load_days,
     read_token_file,
     token_for,
+    token_sources,
 )
 from mesh import ConfigError, MeshClient
 
@@ -67,10 +67,8 @@ def sync_token(user_id: str, token_file: Path | None, env: Mapping[str, str]) ->
         return read_token_file(token_file, "--token-file")
     token = token_for(user_id, env)
     if token is None:
-        suffix = env_suffix(user_id)
         raise ConfigError(
-            f"no Oura token for {user_id}: pass --token-file, or set "
-            f"LIFEOPS_OURA_TOKEN_FILE_{suffix} or LIFEOPS_OURA_TOKEN_{suffix}"
+            f"no Oura token for {user_id}: pass --token-file, or set " + token_sources(user_id)
         )
     return token
 
