@@ -80,7 +80,8 @@ def _topic(
     yield from _principals(key, "subscribers", a.subscribers, b.subscribers)
     if a.own_only != b.own_only:
         yield Change(key, f"own_only {a.own_only} -> {b.own_only}", _only("subscribers", b.own_only))
-    yield from _timeout(key, a.timeout_s, b.timeout_s)
+    if bool(a.reply_schema) == bool(b.reply_schema):  # else the reply's line says it all
+        yield from _timeout(key, a.timeout_s, b.timeout_s)
     payload = _Schemas(old.schemas, new.schemas)
     yield from payload.flow(
         f"{key} payload", _ref(a.schema), _ref(b.schema), writer="publishers", reader="subscribers"

@@ -234,17 +234,17 @@ def test_cli_against_an_unknown_revision_is_one_clear_line() -> None:
 
 
 def test_cli_against_a_revision_reads_that_revisions_own_schemas(tmp_path: Path) -> None:
-    """--against exports the old tree and imports its own lifeops_contract: a required field
-    added to a payload Struct in a commit is a breaking change against the commit before."""
+    """--against exports the old tree and imports its own lifeops_contract: a payload field
+    widened in a commit (int -> float) is a breaking change against the commit before."""
     repo = tmp_path / "repo"
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=120)
     schemas = repo / "lifeops_contract" / "schemas.py"
     text = schemas.read_text()
-    anchor = "    stat: str | None = None  # None: the character level\n"
+    anchor = "    new_level: int\n    previous_level: int\n"
     assert anchor in text
-    schemas.write_text(text.replace(anchor, anchor + "    mood: str\n", 1))
-    subprocess.run([*git, "commit", "-qam", "LevelUp.mood"], check=True, timeout=60)
+    schemas.write_text(text.replace(anchor, "    new_level: float\n    previous_level: int\n", 1))
+    subprocess.run([*git, "commit", "-qam", "LevelUp.new_level"], check=True, timeout=60)
     done = _cli("diff", "--against", "HEAD~1", cwd=repo)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "BREAKING for publishers: levelup payload.mood: new required field" in done.stdout
+    assert "BREAKING for subscribers: levelup payload.new_level: type widened" in done.stdout
