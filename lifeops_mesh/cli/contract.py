@@ -80,6 +80,12 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+BUMP_HINT = (
+    "breaking changes need the contract's major version raised ([meta] version in topics.toml) "
+    "and the released snapshot (lifeops_contract/released/) replaced with it"
+)
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     body = encode(contract_source.current())
     if args.write:
@@ -107,10 +113,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for change in changes:
         print(change.line())
     breaking = [c for c in changes if c.breaking]
-    print(f"{len(breaking)} breaking, {len(changes) - len(breaking)} compatible "
-          f"(contract version {old.contract_version} -> {new.contract_version})")  # fmt: skip
+    versions = f"contract version {old.contract_version} -> {new.contract_version}"
+    print(f"{len(breaking)} breaking, {len(changes) - len(breaking)} compatible ({versions})")
     if breaking and new.contract_version <= old.contract_version:
-        print("breaking changes need the contract's major version raised ([meta] version in "
-              "topics.toml) and the released snapshot replaced with it", file=sys.stderr)  # fmt: skip
+        print(BUMP_HINT, file=sys.stderr)
         return 1
     return 0

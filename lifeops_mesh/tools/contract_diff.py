@@ -79,7 +79,8 @@ def _topic(
     yield from _principals(key, "publishers", a.publishers, b.publishers)
     yield from _principals(key, "subscribers", a.subscribers, b.subscribers)
     if a.own_only != b.own_only:
-        yield Change(key, f"own_only {a.own_only} -> {b.own_only}", _only("subscribers", b.own_only))
+        what = f"own_only {a.own_only} -> {b.own_only}"
+        yield Change(key, what, _only("subscribers", b.own_only))
     if bool(a.reply_schema) == bool(b.reply_schema):  # else the reply's line says it all
         yield from _timeout(key, a.timeout_s, b.timeout_s)
     payload = _Schemas(old.schemas, new.schemas)
@@ -228,7 +229,7 @@ def _is_object(schema: JsonSchema) -> bool:
 
 def _same_type(x: JsonSchema, y: JsonSchema) -> bool:
     tx, ty = x.get("type"), y.get("type")
-    return tx == ty or (tx == "integer" and ty == "number") or ty is None and not y
+    return tx == ty or (tx == "integer" and ty == "number") or (ty is None and not y)
 
 
 _LOWER = ("minLength", "minimum", "exclusiveMinimum", "minItems", "minProperties")

@@ -63,9 +63,8 @@ def snapshot(contract: Any) -> Snapshot:
         )
         for key, e in sorted(contract.topics.items())
     }
-    names = sorted(
-        {t.schema for t in topics.values()} | {t.reply_schema for t in topics.values() if t.reply_schema}
-    )
+    replies = {t.reply_schema for t in topics.values() if t.reply_schema}
+    names = sorted({t.schema for t in topics.values()} | replies)
     return Snapshot(
         contract_version=contract.meta.version,
         principals=sorted(contract.meta.principals),
@@ -75,7 +74,7 @@ def snapshot(contract: Any) -> Snapshot:
 
 
 def _schemas(registry: dict[str, Any], names: list[str]) -> dict[str, JsonSchema]:
-    structs = [n for n in names if isinstance(registry[n], type) and issubclass(registry[n], msgspec.Struct)]
+    structs = [n for n in names if _is_struct(registry[n])]
     _, components = msgspec.json.schema_components(
         [registry[n] for n in structs], ref_template=REF_PREFIX + "{name}"
     )
@@ -84,6 +83,10 @@ def _schemas(registry: dict[str, Any], names: list[str]) -> dict[str, JsonSchema
         if n not in structs:  # a text payload (`format = "text"`): the schema of its type
             out[n] = msgspec.json.schema(registry[n])
     return dict(sorted(out.items()))
+
+
+def _is_struct(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, msgspec.Struct)
 
 
 def encode(snap: Snapshot) -> bytes:
