@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 import msgspec
@@ -16,6 +18,10 @@ from lifeops_mesh.local import DataDirLock, ensure_port_free
 from mesh import Agent, MeshClient, build_settings, mqtt_agent
 from mesh.broker.process import MosquittoProcess
 from mesh.logs import setup_logging
+
+# mesh.log rotates at 10 MiB, keeping mesh.log.1 ... mesh.log.5: at most ~60 MiB of logs.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
 
 
 def register(sub: Subparsers) -> None:
@@ -36,6 +42,7 @@ def register(sub: Subparsers) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
+    make_private_dir(data)
     lock = DataDirLock(data)
     lock.acquire()  # before anything in `data` is touched
     try:
@@ -54,10 +61,24 @@ def check_ports(args: argparse.Namespace) -> None:
             ensure_port_free(args.metrics_port + n, "agent metrics, --metrics-port")
 
 
+def make_private_dir(data: Path) -> None:
+    """What `up` creates is its owner's only: umask 077 for this process and the Mosquitto it
+    starts (files 0600, directories 0700), and the data dir (and its broker dir) made 0700
+    explicitly, also when an earlier version left them 0755. The stores chmod their files."""
+    os.umask(0o077)
+    data.mkdir(parents=True, exist_ok=True)
+    for path in (data, data / "broker"):
+        if path.is_dir():
+            path.chmod(0o700)
+
+
 def _run_up(args: argparse.Namespace, data: Path) -> int:
     # Structured logs go to a file; the console keeps the readable summary.
     setup_logging("mesh", "INFO", json=True)
-    handler = logging.FileHandler(data / "mesh.log")
+    handler = RotatingFileHandler(
+        data / "mesh.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+    )
+    (data / "mesh.log").chmod(0o600)
     handler.setFormatter(logging.getLogger().handlers[0].formatter)
     logging.getLogger().handlers[:] = [handler]
     return asyncio.run(up(args, data))
