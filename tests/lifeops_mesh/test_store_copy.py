@@ -1,0 +1,144 @@
+"""`lifeops-mesh store copy`: an agent's data moved between SQLite and PostgreSQL, verified.
+
+Stats runs on SQLite and builds a history (keyed and keyless requests); the CLI copies it to
+PostgreSQL, where two Stats instances behind a shared subscription answer with the same totals
+and recognise every old request; a second copy into the filled database is refused; then the
+data goes back to SQLite and a Stats there does the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from lifeops_contract import contract as default_contract
+from lifeops_contract.schemas import ActivityLogRequest, CharacterGetRequest
+from mesh import Migration, open_store
+from mesh.broker.process import MosquittoProcess
+from mesh.client import MeshClient
+from mesh.store.copy import copy_store
+from tests.conftest import StartAgent, user
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def copy(agent: str, source: str, target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifeops_mesh", "store", "copy", "--agent", agent,
+         "--from", source, "--to", target],
+        capture_output=True, text=True, timeout=90, cwd=ROOT, env=dict(os.environ),
+    )  # fmt: skip
+
+
+class History:
+    """Keyed activities (source_ref) and keyless ones (known by reply topic + correlation)."""
+
+    def __init__(self, users: list[str]) -> None:
+        self.users = users
+        self.keyed = [
+            ActivityLogRequest(user_id=u, activity_type="reading", source_ref=f"{u}-{n}")
+            for u in users for n in range(15)
+        ]  # fmt: skip
+        self.keyless = [
+            (ActivityLogRequest(user_id=u, activity_type="reading"), f"{u}-k{n}".encode())
+            for u in users for n in range(3)
+        ]  # fmt: skip
+
+    def client(self, broker: MosquittoProcess) -> MeshClient:
+        # One reply topic for the whole test: a keyless request sent again from a new
+        # connection is the same request.
+        reply = f"reply/tester/{self.users[0]}"
+        return MeshClient(broker.url("tester"), default_contract(), reply_topic=reply)
+
+    async def send(self, client: MeshClient) -> tuple[int, int]:
+        """Every request; returns (first grants, duplicates) by the replies."""
+        fresh = dup = 0
+        for req in self.keyed:
+            reply = await client.request("activities_log", req, timeout=10)
+            assert reply.success, reply.error
+            fresh, dup = fresh + (not reply.duplicate), dup + reply.duplicate
+        for req, corr in self.keyless:
+            reply = await client.request("activities_log", req, timeout=10, correlation=corr)
+            assert reply.success, reply.error
+        return fresh, dup
+
+    async def totals(self, client: MeshClient) -> dict[str, int]:
+        out = {}
+        for uid in self.users:
+            r = await client.request("character_get", CharacterGetRequest(user_id=uid))
+            out[uid] = int(r.total_xp or 0)
+        return out
+
+
+async def test_stats_moves_to_postgresql_and_back_with_its_history(
+    broker: MosquittoProcess, pg_url: str, tmp_path: Path, start_stats: StartAgent
+) -> None:
+    history = History([user() for _ in range(3)])
+    sqlite_url = f"sqlite:///{tmp_path / 'stats.db'}"
+    async with start_stats(broker, sqlite_url), history.client(broker) as client:
+        assert await history.send(client) == (len(history.keyed), 0)
+        before = await history.totals(client)
+    assert before == {u: 30 * (15 + 3) for u in history.users}
+
+    moved = copy("stats", sqlite_url, pg_url)
+    assert moved.returncode == 0, moved.stderr
+    assert "stats_characters: 3 rows, total_xp 1620" in moved.stdout, moved.stdout
+    again = copy("stats", sqlite_url, pg_url)
+    assert again.returncode == 2 and "is not empty" in again.stderr, again.stderr
+
+    async with contextlib.AsyncExitStack() as stack:
+        agents = [
+            await stack.enter_async_context(start_stats(broker, pg_url, share_group="stats"))
+            for _ in range(2)
+        ]
+        client = await stack.enter_async_context(history.client(broker))
+        assert await history.totals(client) == before
+        assert await history.send(client) == (0, len(history.keyed))  # all known already
+        assert await history.totals(client) == before
+        handled = [a.metrics.total("mesh_messages_received_total") for a in agents]
+        skipped = sum(a.metrics.total("mesh_duplicates_skipped_total") for a in agents)
+    assert all(h > 0 for h in handled), f"work was not shared: {handled}"
+    assert skipped >= len(history.keyless), skipped  # keyless: known by the copied inbox
+
+    back_url = f"sqlite:///{tmp_path / 'back' / 'stats.db'}"
+    back = copy("stats", pg_url, back_url)
+    assert back.returncode == 0, back.stderr
+    async with start_stats(broker, back_url) as stats, history.client(broker) as client:
+        assert await history.totals(client) == before
+        assert await history.send(client) == (0, len(history.keyed))
+        assert await history.totals(client) == before
+        assert stats.metrics.total("mesh_duplicates_skipped_total") >= len(history.keyless)
+    for f in (tmp_path / "back").iterdir():
+        assert oct(stat.S_IMODE(f.stat().st_mode)) == "0o600", f
+
+
+SERIAL = {
+    "demo": [
+        Migration(
+            1,
+            ("CREATE TABLE demo_items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",),
+            postgresql=("CREATE TABLE demo_items (id SERIAL PRIMARY KEY, name TEXT NOT NULL)",),
+        )
+    ]
+}
+
+
+async def test_a_serial_column_continues_after_the_copied_rows(tmp_path: Path, pg_url: str) -> None:
+    """A third-party agent's SERIAL key on PostgreSQL: the sequence is moved past the copied
+    ids, so the next insert gets a new id instead of colliding with a copied one."""
+    async with open_store(f"sqlite:///{tmp_path / 'demo.db'}") as source:
+        await source.migrate("demo", SERIAL["demo"])
+        async with source.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO demo_items (id, name) VALUES (?, ?)", [(i, f"n{i}") for i in (1, 7)]
+            )
+        async with open_store(pg_url) as target:
+            reports = await copy_store(source, target, SERIAL)
+            assert [(r.table, r.rows, r.sums) for r in reports] == [("demo_items", 2, {"id": 8})]
+            async with target.transaction() as tx:
+                row = await tx.fetchone("INSERT INTO demo_items (name) VALUES ('x') RETURNING id")
+    assert row == (8,)
