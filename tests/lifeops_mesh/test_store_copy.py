@@ -8,8 +8,10 @@ data goes back to SQLite and a Stats there does the same.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from mesh import Migration, open_store
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.store.copy import copy_store
+from mesh.testing.postgres import PostgresServer
 from tests.conftest import StartAgent, user
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,3 +145,43 @@ async def test_a_serial_column_continues_after_the_copied_rows(tmp_path: Path, p
             async with target.transaction() as tx:
                 row = await tx.fetchone("INSERT INTO demo_items (name) VALUES ('x') RETURNING id")
     assert row == (8,)
+
+
+def readme_pg_recipe() -> list[str]:
+    """The commands of the README's PostgreSQL backup recipe (continuation lines joined)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Backup, restore, move", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "no sh block under 'Backup, restore, move'"
+    return [c.strip() for c in match.group(1).replace("\\\n", " ").splitlines() if c.strip()]
+
+
+async def test_the_readme_pg_dump_recipe_restores_stats(
+    broker: MosquittoProcess, pg_url: str, pg_server: PostgresServer, tmp_path: Path,
+    start_stats: StartAgent,
+) -> None:  # fmt: skip
+    """The README's pg_dump / pg_restore commands, run as written (URLs replaced; the test's
+    server creates the empty database): Stats on the restored database has the same totals and
+    knows every old request."""
+    history = History([user() for _ in range(2)])
+    async with start_stats(broker, pg_url), history.client(broker) as client:
+        await history.send(client)
+        before = await history.totals(client)
+    restored = await pg_server.create_database()
+    try:
+        commands = [c for c in readme_pg_recipe() if "stats" in c and not c.startswith("createdb")]
+        assert [c.split()[0] for c in commands] == ["pg_dump", "pg_restore"], commands
+        for command in commands:
+            command = command.replace("postgresql://stats@db-host/stats_restored", restored)
+            command = command.replace("postgresql://stats@db-host/stats", pg_url)
+            done = await asyncio.to_thread(
+                subprocess.run, command, shell=True, cwd=tmp_path, capture_output=True,
+                text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, f"{command}: {done.stderr}"
+        async with start_stats(broker, restored), history.client(broker) as client:
+            assert await history.totals(client) == before
+            assert await history.send(client) == (0, len(history.keyed))
+            assert await history.totals(client) == before
+    finally:
+        await pg_server.drop_database(restored)
