@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 from lifeops_mesh import registry
 from lifeops_mesh.cli.common import Subparsers
-from mesh import RUNTIME_MIGRATIONS, Migration, build_settings, open_store
+from mesh import (
+    RUNTIME_MIGRATIONS,
+    ConfigError,
+    Migration,
+    build_settings,
+    open_store,
+    parse_db_url,
+)
 from mesh.store.copy import TableReport, copy_store
 
 
@@ -30,6 +38,9 @@ def migrations_of(agent: str) -> dict[str, Sequence[Migration]]:
 
 
 async def copy(agent: str, source_url: str, target_url: str) -> list[TableReport]:
+    source = parse_db_url(source_url)
+    if source.dialect == "sqlite" and not await asyncio.to_thread(Path(source.target).exists):
+        raise ConfigError(f"no database at {source.target} (--from)")
     async with open_store(source_url) as source, open_store(target_url) as target:
         return await copy_store(source, target, migrations_of(agent))
 

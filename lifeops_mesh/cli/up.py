@@ -63,13 +63,14 @@ def check_ports(args: argparse.Namespace) -> None:
 
 def make_private_dir(data: Path) -> None:
     """What `up` creates is its owner's only: umask 077 for this process and the Mosquitto it
-    starts (files 0600, directories 0700), and the data dir (and its broker dir) made 0700
-    explicitly, also when an earlier version left them 0755. The stores chmod their files."""
+    starts (files 0600, directories 0700); the data dir, the broker's files and the logs an
+    earlier version left readable are made so explicitly. The stores chmod their databases."""
     os.umask(0o077)
     data.mkdir(parents=True, exist_ok=True)
-    for path in (data, data / "broker"):
-        if path.is_dir():
-            path.chmod(0o700)
+    data.chmod(0o700)
+    broker = data / "broker"
+    for path in [*data.glob("broker"), *broker.glob("**/*"), *data.glob("mesh.log*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _run_up(args: argparse.Namespace, data: Path) -> int:

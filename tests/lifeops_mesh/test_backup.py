@@ -8,12 +8,14 @@ them), a client streaming requests to Stats and LifeOps while `lifeops-mesh back
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,9 @@ from lifeops_contract.schemas import (
     CharacterGetRequest,
     TimelineCompleteRequest,
 )
+from lifeops_mesh.cli.store import migrations_of
 from lifeops_mesh.local import installation
+from mesh import open_store
 from mesh.broker.process import free_port
 from mesh.client import MeshClient
 from mesh.errors import MeshError
@@ -41,13 +45,16 @@ XP = {i.code: sum(i.xp.values()) for i in ITEMS}
 READING_XP = 30  # activities_log "reading": INT 30
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lifeops_mesh", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -227,7 +234,11 @@ async def test_a_backup_under_traffic_restores_every_acknowledged_request(
     archive and the restored dir are private."""
     users = [user() for _ in range(4)]
     data, out, restored = tmp_path / "data", tmp_path / "backups" / "mesh.tar", tmp_path / "new"
-    data.mkdir(mode=0o755)  # as an earlier version left it
+    (data / "broker").mkdir(mode=0o755, parents=True)  # as an earlier version left them
+    data.chmod(0o755)
+    for name in ("mesh.log", "broker/acl"):
+        (data / name).write_text("")
+        (data / name).chmod(0o644)
     traffic = await take_backup_under_traffic(data, out, users, stall_stats=stall_stats)
     assert oct(stat.S_IMODE(out.stat().st_mode)) == "0o600"
     assert sorted(os.listdir(out.parent)) == ["mesh.tar"]  # no staging left behind
@@ -241,6 +252,8 @@ async def test_a_backup_under_traffic_restores_every_acknowledged_request(
     mesh = Up(restored)
     try:
         url = await mesh.started()
+        busy = cli("restore", str(out), "--data", str(restored), "--overwrite")
+        assert busy.returncode == 2 and "another `lifeops-mesh up` is running" in busy.stderr
         async with MeshClient(url, default_contract()) as client:
             for req in traffic.before:
                 reply = await ask(client, req, timeout=10)
@@ -274,3 +287,43 @@ def open_receipts(db: Path) -> int:
         return int(row.fetchone()[0])
     finally:
         conn.close()
+
+
+def test_backup_names_what_it_leaves_out_and_restore_checks_the_archive(tmp_path: Path) -> None:
+    """An agent without a database yet, or on PostgreSQL, is named (with the pg_dump recipe);
+    an existing --out is never overwritten; a damaged archive is refused file by file."""
+    data = tmp_path / "data"
+    assert cli("broker", "passwords", "--dir", str(data / "broker")).returncode == 0
+    asyncio.run(migrated(f"sqlite:///{data / 'stats.db'}"))
+    out = tmp_path / "one.tar"
+    done = cli("backup", "--data", str(data), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "stats: " in done.stdout and "lifeops: not in the archive: no database yet" in done.stdout
+    )
+    again = cli("backup", "--data", str(data), "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    pg = cli(
+        "backup", "--data", str(data), "--out", str(tmp_path / "pg.tar"),
+        env={"LIFEOPS_DB_URL": "postgresql://stats@127.0.0.1/stats"},
+    )  # fmt: skip
+    assert pg.returncode == 0, pg.stderr
+    assert "stats: not in the archive: its store is PostgreSQL: back it up with `pg_dump" in (
+        pg.stdout
+    )
+    damaged = tmp_path / "damaged.tar"
+    with tarfile.open(out) as src, tarfile.open(damaged, "w") as dst:
+        for member in src.getmembers():
+            body = src.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == "databases/stats.db":
+                body = body[:-1] + bytes([body[-1] ^ 1])
+            dst.addfile(member, io.BytesIO(body))
+    bad = cli("restore", str(damaged), "--data", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "databases/stats.db: checksum differs" in bad.stderr
+
+
+async def migrated(url: str) -> None:
+    """A Stats database with its schema and nothing else."""
+    async with open_store(url) as store:
+        for component, steps in migrations_of("stats").items():
+            await store.migrate(component, steps)

@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lifeops_contract import contract as default_contract
 from lifeops_contract.schemas import ActivityLogRequest, CharacterGetRequest
-from mesh import Migration, open_store
+from mesh import ConfigError, Migration, Store, open_store
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
-from mesh.store.copy import copy_store
+from mesh.store.copy import BATCH, copy_store, verify
 from mesh.testing.postgres import PostgresServer
 from tests.conftest import StartAgent, user
 
@@ -132,19 +134,39 @@ SERIAL = {
 
 async def test_a_serial_column_continues_after_the_copied_rows(tmp_path: Path, pg_url: str) -> None:
     """A third-party agent's SERIAL key on PostgreSQL: the sequence is moved past the copied
-    ids, so the next insert gets a new id instead of colliding with a copied one."""
+    ids, so the next insert gets a new id instead of colliding with a copied one. More rows
+    than one batch, both ways."""
+    n = BATCH * 2 + 500
     async with open_store(f"sqlite:///{tmp_path / 'demo.db'}") as source:
         await source.migrate("demo", SERIAL["demo"])
         async with source.transaction() as tx:
             await tx.executemany(
-                "INSERT INTO demo_items (id, name) VALUES (?, ?)", [(i, f"n{i}") for i in (1, 7)]
+                "INSERT INTO demo_items (id, name) VALUES (?, ?)",
+                [(i, f"n{i}") for i in range(1, n + 1)],
             )
         async with open_store(pg_url) as target:
             reports = await copy_store(source, target, SERIAL)
-            assert [(r.table, r.rows, r.sums) for r in reports] == [("demo_items", 2, {"id": 8})]
+            total = n * (n + 1) // 2
+            assert [(r.table, r.rows, r.sums) for r in reports] == [
+                ("demo_items", n, {"id": total})
+            ]
+            await changed_text_is_caught(source, target, n)
             async with target.transaction() as tx:
                 row = await tx.fetchone("INSERT INTO demo_items (name) VALUES ('x') RETURNING id")
-    assert row == (8,)
+            assert row == (n + 1,)
+            async with open_store(f"sqlite:///{tmp_path / 'back.db'}") as back:
+                reports = await copy_store(target, back, SERIAL)
+    assert [(r.rows, r.sums) for r in reports] == [(n + 1, {"id": total + n + 1})]
+
+
+async def changed_text_is_caught(source: Store, target: Store, n: int) -> None:
+    """One text value changed in the copy (same counts, same sums): the digest differs."""
+    async with target.transaction() as tx:
+        await tx.execute("UPDATE demo_items SET name = 'changed' WHERE id = 1")
+    with pytest.raises(ConfigError, match="the copy differs from the source"):
+        await verify(source, target, ["demo_items"], {"demo_items": (n, 0)})
+    async with target.transaction() as tx:
+        await tx.execute("UPDATE demo_items SET name = 'n1' WHERE id = 1")
 
 
 def readme_pg_recipe() -> list[str]:
