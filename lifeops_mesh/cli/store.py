@@ -38,9 +38,9 @@ def migrations_of(agent: str) -> dict[str, Sequence[Migration]]:
 
 
 async def copy(agent: str, source_url: str, target_url: str) -> list[TableReport]:
-    source = parse_db_url(source_url)
-    if source.dialect == "sqlite" and not await asyncio.to_thread(Path(source.target).exists):
-        raise ConfigError(f"no database at {source.target} (--from)")
+    parsed = parse_db_url(source_url)
+    if parsed.dialect == "sqlite" and not await asyncio.to_thread(Path(parsed.target).exists):
+        raise ConfigError(f"no database at {parsed.target} (--from)")
     async with open_store(source_url) as source, open_store(target_url) as target:
         return await copy_store(source, target, migrations_of(agent))
 
