@@ -144,9 +144,6 @@ def plan(data: Path, out: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """The SQLite file of each agent to copy, senders first, and why the others are not."""
     if out.exists():
         raise ConfigError(f"{out} exists: choose another --out (a backup never overwrites)")
-    if not (data / "broker" / "credentials.toml").exists():
-        raise ConfigError(f"no `lifeops-mesh up` data in {data} (no broker/credentials.toml)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     sources: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     for agent, url in agent_db_urls(data).items():
@@ -157,6 +154,9 @@ def plan(data: Path, out: Path) -> tuple[dict[str, Path], dict[str, str]]:
             skipped[agent] = f"no database yet ({parsed.target})"
         else:
             sources[agent] = Path(parsed.target)
+    if not sources and not (data / "broker").is_dir():
+        raise ConfigError(f"nothing to back up in {data}: no agent database, no broker state")
+    out.parent.mkdir(parents=True, exist_ok=True)
     return sources, skipped
 
 
