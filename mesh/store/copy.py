@@ -153,9 +153,14 @@ async def _batches(tx: Tx, table: str, cols: list[Column]) -> AsyncIterator[list
         )
 
 
-async def _copy_table(src: Tx, dst: Tx, table: str, cols: list[Column]) -> tuple[int, int]:
+async def _copy_table(
+    src: Tx, dst: Tx, table: str, cols: list[Column], dialect: str
+) -> tuple[int, int]:
     names = ", ".join(c.name for c in cols)
-    insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in cols)})"
+    # PostgreSQL takes the copied values of GENERATED ALWAYS identity columns only when told.
+    overriding = " OVERRIDING SYSTEM VALUE" if dialect == "postgresql" else ""
+    marks = ", ".join("?" for _ in cols)
+    insert = f"INSERT INTO {table} ({names}){overriding} VALUES ({marks})"
     count, digest = 0, 0
     async for rows in _batches(src, table, cols):
         await dst.executemany(insert, rows)
@@ -206,7 +211,7 @@ async def copy_store(
             theirs = {c.name for c in await columns_of(src, source.dialect, table)}
             if theirs != {c.name for c in cols}:
                 raise ConfigError(f"{table}: columns differ: {sorted(theirs)} -> {cols}")
-            copied[table] = await _copy_table(src, dst, table, cols)
+            copied[table] = await _copy_table(src, dst, table, cols, target.dialect)
         if target.dialect == "postgresql":
             await _fix_sequences(dst, tables)
     return await verify(source, target, tables, copied)

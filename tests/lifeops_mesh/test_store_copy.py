@@ -125,17 +125,24 @@ SERIAL = {
     "demo": [
         Migration(
             1,
-            ("CREATE TABLE demo_items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",),
-            postgresql=("CREATE TABLE demo_items (id SERIAL PRIMARY KEY, name TEXT NOT NULL)",),
+            (
+                "CREATE TABLE demo_items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+                "CREATE TABLE demo_events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+            ),
+            postgresql=(
+                "CREATE TABLE demo_items (id SERIAL PRIMARY KEY, name TEXT NOT NULL)",
+                "CREATE TABLE demo_events ("
+                " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL)",
+            ),
         )
     ]
 }
 
 
 async def test_a_serial_column_continues_after_the_copied_rows(tmp_path: Path, pg_url: str) -> None:
-    """A third-party agent's SERIAL key on PostgreSQL: the sequence is moved past the copied
-    ids, so the next insert gets a new id instead of colliding with a copied one. More rows
-    than one batch, both ways."""
+    """A third-party agent's SERIAL key and GENERATED ALWAYS identity on PostgreSQL: the copied
+    ids are kept and the sequences moved past them, so the next insert gets a new id instead of
+    colliding with a copied one. More rows than one batch, both ways."""
     n = BATCH * 2 + 500
     async with open_store(f"sqlite:///{tmp_path / 'demo.db'}") as source:
         await source.migrate("demo", SERIAL["demo"])
@@ -144,19 +151,27 @@ async def test_a_serial_column_continues_after_the_copied_rows(tmp_path: Path, p
                 "INSERT INTO demo_items (id, name) VALUES (?, ?)",
                 [(i, f"n{i}") for i in range(1, n + 1)],
             )
+            await tx.execute("INSERT INTO demo_events (id, body) VALUES (41, 'e')")
         async with open_store(pg_url) as target:
             reports = await copy_store(source, target, SERIAL)
             total = n * (n + 1) // 2
             assert [(r.table, r.rows, r.sums) for r in reports] == [
-                ("demo_items", n, {"id": total})
+                ("demo_items", n, {"id": total}),
+                ("demo_events", 1, {"id": 41}),
             ]
             await changed_text_is_caught(source, target, n)
             async with target.transaction() as tx:
                 row = await tx.fetchone("INSERT INTO demo_items (name) VALUES ('x') RETURNING id")
-            assert row == (n + 1,)
+                event = await tx.fetchone(
+                    "INSERT INTO demo_events (body) VALUES ('f') RETURNING id"
+                )
+            assert (row, event) == ((n + 1,), (42,))
             async with open_store(f"sqlite:///{tmp_path / 'back.db'}") as back:
                 reports = await copy_store(target, back, SERIAL)
-    assert [(r.rows, r.sums) for r in reports] == [(n + 1, {"id": total + n + 1})]
+    assert [(r.rows, r.sums) for r in reports] == [
+        (n + 1, {"id": total + n + 1}),
+        (2, {"id": 41 + 42}),
+    ]
 
 
 async def changed_text_is_caught(source: Store, target: Store, n: int) -> None:
