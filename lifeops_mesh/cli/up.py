@@ -42,10 +42,11 @@ def register(sub: Subparsers) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
-    make_private_dir(data)
+    os.umask(0o077)  # what `up` and its Mosquitto create is the user's only (0600, 0700)
     lock = DataDirLock(data)
     lock.acquire()  # before anything in `data` is touched
     try:
+        make_private(data)
         check_ports(args)
         return _run_up(args, data)
     finally:
@@ -61,12 +62,9 @@ def check_ports(args: argparse.Namespace) -> None:
             ensure_port_free(args.metrics_port + n, "agent metrics, --metrics-port")
 
 
-def make_private_dir(data: Path) -> None:
-    """What `up` creates is its owner's only: umask 077 for this process and the Mosquitto it
-    starts (files 0600, directories 0700); the data dir, the broker's files and the logs an
-    earlier version left readable are made so explicitly. The stores chmod their databases."""
-    os.umask(0o077)
-    data.mkdir(parents=True, exist_ok=True)
+def make_private(data: Path) -> None:
+    """The data dir 0700, and what an earlier version left readable (broker files, logs) its
+    owner's only; the stores chmod their databases, the umask covers what is created now."""
     data.chmod(0o700)
     broker = data / "broker"
     for path in [*data.glob("broker"), *broker.glob("**/*"), *data.glob("mesh.log*")]:
