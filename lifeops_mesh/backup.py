@@ -74,6 +74,12 @@ def agent_db_urls(data: Path) -> dict[str, str]:
     return {app.name: urls[app.name] for app in reversed(apps)}
 
 
+def snapshot_entry(agent: str, src: Path, stage: Path) -> DatabaseEntry:
+    name = f"databases/{agent}.db"
+    schema, rows = sqlite_snapshot(src, stage / name)
+    return DatabaseEntry(agent, file_entry(stage / name, name), schema, rows)
+
+
 def sqlite_snapshot(src: Path, dst: Path) -> tuple[dict[str, int], dict[str, int]]:
     """Copy the database `src` to `dst` (new, 0600) with the online backup API in one step;
     returns the copy's (schema versions, rows per table)."""
@@ -121,11 +127,10 @@ async def take_backup(data: Path, out: Path) -> Manifest:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lifeops-backup-") as tmp:
         stage = Path(tmp)  # mkdtemp: 0700
         (stage / "databases").mkdir()
-        databases = []
-        for agent, src in sources.items():
-            name = f"databases/{agent}.db"
-            schema, rows = await asyncio.to_thread(sqlite_snapshot, src, stage / name)
-            databases.append(DatabaseEntry(agent, file_entry(stage / name, name), schema, rows))
+        databases = [  # one after the other, senders first
+            await asyncio.to_thread(snapshot_entry, agent, src, stage)
+            for agent, src in sources.items()
+        ]
         files = await asyncio.to_thread(_stage_broker, data / "broker", stage)
         manifest = Manifest(
             created_at=dt.datetime.now(dt.UTC).isoformat(),
@@ -185,15 +190,16 @@ def _write_archive(stage: Path, manifest: Manifest, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w") as tar:
-        body = msgspec.json.format(msgspec.json.encode(manifest))
-        info = tarfile.TarInfo(MANIFEST)
-        info.size, info.mode = len(body), 0o600
-        info.mtime = int(dt.datetime.now(dt.UTC).timestamp())
-        tar.addfile(info, io.BytesIO(body))
-        for entry in [*(d.file for d in manifest.databases), *manifest.files]:
-            tar.add(stage / entry.path, arcname=entry.path, recursive=False)
-        fh.flush()
+    with os.fdopen(fd, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w") as tar:
+            body = msgspec.json.format(msgspec.json.encode(manifest))
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mode = len(body), 0o600
+            info.mtime = int(dt.datetime.now(dt.UTC).timestamp())
+            tar.addfile(info, io.BytesIO(body))
+            for entry in [*(d.file for d in manifest.databases), *manifest.files]:
+                tar.add(stage / entry.path, arcname=entry.path, recursive=False)
+        fh.flush()  # the tar's end blocks included
         os.fsync(fh.fileno())
     tmp.replace(out)
     out.chmod(0o600)
