@@ -229,7 +229,9 @@ def is_empty(data: Path) -> bool:
 
 def restore(archive: Path, data: Path, *, overwrite: bool = False) -> Manifest:
     """Restore `archive` into `data`: refused when `data` holds anything unless `overwrite`,
-    and while a `lifeops-mesh up` runs on it. Files 0600, directories 0700."""
+    and while a `lifeops-mesh up` runs on it. Everything is unpacked and checked (checksums,
+    row counts) beside the data first, then moved into place: a damaged archive changes
+    nothing. Files 0600, directories 0700."""
     if not is_empty(data) and not overwrite:
         raise ConfigError(
             f"{data} is not empty: restore into an empty directory, or pass --overwrite to "
@@ -242,11 +244,10 @@ def restore(archive: Path, data: Path, *, overwrite: bool = False) -> Manifest:
         lock = DataDirLock(data)
         lock.acquire()
         try:
-            with tarfile.open(archive, mode="r:") as tar:
-                manifest = read_manifest(tar)
+            with tempfile.TemporaryDirectory(dir=data, prefix=".restore-") as tmp:
+                manifest = _unpack(archive, Path(tmp))
                 for entry in [*(d.file for d in manifest.databases), *manifest.files]:
-                    _extract(tar, entry, data)
-            _check_databases(manifest, data)
+                    _install(Path(tmp) / entry.path, data / _place(entry.path))
         finally:
             lock.release()
     finally:
@@ -254,21 +255,43 @@ def restore(archive: Path, data: Path, *, overwrite: bool = False) -> Manifest:
     return manifest
 
 
-def _extract(tar: tarfile.TarFile, entry: FileEntry, data: Path) -> None:
-    parts = Path(entry.path).parts
-    if Path(entry.path).is_absolute() or ".." in parts or parts[0] not in ("databases", "broker"):
-        raise ConfigError(f"refusing archive path {entry.path!r}")
+def _unpack(archive: Path, stage: Path) -> Manifest:
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            manifest = read_manifest(tar)
+            for entry in [*(d.file for d in manifest.databases), *manifest.files]:
+                _extract(tar, entry, stage)
+    except (tarfile.TarError, KeyError) as exc:
+        raise ConfigError(f"{archive}: not a complete lifeops-mesh backup: {exc}") from exc
+    for db in manifest.databases:
+        conn = sqlite3.connect(stage / db.file.path)
+        try:
+            rows = row_counts(conn)
+        finally:
+            conn.close()
+        if rows != db.rows:
+            raise ConfigError(f"{db.agent}: restored rows {rows} differ from the manifest")
+    return manifest
+
+
+def _place(path: str) -> Path:
+    """Where an archive path goes in the data dir: databases/x.db -> x.db, broker/... as is."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or ".." in parts or parts[0] not in ("databases", "broker"):
+        raise ConfigError(f"refusing archive path {path!r}")
+    return Path(*parts[1:]) if parts[0] == "databases" else Path(path)
+
+
+def _extract(tar: tarfile.TarFile, entry: FileEntry, stage: Path) -> None:
+    _place(entry.path)
     member = tar.getmember(entry.path)
     src = tar.extractfile(member) if member.isfile() else None
     if src is None:
         raise ConfigError(f"{entry.path} in the archive is not a regular file")
-    rel = Path(*parts[1:]) if parts[0] == "databases" else Path(entry.path)
-    target = data / rel
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.with_name(target.name + ".restore")
-    tmp.unlink(missing_ok=True)
+    target = stage / entry.path
+    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as dst:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
@@ -276,20 +299,12 @@ def _extract(tar: tarfile.TarFile, entry: FileEntry, data: Path) -> None:
         dst.flush()
         os.fsync(dst.fileno())
     if digest.hexdigest() != entry.sha256:
-        tmp.unlink()
         raise ConfigError(f"{entry.path}: checksum differs from the manifest (damaged archive)")
-    if parts[0] == "databases":  # a WAL of the database it replaces must not be replayed
+
+
+def _install(staged: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if staged.parent.name == "databases":  # the WAL of a database it replaces must go too
         for suffix in ("-wal", "-shm", "-journal"):
             target.with_name(target.name + suffix).unlink(missing_ok=True)
-    tmp.replace(target)
-
-
-def _check_databases(manifest: Manifest, data: Path) -> None:
-    for db in manifest.databases:
-        conn = sqlite3.connect(data / Path(db.file.path).name)
-        try:
-            rows = row_counts(conn)
-        finally:
-            conn.close()
-        if rows != db.rows:
-            raise ConfigError(f"{db.agent}: restored rows {rows} differ from the manifest")
+    staged.replace(target)

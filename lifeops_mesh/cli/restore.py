@@ -25,7 +25,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     data = Path(args.data)
     manifest = restore(Path(args.archive), data, overwrite=args.overwrite)
     for db in manifest.databases:
-        print(f"{db.agent}: {data / Path(db.file.path).name} (rows checked)")
+        print(f"{db.agent}: {data / Path(db.file.path).name} (checksum and rows checked)")
     for agent, why in manifest.skipped.items():
         print(f"{agent}: not in the archive: {why}")
     print(

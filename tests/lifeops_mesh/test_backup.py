@@ -320,6 +320,14 @@ def test_backup_names_what_it_leaves_out_and_restore_checks_the_archive(tmp_path
             dst.addfile(member, io.BytesIO(body))
     bad = cli("restore", str(damaged), "--data", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "databases/stats.db: checksum differs" in bad.stderr
+    # nothing was put in place: the good archive restores there without --overwrite
+    good = cli("restore", str(out), "--data", str(tmp_path / "bad"))
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "bad" / "stats.db").exists()
+    assert not list((tmp_path / "bad").glob(".restore-*"))
+    assert_private(tmp_path / "bad")
+    not_tar = cli("restore", str(data / "stats.db"), "--data", str(tmp_path / "nt"))
+    assert not_tar.returncode == 2 and "not a complete lifeops-mesh backup" in not_tar.stderr
 
 
 async def migrated(url: str) -> None:
