@@ -71,13 +71,20 @@ def make_private(data: Path) -> None:
         path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+def log_file(
+    path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> RotatingFileHandler:
+    """A log file that rotates by size (path.1 ... path.<backups>); 0600 like what rotation
+    creates under `up`'s umask."""
+    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    path.chmod(0o600)
+    return handler
+
+
 def _run_up(args: argparse.Namespace, data: Path) -> int:
     # Structured logs go to a file; the console keeps the readable summary.
     setup_logging("mesh", "INFO", json=True)
-    handler = RotatingFileHandler(
-        data / "mesh.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-    )
-    (data / "mesh.log").chmod(0o600)
+    handler = log_file(data / "mesh.log")
     handler.setFormatter(logging.getLogger().handlers[0].formatter)
     logging.getLogger().handlers[:] = [handler]
     return asyncio.run(up(args, data))

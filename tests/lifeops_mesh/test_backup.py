@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import sqlite3
@@ -31,6 +32,7 @@ from lifeops_contract.schemas import (
     TimelineCompleteRequest,
 )
 from lifeops_mesh.cli.store import migrations_of
+from lifeops_mesh.cli.up import log_file
 from lifeops_mesh.local import installation
 from mesh import open_store
 from mesh.broker.process import free_port
@@ -335,3 +337,24 @@ async def migrated(url: str) -> None:
     async with open_store(url) as store:
         for component, steps in migrations_of("stats").items():
             await store.migrate(component, steps)
+
+
+def test_the_mesh_log_rotates_by_size_and_stays_private(tmp_path: Path) -> None:
+    """`up`'s log file at a small size limit: a few rotated files of bounded size, 0600."""
+    old = os.umask(0o077)
+    handler = log_file(tmp_path / "mesh.log", max_bytes=1000, backups=3)
+    logger = logging.getLogger("test.rotation")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(200):
+            logger.warning("line %d %s", n, "x" * 40)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        os.umask(old)
+    files = modes(tmp_path)
+    assert sorted(files) == [".", "mesh.log", "mesh.log.1", "mesh.log.2", "mesh.log.3"]
+    assert all(m == "0o600" for p, m in files.items() if p != "."), files
+    assert all((tmp_path / p).stat().st_size <= 1000 for p in files if p != ".")
+    assert "line 199" in (tmp_path / "mesh.log").read_text()
