@@ -23,7 +23,7 @@ import msgspec
 
 from lifeops_agent import repository
 from lifeops_agent.oura_days import MAX_OURA_DAYS, keep_days
-from lifeops_contract.ids import check_user_id
+from lifeops_contract.ids import check_user_id, distinct_user_ids
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraSynced
 from lifeops_oura import (
     DEFAULT_BASE_URL,
@@ -73,6 +73,8 @@ class OuraSyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 check_user_id(user)
             except HandlerError as exc:
                 raise ConfigError(f"LIFEOPS_OURA_USERS: {exc.message}") from exc
+        # run-club and run_club would read one token variable: one person's sleep to another.
+        distinct_user_ids(config.users, "LIFEOPS_OURA_USERS")
         if config.interval_s < 1 or config.backfill_days < 1 or config.overlap_days < 0:
             raise ConfigError(
                 "LIFEOPS_OURA_SYNC_INTERVAL_S >= 1, LIFEOPS_OURA_BACKFILL_DAYS >= 1 and "

@@ -210,6 +210,38 @@ async def test_cli_sync_once_then_again_then_with_a_refused_token(
             assert await _total_is(tester, uid, expected)
 
 
+@pytest.mark.parametrize(
+    ("users", "both"),
+    [
+        ("run-club,run_club", ("run_club", "run-club")),
+        ("ada,Run-Club,run_club", ("run_club", "Run-Club")),
+        ("Alice, alice", ("alice", "Alice")),
+    ],
+)
+def test_two_spellings_of_one_user_are_refused_at_startup(
+    users: str, both: tuple[str, str]
+) -> None:
+    """run-club, run_club and Run-Club would all read LIFEOPS_OURA_TOKEN_RUN_CLUB: one
+    person's sleep credited to another. The configuration naming two of them is refused, the
+    error names both, and LifeOps is not built."""
+    from lifeops_agent.oura_sync import OuraSyncConfig
+    from lifeops_mesh.tools.doctor.static import build_apps
+    from lifeops_oura import env_suffix
+
+    env = {"LIFEOPS_OURA_USERS": users, "LIFEOPS_OURA_TOKEN_RUN_CLUB": SECRET}
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_USERS") as got:
+        OuraSyncConfig.from_env(env)
+    assert all(repr(uid) in str(got.value) for uid in both), got.value
+    assert SECRET not in str(got.value)
+    _, failed = build_apps(env)  # what `up` and `doctor` build LifeOps with
+    assert "one user id spelled two ways" in str(failed["lifeops"])
+    assert env_suffix("run-club") == env_suffix("Run_Club") == "RUN_CLUB"
+    assert OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "run-club,ada"}).users == (
+        "run-club",
+        "ada",
+    )
+
+
 def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None:
     """A user without a token, a bad interval or user id: ConfigError naming the variables;
     `doctor` builds LifeOps with a token configured and nothing it reports shows it."""
