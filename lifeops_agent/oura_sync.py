@@ -39,6 +39,11 @@ from mesh import Agent, Check, ConfigError, HandlerError, ReceiptRecord
 log = logging.getLogger("lifeops_agent.oura")
 
 
+class LifeOpsRefused(OuraError):
+    """LifeOps' own refusal of a synced user's days (e.g. `user_id_taken`: another spelling
+    of the user is stored), counted and shown in health like the API's failures."""
+
+
 class OuraSyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """LIFEOPS_OURA_USERS (comma-separated user ids), LIFEOPS_OURA_API_URL,
     LIFEOPS_OURA_SYNC_INTERVAL_S, LIFEOPS_OURA_BACKFILL_DAYS, LIFEOPS_OURA_OVERLAP_DAYS,
@@ -158,7 +163,13 @@ class OuraSync:
             raise
         totals = OuraImportReply()
         for at in range(0, len(days), MAX_OURA_DAYS):
-            part = await self._keep(agent, user_id, days[at : at + MAX_OURA_DAYS])
+            try:
+                part = await self._keep(agent, user_id, days[at : at + MAX_OURA_DAYS])
+            except HandlerError as exc:  # e.g. user_id_taken: another spelling holds the user
+                refused = LifeOpsRefused(f"LifeOps refused the days: {exc}")
+                refused.reason = exc.code
+                self._failed(agent, user_id, refused)
+                raise refused from exc
             totals = OuraImportReply(
                 imported=totals.imported + part.imported,
                 skipped=totals.skipped + part.skipped,

@@ -28,6 +28,10 @@ from mesh import HandlerError, Migration, Store, Tx
 COMPONENT = "user_ids"  # its own migration component: independent of the agent's versions
 MEMORY_MAX = 100_000  # ids remembered as admitted (beyond: forgotten and asked again)
 
+# Ids recorded per open transaction by any registry of this process: seen again in the same
+# transaction they are not committed yet (it may still roll back), so not remembered.
+_RECORDED: weakref.WeakKeyDictionary[Tx, set[str]] = weakref.WeakKeyDictionary()
+
 
 def migrations(existing: str) -> tuple[Migration, ...]:
     """The registry's migrations for an agent whose users stored so far are the rows
@@ -78,9 +82,6 @@ class UserRegistry:
 
     def __init__(self) -> None:
         self._known: set[str] = set()  # seen committed: admitted for good
-        # Ids this process recorded per open transaction: seen again in the same transaction,
-        # they are not committed yet, so not remembered.
-        self._mine: weakref.WeakKeyDictionary[Tx, set[str]] = weakref.WeakKeyDictionary()
 
     async def admit(self, tx: Tx, user_ids: Iterable[str], now: dt.datetime) -> dict[str, str]:
         wanted = [u for u in dict.fromkeys(user_ids) if u not in self._known]
@@ -88,7 +89,7 @@ class UserRegistry:
             return {}
         folds = {u: fold_user_id(u) for u in wanted}
         holders = await _holders(tx, sorted(set(folds.values())))
-        mine = self._mine.setdefault(tx, set())
+        mine = _RECORDED.setdefault(tx, set())
         confirmed = [u for u in wanted if holders.get(folds[u]) == u and u not in mine]
         if len(self._known) + len(confirmed) > MEMORY_MAX:
             self._known.clear()

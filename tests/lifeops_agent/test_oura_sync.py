@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lifeops_contract.schemas import CharacterGetRequest, CharacterReply
+from lifeops_contract.schemas import CharacterGetRequest, CharacterReply, UserSettingsRequest
 from mesh import ConfigError, codec
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
@@ -264,3 +264,53 @@ def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None
     bad = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": f"{SECRET} x"}
     _, failed = build_apps(bad)
     assert "lifeops" in failed and SECRET not in str(failed["lifeops"])
+
+
+async def test_a_sync_user_spelled_as_another_stored_user_is_refused_and_the_sync_lives(
+    broker: MosquittoProcess,
+    new_db: Callable[[], str],
+    start_agent: Start,
+    tester: MeshClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LifeOps already stores `<u>-run-club`; LIFEOPS_OURA_USERS names `<u>_Run_Club` (the
+    same person's id spelled differently): its days are refused (nothing stored or granted),
+    health says why, the log names both ids, and later cycles keep running."""
+    base = user()
+    stored, synced = f"{base}-run-club", f"{base}_Run_Club"
+    env = {
+        "LIFEOPS_OURA_USERS": synced,
+        f"LIFEOPS_OURA_TOKEN_{synced.upper()}": SECRET,
+        "LIFEOPS_OURA_SYNC_INTERVAL_S": "1",
+    }
+    async with oura_standin() as api:
+        serve(api, {day(1): (82, 78, 70)})
+        env["LIFEOPS_OURA_API_URL"] = api.base_url
+        db = new_db()
+        async with start_agent("lifeops", broker, db):  # no sync yet: `stored` comes first
+            done = await tester.request(
+                "user_settings", UserSettingsRequest(user_id=stored, timezone="UTC")
+            )
+            assert done.error is None
+        async with (
+            start_agent("stats", broker, new_db()),
+            start_agent("lifeops", broker, db, env=env) as lifeops,
+        ):
+
+            async def refused_twice() -> bool:
+                assert lifeops.app.checks is not None
+                detail = lifeops.app.checks()["oura"].detail
+                seen = [s for s in api.seen if s.endpoint == "daily_sleep"]
+                return "user_id_taken" in detail and len(seen) >= 2
+
+            await eventually(refused_twice, timeout=20, what="two refused sync cycles")
+            assert lifeops.app.checks is not None
+            assert f"{synced}: user_id_taken" in lifeops.app.checks()["oura"].detail
+            said = [r.getMessage() for r in caplog.records if "refused the days" in r.getMessage()]
+            assert said and repr(stored) in said[0] and repr(synced) in said[0]
+            assert all(SECRET not in r.getMessage() for r in caplog.records)
+            async with lifeops.store.read() as tx:
+                rows = await tx.fetchall("SELECT user_id FROM lifeops_oura_days")
+            assert rows == []
+            reply = await _sheet(tester, synced)
+            assert not reply.success  # no character: nothing granted
