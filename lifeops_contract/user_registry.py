@@ -35,7 +35,9 @@ _RECORDED: weakref.WeakKeyDictionary[Tx, set[str]] = weakref.WeakKeyDictionary()
 
 def migrations(existing: str) -> tuple[Migration, ...]:
     """The registry's migrations for an agent whose users stored so far are the rows
-    `(user_id, seen)` of the SELECT `existing` (one row per user, `seen` ISO-8601 text)."""
+    `(user_id, seen)` of the SELECT `existing` (one row per user, `seen` ISO-8601 text). SQL's
+    `lower(replace(user_id, '-', '_'))` is `fold_user_id` for the ASCII ids check_user_id
+    accepts."""
     return (
         Migration(
             1,
@@ -105,7 +107,7 @@ class UserRegistry:
             lost = sorted(set(new) - got)  # another instance recorded them a moment ago
             if lost:
                 holders.update(await _holders(tx, lost))
-        return {u: holders[folds[u]] for u in wanted if holders[folds[u]] != u}
+        return {u: holders[folds[u]] for u in wanted if holders.get(folds[u], u) != u}
 
     async def check(self, tx: Tx, user_id: str, now: dt.datetime) -> None:
         """Admit one user or refuse it (HandlerError `user_id_taken`)."""

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -21,7 +21,7 @@ from lifeops_contract.schemas import (
     TimelineCompleteRequest,
     UserSettingsRequest,
 )
-from mesh import Migration, codec, open_store
+from mesh import Migration, Tx, codec, open_store
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.schemas import DeadLetter
@@ -192,3 +192,52 @@ def test_the_ha_bridge_refuses_two_spellings_at_configuration(users: str) -> Non
     with pytest.raises(ConfigError, match="LIFEOPS_HA_USERS"):
         BridgeConfig.from_env({"LIFEOPS_HA_USERS": users})
     assert BridgeConfig.from_env({"LIFEOPS_HA_USERS": "alice,bob"}).users == ("alice", "bob")
+
+
+class _Counting:
+    """A transaction that counts the statements sent through it."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx, self.statements = tx, 0
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        self.statements += 1
+        return await self.tx.fetchall(sql, *args)
+
+
+async def test_known_users_cost_no_statement_and_a_rollback_forgets(db_url: str) -> None:
+    """The registry's cost on the hot path: a batch of new users is one SELECT and one INSERT,
+    users seen committed are remembered (no statement at all); users recorded by a transaction
+    that rolls back are not remembered, so the next one records them again."""
+    now = dt.datetime.now(dt.UTC)
+    store = open_store(db_url)
+    async with store:
+        await user_registry.install(store, "SELECT 'x' AS user_id, '' AS seen WHERE 1 = 0")
+        registry = user_registry.UserRegistry()
+        ids = [f"{user()}-{n}" for n in range(50)]
+        costs = []
+        for _ in range(3):
+            async with store.transaction() as tx:
+                counting = _Counting(tx)
+                assert await registry.admit(cast(Tx, counting), ids, now) == {}
+                costs.append(counting.statements)
+        assert costs == [2, 1, 0]  # record; find them committed; remembered
+
+        spelled = [u.upper() for u in ids[:3]]
+        async with store.transaction() as tx:
+            refused = await registry.admit(tx, [*spelled, ids[0]], now)
+        assert refused == dict(zip(spelled, ids[:3], strict=True))
+
+        fresh = [f"{user()}-r{n}" for n in range(5)]
+        with contextlib.suppress(RuntimeError):
+            async with store.transaction() as tx:
+                await registry.admit(tx, fresh, now)
+                assert await registry.admit(tx, fresh, now) == {}  # seen, but not committed
+                raise RuntimeError("roll back")
+        async with store.transaction() as tx:
+            counting = _Counting(tx)
+            assert await registry.admit(cast(Tx, counting), fresh, now) == {}
+            assert counting.statements == 2  # recorded again
+        async with store.read() as tx:
+            rows = await tx.fetchall("SELECT COUNT(*) FROM user_ids")
+        assert rows[0][0] == len(ids) + len(fresh)
