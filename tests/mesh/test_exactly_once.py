@@ -124,6 +124,31 @@ async def test_a_retry_to_a_corrected_response_topic_is_the_same_request(
         assert await _total(c, uid) == 60
 
 
+async def test_a_retry_without_correlation_data_to_a_corrected_topic_is_the_same_request(
+    broker: MosquittoProcess, start_agent: StartAgent, db_url: str
+) -> None:
+    """mosquitto_rr's default sends no correlation data: the request is its canonical payload,
+    so the retry with a corrected response topic (and keys in another order) is recognised."""
+    uid, cli = user(), MosquittoCli(broker)
+    async with (
+        start_agent("stats", broker, db_url),
+        MeshClient(broker.url("tester"), contract()) as c,
+    ):
+        lost = await cli.pub(
+            "stats/activities/log", json.dumps({"user_id": uid, "activity_type": "reading"}),
+            extra=["-D", "publish", "response-topic", "reply/alice/2"],
+        )  # fmt: skip
+        assert lost.returncode == 0, lost.stderr
+        await eventually(lambda: _equals(_total(c, uid), 30), what="the first attempt's grant")
+        retry = await cli.rr(
+            "stats/activities/log", json.dumps({"activity_type": "reading", "user_id": uid}),
+            response_topic="reply/tester/2",
+        )  # fmt: skip
+        assert retry.returncode == 0, retry.stderr
+        assert json.loads(retry.lines[-1])["duplicate"] is True
+        assert await _total(c, uid) == 30
+
+
 def _transient_then_fine(failures: int) -> tuple[AgentApp, list[int]]:
     """A Stats that answers activity_completed with a transient error `failures` times."""
     calls: list[int] = []
