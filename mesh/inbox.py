@@ -236,6 +236,7 @@ class GroupCommitter:
         outcomes: dict[int, Outcome] = {}
         ctxs: dict[int, Context] = {}
         async with self._store.transaction() as tx:
+            await tx.lock(_lock_keys(batch))
             for group in _groups(batch, together=not isolate):
                 jobs = [(n, self._context(tx, batch[n])) for n in group]
                 ctxs.update(jobs)
@@ -368,6 +369,20 @@ class GroupCommitter:
         if not key.startswith(claims.DERIVED_PREFIXES) or d.msg.dup:
             return False
         return now - dt.datetime.fromisoformat(claimed_at) >= self._keyless_window
+
+
+def _lock_keys(batch: list[Delivery]) -> set[str]:
+    """Every key the batch's routes lock, taken at once (sorted by Tx.lock) before any handler
+    reads: the same order on every agent, whatever routes the batch mixes. A deadlock with
+    another agent's rows is a conflict: the batch is retried (_commit_with_retries)."""
+    keys: set[str] = set()
+    for d in batch:
+        if d.route.locks is not None:
+            try:
+                keys.update(d.route.locks(d.payload))
+            except Exception:  # a bug of the route's: its handler still answers the message
+                log.exception("lock keys of %s failed", d.entry.key)
+    return keys
 
 
 def _groups(batch: list[Delivery], *, together: bool) -> list[list[int]]:
