@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from lifeops_agent import repository
+from lifeops_agent.locks import user_lock
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraScores, OuraSynced
 from mesh import HandlerError, Tx, codec
 
@@ -54,8 +55,11 @@ def check(days: list[OuraDay]) -> None:
 async def keep_days(
     tx: Tx, user_id: str, days: list[OuraDay], now: dt.datetime, send: Send
 ) -> OuraImportReply:
-    """Store what is new or changed in `days` and stage it for Stats, in `tx`."""
+    """Store what is new or changed in `days` and stage it for Stats, in `tx`, under the
+    user's lock (the scheduled sync and `lifeops/oura/import` on any agent take turns): a day
+    another agent stored a moment ago is read here and becomes its next revision."""
     check(days)
+    await tx.lock([user_lock(user_id)])
     known = await repository.oura_days(tx, user_id, [d.date for d in days])
     imported = skipped = revised = 0
     for d in days:

@@ -156,6 +156,4 @@ class Route(msgspec.Struct, frozen=True):
                 raise job.error
             return job.reply
 
-        return cls(
-            key, one, dedup=dedup, after_commit=after_commit, batch=batch, locks=locks
-        )
+        return cls(key, one, dedup=dedup, after_commit=after_commit, batch=batch, locks=locks)

@@ -89,9 +89,10 @@ class Tx(abc.ABC):
             await self.flush()
             await self._lock(ids)
 
+    @abc.abstractmethod
     async def _lock(self, ids: list[int]) -> None:
-        """Take the locks `ids` (sorted) until the transaction ends. The default is for a
-        backend whose write transaction already excludes every other writer."""
+        """Take the locks `ids` (sorted) until the transaction ends (nothing to take where a
+        write transaction already excludes every other writer)."""
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
