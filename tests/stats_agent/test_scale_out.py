@@ -11,13 +11,9 @@ test; each example is a user of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import socket
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,13 +30,12 @@ from lifeops_contract.schemas import (
     OuraScores,
     OuraSynced,
 )
-from lifeops_mesh.processes import agent_process
 from mesh import MeshClient
 from mesh.broker.process import MosquittoProcess
-from mesh.testing.processes import AgentProcess
 from stats_agent import game
 from stats_agent.rules import Rules, load_rules
 from tests.conftest import user
+from tests.support.shared import Instances, running, shared_instances
 
 RULES = load_rules()
 START = dt.date(2026, 3, 1)
@@ -51,68 +46,11 @@ SETTINGS = settings(
 )
 
 
-@contextlib.contextmanager
-def _running(procs: list[AgentProcess]) -> Iterator[list[AgentProcess]]:
-    try:
-        with ThreadPoolExecutor(len(procs)) as pool:
-            list(pool.map(lambda p: p.start(), procs))
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
-
-
-class Instances:
-    """Agent processes with a metrics endpoint each."""
-
-    def __init__(self, procs: list[AgentProcess], ports: list[int]) -> None:
-        self.procs, self.ports = procs, ports
-
-    def received(self) -> list[float]:
-        """Messages each one received (its /metrics): both must have taken part."""
-        out = []
-        for port in self.ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            out.append(
-                sum(
-                    float(line.rsplit(" ", 1)[1])
-                    for line in text.splitlines()
-                    if line.startswith("mesh_messages_received_total{")
-                )
-            )
-        return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def shared_instances(
-    agent: str, broker: MosquittoProcess, db_url: str, work: Path, n: int = 2
-) -> Instances:
-    """`n` processes of `agent` on one database, members of a shared subscription of their
-    own, each with a metrics endpoint."""
-    group = "x" + uuid.uuid4().hex[:6]
-    ports = [free_port() for _ in range(n)]
-    procs = [
-        agent_process(
-            agent, broker.url(agent), db_url, data_dir=work / f"{agent}{i}",
-            instance=f"{group}{i}",
-            extra_args=["--shared", group, "--metrics-port", str(ports[i])],
-        )
-        for i in range(n)
-    ]  # fmt: skip
-    return Instances(procs, ports)
-
-
 @pytest.fixture
 def two_stats(broker: MosquittoProcess, db_url: str, tmp_path: Path) -> Iterator[Instances]:
     """Two Stats processes on one database (one SQLite file, or one PostgreSQL database)."""
     stats = shared_instances("stats", broker, db_url, tmp_path)
-    with _running(stats.procs):
+    with running(stats.procs):
         yield stats
 
 
