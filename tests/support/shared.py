@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -11,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lifeops_mesh.processes import agent_process
-from mesh.broker.process import MosquittoProcess
+from mesh.broker.process import MosquittoProcess, free_port
 from mesh.testing.processes import AgentProcess
 
 
 @contextlib.contextmanager
 def running(procs: list[AgentProcess]) -> Iterator[list[AgentProcess]]:
+    """Start the processes together; stop them (SIGTERM) when the block ends."""
     try:
         with ThreadPoolExecutor(len(procs)) as pool:
             list(pool.map(lambda p: p.start(), procs))
@@ -46,12 +46,6 @@ class Instances:
                 )
             )
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shared_instances(
