@@ -125,7 +125,7 @@ async def test_a_lock_makes_the_second_writer_wait_and_read_what_the_first_wrote
         second = asyncio.create_task(add_one(two, 0))
         await asyncio.sleep(0.2)
         assert not second.done(), "the second writer did not wait for the lock"
-        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [0, 1]
+        assert list(await asyncio.wait_for(asyncio.gather(first, second), 10)) == [0, 1]
         async with one.read() as tx:
             assert await tx.fetchone("SELECT v FROM t WHERE k = 'n'") == (2,)
 

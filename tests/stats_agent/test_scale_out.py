@@ -62,7 +62,8 @@ def _check_levelups(levelups: list[LevelUp], stat_xp: dict[str, int], total: int
     level its XP gives (a grant may jump levels: one event), each event at the XP it names.
     Two agents granting from the same start would fork it; a grant counted twice would end
     it higher."""
-    finals: dict[str | None, int] = {None: total, **stat_xp}
+    finals: dict[str | None, int] = {None: total}
+    finals.update(stat_xp)
     chains: dict[str | None, list[LevelUp]] = {}
     for e in levelups:
         assert e.stat in finals, f"a level-up of {e.stat} which has no XP"
