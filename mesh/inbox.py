@@ -167,8 +167,9 @@ class GroupCommitter:
     async def _commit_with_retries(self, batch: list[Delivery]) -> None:
         """Commit `batch`, whatever it takes: a database outage or exhaustion (disk full,
         read-only, cancelled) holds the messages un-acknowledged and retries until it is over
-        (`trouble` says why meanwhile); conflicts retry, then message by message; a failure of
-        the machinery itself retries a few times, then answers internal_error (transient)."""
+        (`trouble` says why meanwhile); conflicts retry, then message by message, until they go
+        through; a failure of the machinery itself retries a few times, then answers
+        internal_error (transient)."""
         backoff = Backoff(0.05, 5.0)
         failures = 0
         isolate = False  # savepoints per message only once a handler of the batch has failed
@@ -189,7 +190,9 @@ class GroupCommitter:
                         for d in batch:
                             await self._commit_with_retries([d])
                         return
-                    if failures >= 5:
+                    # A conflict (deadlock, serialization failure) is two transactions meeting:
+                    # the other one ends, so retrying goes through; never a dead letter.
+                    if failures >= 5 and cause != "conflict":
                         log.error("commit of %s failed for good: %s", batch[0].entry.key, exc)
                         err = ErrorInfo(
                             code="internal_error", message=f"database error: {exc}", transient=True
