@@ -9,6 +9,7 @@ import msgspec
 
 from lifeops_contract.schemas import (
     AchievementUnlocked,
+    ActivityCompleted,
     ActivityLogReply,
     ActivityLogRequest,
     CharacterGetRequest,
@@ -31,7 +32,7 @@ def activity_identity(req: ActivityLogRequest) -> str | None:
     return None
 
 
-def character_lock(payload: ActivityLogRequest | OuraSynced) -> list[str]:
+def character_lock(payload: ActivityLogRequest | ActivityCompleted | OuraSynced) -> list[str]:
     """The lock key of a message that grants XP: its user's character. Every read-then-write
     of a grant ends there (an Oura day's earlier versions, the totals before an award or a
     level-up, the achievements a user has, the retained sheet), so the user is the key:
