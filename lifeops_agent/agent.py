@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from lifeops_agent.handlers import LifeOpsHandlers
+from lifeops_agent.locks import user_locks
 from lifeops_agent.oura_sync import OuraSync, OuraSyncConfig, tokens_for
 from lifeops_agent.repository import EXISTING_USERS, MIGRATIONS
 from lifeops_agent.timeline import load_timeline
@@ -72,11 +73,14 @@ def build(settings: Settings) -> AgentApp:
         migrations=MIGRATIONS,
         routes=[
             Route.batched(
-                "timeline_complete", handlers.complete, after_commit=handlers.after_complete
+                "timeline_complete",
+                handlers.complete,
+                after_commit=handlers.after_complete,
+                locks=user_locks,
             ),
             Route("timeline_get", handlers.get),
-            Route("user_settings", handlers.settings),
-            Route("oura_import", handlers.oura_import),
+            Route("user_settings", handlers.settings, locks=user_locks),
+            Route("oura_import", handlers.oura_import, locks=user_locks),
         ],
         on_open=on_open,
         on_start=on_start,

@@ -11,6 +11,7 @@ import msgspec
 from lifeops_agent import days, repository
 from lifeops_agent.history import History, load_many
 from lifeops_agent.history import load as load_history
+from lifeops_agent.locks import user_lock
 from lifeops_agent.oura_days import keep_days
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
@@ -267,6 +268,9 @@ class LifeOpsHandlers:
         if done is None:
             return
         user_id, code, day = done
+        # The retained timeline is read, then written: a completion on another agent writes
+        # it too, under this lock.
+        await tx.lock([user_lock(user_id)])
         topic = self.contract.topic("timeline_state", user_id=user_id)
         # The retained timeline was restated by the completion itself (same transaction order):
         # only its item's xp_pending flips. Rebuilt from the database when it is not there.
@@ -347,15 +351,20 @@ class LifeOpsHandlers:
         so subscribers (the HA bridge) see new items appear and removed ones disappear."""
         rows = await state.read_all(tx, "timeline_state")
         wanted = [_signature(i) for i in self.timeline.items]
-        changed = 0
+        stale: list[tuple[str, str, str | None]] = []
         for topic, payload, trace_id in rows:
             try:
                 day = codec.decode(payload, TimelineDay)
             except DecodeError:
                 day = None
-            if day is not None and [_signature(i) for i in day.items] == wanted:
+            found = self.contract.match(topic)
+            if found is None or (day is not None and [_signature(i) for i in day.items] == wanted):
                 continue
-            user_id = topic.rpartition("/")[2]
+            stale.append((topic, found[1]["user_id"], trace_id))
+        # Rebuilt from what is stored, under the users' locks (all at once: one order).
+        await tx.lock(user_lock(user_id) for _, user_id, _ in stale)
+        changed = 0
+        for topic, user_id, trace_id in stale:
             fresh = await self.day_state(tx, user_id)
             await state.put(
                 tx,

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from lifeops_agent import repository
+from lifeops_agent.locks import user_lock
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraScores, OuraSynced
 from lifeops_contract.user_registry import UserRegistry
 from mesh import HandlerError, Tx, codec
@@ -55,9 +56,12 @@ def check(days: list[OuraDay]) -> None:
 async def keep_days(
     tx: Tx, user_id: str, days: list[OuraDay], now: dt.datetime, send: Send
 ) -> OuraImportReply:
-    """Store what is new or changed in `days` and stage it for Stats, in `tx` (a user id that is
-    another stored user's spelled differently is refused: lifeops_contract.user_registry)."""
+    """Store what is new or changed in `days` and stage it for Stats, in `tx`, under the
+    user's lock (the scheduled sync and `lifeops/oura/import` on any agent take turns): a day
+    another agent stored a moment ago is read here and becomes its next revision. A user id that
+    is another stored user's spelled differently is refused (lifeops_contract.user_registry)."""
     check(days)
+    await tx.lock([user_lock(user_id)])
     await UserRegistry().check(tx, user_id, now)
     known = await repository.oura_days(tx, user_id, [d.date for d in days])
     imported = skipped = revised = 0

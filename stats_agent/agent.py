@@ -10,7 +10,12 @@ import msgspec
 
 from lifeops_contract import contract, user_registry
 from mesh import Agent, AgentApp, Route, Settings, installation_key
-from stats_agent.handlers import StatsHandlers, activity_identity, oura_identity
+from stats_agent.handlers import (
+    StatsHandlers,
+    activity_identity,
+    character_lock,
+    oura_identity,
+)
 from stats_agent.repository import EXISTING_USERS, MIGRATIONS
 from stats_agent.rules import load_rules
 
@@ -36,11 +41,21 @@ def build(settings: Settings) -> AgentApp:
         contract=contract(),
         migrations=MIGRATIONS,
         routes=[
-            Route.batched("activities_log", handlers.log_activities, dedup=activity_identity),
             Route.batched(
-                "activity_completed", handlers.activities_completed, dedup=activity_identity
+                "activities_log",
+                handlers.log_activities,
+                dedup=activity_identity,
+                locks=character_lock,
             ),
-            Route.batched("oura_synced", handlers.oura_days, dedup=oura_identity),
+            Route.batched(
+                "activity_completed",
+                handlers.activities_completed,
+                dedup=activity_identity,
+                locks=character_lock,
+            ),
+            Route.batched(
+                "oura_synced", handlers.oura_days, dedup=oura_identity, locks=character_lock
+            ),
             Route("character_get", handlers.character_get),
             Route("events_recent", handlers.events_recent),
         ],

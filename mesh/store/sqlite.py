@@ -31,10 +31,18 @@ log = logging.getLogger("mesh.store")
 
 
 class SqliteTx(Tx):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, writer: bool = True) -> None:
         super().__init__()
         self._conn = conn
+        self._writer = writer
         self._sp = itertools.count()
+
+    async def _lock(self, ids: list[int]) -> None:
+        """Nothing to take: a write transaction begins IMMEDIATE, holding the database's one
+        write lock against every other connection and process until it ends, so whatever it
+        reads stays what it read. A read-only snapshot holds none: locking there is a bug."""
+        if not self._writer:
+            raise StoreError("Tx.lock in a read-only transaction: use store.transaction()")
 
     async def _run(self, sql: str, args: Sequence[Any]) -> int:
         return self._conn.execute(sql, args).rowcount
@@ -111,7 +119,7 @@ class SqliteStore(Store):
         async with self._lock:
             await _begin(conn, "BEGIN")
             try:
-                yield SqliteTx(conn._conn)
+                yield SqliteTx(conn._conn, writer=False)
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     await asyncio.shield(conn.execute("ROLLBACK"))
