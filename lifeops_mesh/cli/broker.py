@@ -40,6 +40,10 @@ def register(sub: Subparsers) -> None:
         help="owner of ACCOUNTS_DIR/mosquitto/passwd (the broker's user, e.g. 1883:1883)",
     )
     pw.set_defaults(func=cmd_passwords)
+    _register_accounts(broker)
+
+
+def _register_accounts(broker: Subparsers) -> None:
     acc = broker.add_parser(
         "accounts", help="the mesh's accounts and ACL for a broker you already run"
     )

@@ -70,14 +70,14 @@ def for_addon(
     if clash:  # the contract's principals are fixed; this guards a changed topics.toml
         raise ValueError(f"account names reserved by the Mosquitto app: {', '.join(clash)}")
     passwords = ensure_credentials_file(credentials, names)
-    logins = "".join(
-        f'  - username: {n}\n    password: "{passwords[n]}"\n' for n in names
-    )
+    logins = "".join(f'  - username: {n}\n    password: "{passwords[n]}"\n' for n in names)
     share = f"/share/{folder}"
     files = {
         OPTIONS_NAME: f"logins:\n{logins}customize:\n  active: true\n  folder: {folder}\n",
         f"share/{folder}/{CONF_NAME}": f"acl_file {share}/{ACL_NAME}\n",
-        f"share/{folder}/{ACL_NAME}": acl_text(contract, [*ADDON_RESERVED, *full_access], "mosquitto-addon"),
+        f"share/{folder}/{ACL_NAME}": acl_text(
+            contract, [*ADDON_RESERVED, *full_access], "mosquitto-addon"
+        ),
     }
     steps = [
         "Settings > Apps > Mosquitto broker > Configuration > (three dots) Edit in YAML: add "

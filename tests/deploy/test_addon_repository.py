@@ -150,9 +150,9 @@ def test_each_app_is_valid_and_its_folder_is_a_complete_build_context(clone: Pat
         wheel = app / "wheels" / f"lifeops_mesh-{cfg['version']}-py3-none-any.whl"
         assert wheel.is_file(), f"{wheel.name} is not committed: run {app.name}/prepare.sh"
         assert zipfile.ZipFile(wheel).testzip() is None
-        assert f"lifeops_mesh-{cfg['version']}.dist-info/METADATA" in zipfile.ZipFile(
-            wheel
-        ).namelist()
+        assert (
+            f"lifeops_mesh-{cfg['version']}.dist-info/METADATA" in zipfile.ZipFile(wheel).namelist()
+        )
 
 
 def test_dockerfile_source_parser() -> None:
@@ -180,9 +180,7 @@ def test_the_committed_wheel_is_what_the_source_builds(tmp_path: Path) -> None:
     committed = sorted((ADDON / "wheels").glob("*.whl"))
     version = parse_yaml((ADDON / "config.yaml").read_text(encoding="utf-8"))
     assert isinstance(version, dict)
-    assert [w.name for w in committed] == [
-        f"lifeops_mesh-{version['version']}-py3-none-any.whl"
-    ]
+    assert [w.name for w in committed] == [f"lifeops_mesh-{version['version']}-py3-none-any.whl"]
     env = {**os.environ, "PYTHON": sys.executable, "LIFEOPS_WHEEL_DIR": str(tmp_path)}
     built = subprocess.run(
         ["sh", str(ADDON / "prepare.sh")], env=env, capture_output=True, text=True, timeout=300

@@ -241,5 +241,6 @@ def _wait(ha: HomeAssistantProcess, ok: Any, within: float) -> dict[str, dict[st
         states = ha.states()
         if ok(states):
             return states
-        assert time.monotonic() < deadline, {e: s["state"] for e, s in states.items() if "lifeops" in e}
+        lifeops = {e: s["state"] for e, s in states.items() if "lifeops" in e}
+        assert time.monotonic() < deadline, lifeops
         time.sleep(1)

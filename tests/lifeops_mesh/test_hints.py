@@ -115,7 +115,8 @@ def test_every_command_parses(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["lifeops-mesh up --colour red", "lifeops-mesh brokers acl", "lifeops-mesh up --port N"]
+    "command",
+    ["lifeops-mesh up --colour red", "lifeops-mesh brokers acl", "lifeops-mesh up --port N"],
 )
 def test_the_check_catches_a_wrong_command(command: str) -> None:
     assert parses(command)
