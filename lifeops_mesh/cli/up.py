@@ -66,6 +66,8 @@ def check_ports(args: argparse.Namespace) -> None:
     """The ports `up` will listen on are free (else one line saying which, and nothing runs)."""
     if args.credentials and not args.broker:
         raise ConfigError("--credentials goes with --broker mqtt://host:port (an existing broker)")
+    if args.broker and args.listen != "127.0.0.1":
+        raise ConfigError("--listen is for the embedded Mosquitto; with --broker nothing listens")
     if not args.broker:
         ensure_port_free(args.port, "the embedded Mosquitto, --port", host=args.listen)
     if args.metrics_port:

@@ -15,11 +15,14 @@ from what `lifeops-mesh broker accounts --for mosquitto-addon` printed:
 Then the printed `up --broker ... --credentials ...` runs the mesh against it, and the real Home
 Assistant core (tests/support/homeassistant.py) logs in as the app's `homeassistant` user, as
 its MQTT integration does: the entities appear, and a button pressed in HA grants XP. The ACL is
-active: a mesh account is refused outside its rights, while `addons` may publish anywhere.
+active: a mesh account is refused outside its rights, while `addons` may publish anywhere. Last,
+the LifeOps Mesh app's run script joins the same broker with the `addons` account the
+Supervisor hands out.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -31,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ import pytest
 import yaml
 
 from mesh.broker.process import free_port
-from tests.deploy.test_addon import _tool
+from tests.deploy.test_addon import MOSQUITTO_SERVICE, RUN_PY, TOKEN, Supervisor, _handler, _tool
 from tests.support.homeassistant import HomeAssistantProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -233,6 +237,62 @@ def test_home_assistant_on_the_apps_broker(
         assert "Error '" not in ha.log_text()  # no rejected discovery payload
     finally:
         ha.cleanup()
+
+
+def test_the_lifeops_app_joins_the_same_broker(
+    addon_broker: AddonBroker, mesh: Mesh, tmp_path: Path
+) -> None:
+    """Instead of the mesh elsewhere, the LifeOps Mesh app: its run script gets the `addons`
+    account from the Supervisor (a stand-in here, as in test_addon.py), and with the ACL active
+    every agent comes online and publishes its discovery config. Runs last: it stops the mesh
+    started above first (the same client ids)."""
+    mesh.proc.send_signal(signal.SIGINT)
+    assert mesh.proc.wait(30) == 0
+    service = {**MOSQUITTO_SERVICE, "host": "127.0.0.1", "port": addon_broker.port}
+    sup = Supervisor(service={**service, "password": addon_broker.passwords["addons"]})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sup))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "options.json").write_text(json.dumps({"users": [USER]}), encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "SUPERVISOR_API": f"http://127.0.0.1:{server.server_port}",
+        "SUPERVISOR_TOKEN": TOKEN,
+        "LIFEOPS_ADDON_OPTIONS": str(tmp_path / "options.json"),
+        "LIFEOPS_ADDON_DATA": str(tmp_path / "data"),
+        "LIFEOPS_ADDON_METRICS_PORT": "0",
+        "LIFEOPS_ADDON_EXEC": str(Path(sys.executable).with_name("lifeops-mesh")),
+    }
+    app = subprocess.Popen(
+        [sys.executable, str(RUN_PY)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert app.stdout is not None
+        for line in app.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("mesh is up") or len(lines) > 100:
+                break
+        assert any(ln.startswith("mesh is up") for ln in lines), lines
+        for agent in ("stats", "lifeops", "ha_bridge"):
+            assert any(ln.startswith(f"agent {agent}: online") for ln in lines), lines
+        seen = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(addon_broker.port),
+             "-u", "homeassistant", "-P", addon_broker.passwords["homeassistant"],
+             "-t", f"homeassistant/button/lifeops_{USER}/+/config", "-F", "%t", "-C", "1",
+             "-W", "20"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert seen.stdout.startswith(f"homeassistant/button/lifeops_{USER}/"), seen
+    finally:
+        app.send_signal(signal.SIGTERM)
+        app.wait(30)
+        if app.stdout:
+            app.stdout.close()
+        server.shutdown()
+        server.server_close()
 
 
 def _wait(ha: HomeAssistantProcess, ok: Any, within: float) -> dict[str, dict[str, Any]]:

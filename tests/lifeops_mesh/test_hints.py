@@ -120,3 +120,15 @@ def test_every_command_parses(tmp_path: Path) -> None:
 )
 def test_the_check_catches_a_wrong_command(command: str) -> None:
     assert parses(command)
+
+
+def test_the_readme_leads_with_connecting_home_assistant() -> None:
+    """The first section after the two commands: the three paths, each with its commands."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert sections[0] == "Connect your Home Assistant", sections[:3]
+    connect = text.split("## Connect your Home Assistant", 1)[1].split("\n## ", 1)[0]
+    paths = re.findall(r"^### (.+)$", connect, re.M)
+    assert [p[:2] for p in paths] == ["A.", "B.", "C."], paths
+    assert "Repositories" in connect and "--for mosquitto-addon" in connect
+    assert "--listen 0.0.0.0" in connect
