@@ -31,6 +31,10 @@ for name in filter(None, map(os.fsdecode, listed)):
         shutil.copy2(src, dst)
 PY
 out=${LIFEOPS_WHEEL_DIR:-$here/wheels}  # the test builds elsewhere, to compare
+# One setuptools for every build (pip's isolated build environment takes the constraint), so
+# the same source gives the same wheel whenever and wherever it is built.
+echo "setuptools==84.2.1" > "$tmp/build-constraints.txt"
 rm -f "$out"/lifeops_mesh-*.whl
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$tmp/src"
+PIP_CONSTRAINT="$tmp/build-constraints.txt" \
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$tmp/src"
 ls -l "$out"/lifeops_mesh-*.whl

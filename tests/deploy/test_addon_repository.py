@@ -10,8 +10,7 @@ Dockerfile copies must be in that folder, in git.
 
 The test does the same on a clone of this repository's HEAD (commit first), and checks that the
 committed wheel is what the current source builds (file list and each file's SHA-256; zip
-timestamps and the build tool's WHEEL/RECORD bookkeeping aside), as the ACL drift test does for
-broker/acl.
+timestamps aside), as the ACL drift test does for broker/acl.
 """
 
 from __future__ import annotations
@@ -164,13 +163,13 @@ def test_dockerfile_source_parser() -> None:
 
 
 def _contents(wheel: Path) -> dict[str, str]:
-    """name -> SHA-256 of every file of the wheel but the build tool's bookkeeping (WHEEL names
-    the setuptools release; RECORD lists the others' hashes and sizes)."""
+    """name -> SHA-256 of every file of the wheel but RECORD (which lists the others' hashes
+    and sizes). WHEEL names the setuptools release: prepare.sh pins it."""
     with zipfile.ZipFile(wheel) as archive:
         return {
             name: hashlib.sha256(archive.read(name)).hexdigest()
             for name in archive.namelist()
-            if not name.endswith((".dist-info/WHEEL", ".dist-info/RECORD"))
+            if not name.endswith(".dist-info/RECORD")
         }
 
 
