@@ -9,9 +9,9 @@ import msgspec
 
 from lifeops_agent.handlers import LifeOpsHandlers
 from lifeops_agent.oura_sync import OuraSync, OuraSyncConfig, tokens_for
-from lifeops_agent.repository import MIGRATIONS
+from lifeops_agent.repository import EXISTING_USERS, MIGRATIONS
 from lifeops_agent.timeline import load_timeline
-from lifeops_contract import contract
+from lifeops_contract import contract, user_registry
 from mesh import Agent, AgentApp, Route, Settings, installation_key
 
 log = logging.getLogger("lifeops_agent")
@@ -44,6 +44,12 @@ def build(settings: Settings) -> AgentApp:
     async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts
         handlers.key = await installation_key(agent.store, "lifeops_completion_ids")
+        for refused, holder in await user_registry.install(agent.store, EXISTING_USERS):
+            log.warning(
+                "user %r was stored before as well as %r, one person's id spelled two ways: "
+                "%r is refused from now on (its data stays)",
+                refused, holder, refused,
+            )  # fmt: skip
         async with agent.store.transaction() as tx:
             n = await handlers.backfill_best_streaks(tx)
         if n:

@@ -31,6 +31,7 @@ from lifeops_contract.schemas import (
     UserSettingsReply,
     UserSettingsRequest,
 )
+from lifeops_contract.user_registry import UserRegistry, refusal
 from mesh import (
     Context,
     Contract,
@@ -81,6 +82,7 @@ class LifeOpsHandlers:
         self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
         self.contract: Contract = contract()
         self.key: bytes | None = None  # this installation's key for completion ids (at start)
+        self.users = UserRegistry()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class LifeOpsHandlers:
         so two completions of one user in a batch see each other), every table written once."""
         if self.key is None:
             raise RuntimeError("LifeOps has not started (no installation key)")
-        planned = self._plan(jobs, await self._zones(jobs))
+        planned = await self._admitted(self._plan(jobs, await self._zones(jobs)))
         if not planned:
             return
         wanted: dict[str, tuple[list[dt.date], dt.date]] = {}
@@ -168,6 +170,18 @@ class LifeOpsHandlers:
             planned.append(_Planned(job, user_id, item, moment, tzname, day, today))
         return planned
 
+    async def _admitted(self, planned: list[_Planned]) -> list[_Planned]:
+        """A user is recorded with their first write; an id that is another stored user's
+        spelled differently (Alice for alice, run_club for run-club) is refused."""
+        if not planned:
+            return planned
+        ctx = planned[0].job.ctx
+        refused = await self.users.admit(ctx.tx, [p.user_id for p in planned], ctx.now)
+        for p in planned:
+            if p.user_id in refused:
+                p.job.refuse(refusal(p.user_id, refused[p.user_id]))
+        return [p for p in planned if p.job.error is None]
+
     async def _write(
         self,
         done: list[tuple[_Planned, Completion]],
@@ -223,6 +237,7 @@ class LifeOpsHandlers:
     async def settings(self, ctx: Context, req: UserSettingsRequest) -> UserSettingsReply:
         user_id = check_user_id(req.user_id)
         days.zone(req.timezone)
+        await self.users.check(ctx.tx, user_id, ctx.now)
         await repository.set_user_timezone(ctx.tx, user_id, req.timezone, ctx.now)
         await self._emit_state(ctx, user_id)
         return UserSettingsReply(user_id=user_id, timezone=req.timezone)

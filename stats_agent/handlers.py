@@ -17,6 +17,7 @@ from lifeops_contract.schemas import (
     EventsRecentRequest,
     OuraSynced,
 )
+from lifeops_contract.user_registry import UserRegistry, refusal
 from mesh import Context, HandlerError, Job, NotFound, codec, keyed_uuid
 from stats_agent import game, ledger, repository
 from stats_agent.rules import Rules
@@ -67,6 +68,7 @@ class StatsHandlers:
         # Derived activity ids use this installation's key (set at start), so nobody can
         # compute one in advance and pre-claim it.
         self.key: bytes | None = None
+        self.users = UserRegistry()
 
     async def log_activities(self, jobs: list[Job]) -> None:
         """stats/activities/log, open to several accounts: `source: lifeops` (LifeOps speaks
@@ -197,6 +199,7 @@ class StatsHandlers:
         if not fresh:
             return
         tx = fresh[0].job.ctx.tx
+        fresh = await self._admitted(fresh)
         known = await repository.activities_by_id(tx, [p.grant.activity_id for p in fresh])
         todo: list[Pending] = []
         first: dict[str, Pending] = {}
@@ -231,6 +234,16 @@ class StatsHandlers:
                         "activity_id_taken", f"activity_id {aid[:80]!r} belongs to another activity"
                     )
                 )
+
+    async def _admitted(self, fresh: list[Pending]) -> list[Pending]:
+        """A new activity's user is recorded with its first write; a user id that is another
+        stored user's spelled differently (Alice for alice, run_club for run-club) is refused."""
+        ctx = fresh[0].job.ctx
+        refused = await self.users.admit(ctx.tx, [p.grant.user_id for p in fresh], ctx.now)
+        for p in fresh:
+            if p.grant.user_id in refused:
+                p.job.refuse(refusal(p.grant.user_id, refused[p.grant.user_id]))
+        return [p for p in fresh if p.job.error is None]
 
     async def _apply(self, todo: list[Pending]) -> None:
         """Grant XP: characters and stats incremented in one statement each (concurrent agents

@@ -57,6 +57,9 @@ MIGRATIONS = (
     ),
 )
 
+# The users stored so far, for the user-id registry (lifeops_contract.user_registry).
+EXISTING_USERS = "SELECT user_id, created_at AS seen FROM stats_characters"
+
 
 async def add_character_xp(tx: Tx, user_id: str, xp: int, now: dt.datetime) -> tuple[int, int]:
     """Add XP and one activity; returns (total XP after, activities after). Locks the row."""

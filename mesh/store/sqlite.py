@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +26,8 @@ import aiosqlite
 from mesh.errors import StoreError
 from mesh.store.base import Row, Store, Tx
 from mesh.store.errors import cause_of
+
+log = logging.getLogger("mesh.store")
 
 
 class SqliteTx(Tx):
@@ -75,6 +79,8 @@ class SqliteStore(Store):
             self._conn = await aiosqlite.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
+            # Private before the WAL exists: SQLite gives -wal and -shm the main file's mode.
+            await asyncio.to_thread(make_private, self.path)
             await self._conn.execute("PRAGMA journal_mode=WAL")
             # Acknowledged means durable: FULL syncs the WAL at every commit (group commit pays
             # one fsync per batch; bench/run.py prints what it costs against NORMAL), so a
@@ -134,6 +140,20 @@ class SqliteStore(Store):
                 with contextlib.suppress(sqlite3.Error):  # a failed COMMIT leaves it open
                     await asyncio.shield(conn.execute("ROLLBACK"))
                 raise StoreError(f"commit failed: {exc}", cause_of(exc) or "outage") from exc
+
+
+def make_private(path: str) -> None:
+    """A database, its WAL and shared memory readable by their owner only (0600); a file of
+    another owner (chmod refused) is left as it is, with a warning."""
+    if path == ":memory:":
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s private (0600): %s", name, exc)
 
 
 async def _begin(conn: aiosqlite.Connection, statement: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,24 @@ async def test_deferred_writes_keep_their_order_and_roll_back(db_url: str) -> No
         async with store.read() as tx:
             rows = await tx.fetchall("SELECT k, v FROM d ORDER BY k")
         assert rows == [("k0", 10), ("k1", 1), ("k2", 2)]
+
+
+def _modes(directory: Path, name: str) -> dict[str, str]:
+    return {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in sorted(directory.glob(f"{name}*"))}
+
+
+async def test_sqlite_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """A new database is 0600 before its WAL exists, so SQLite creates -wal and -shm 0600 too
+    (it gives them the database's mode); one an earlier version left 0644 is made 0600."""
+    old = os.umask(0o022)
+    try:
+        for path in (tmp_path / "new.db", tmp_path / "old.db"):
+            if path.name == "old.db":
+                path.touch(mode=0o644)
+            async with open_store(f"sqlite:///{path}") as store:
+                await store.migrate("demo", MIGRATIONS[:1])
+                modes = _modes(tmp_path, path.name)
+            names = [path.name, f"{path.name}-shm", f"{path.name}-wal"]
+            assert modes == dict.fromkeys(names, "0o600"), modes
+    finally:
+        os.umask(old)
