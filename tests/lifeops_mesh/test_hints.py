@@ -10,6 +10,7 @@ test_readme.py).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
@@ -28,6 +29,7 @@ DOCS.append(ROOT / "deploy" / "homeassistant-addon" / "DOCS.md")
 
 
 def _clean(command: str) -> str | None:
+    command = re.sub(r"\$\([^)]*\)", "X", command)  # a shell substitution: some value
     command = re.split(r"\s+(?:#|>|\|\||\||&&)\s*", command.strip())[0].strip()
     if any(s in command for s in ("[", "<", "...", "{")):
         return None  # a syntax summary or a template, not a command
@@ -80,14 +82,26 @@ def doctor_fixes() -> list[tuple[str, str]]:
 
 
 def parses(command: str) -> str:
-    """'' when the CLI's parser takes `command`, else what it said."""
+    """'' when the CLI's parser takes `command`, else what it said. A bare `lifeops-mesh
+    <command>` in prose names the command (it must exist); a word in capitals is a placeholder
+    for a value the user picks, so it may stand where the parser wants one of its choices."""
+    words = shlex.split(command)[1:]
+    if len(words) == 1:
+        return "" if words[0] in _commands() else f"no command {words[0]!r}"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            parser().parse_args(shlex.split(command)[1:])
+            parser().parse_args(words)
         except SystemExit as exc:
-            return err.getvalue().strip() or f"exit {exc.code}"
+            said = err.getvalue().strip() or f"exit {exc.code}"
+            choice = re.search(r"invalid choice: '([A-Z_]+)'", said)
+            return "" if choice and choice.group(1) in words else said
     return ""
+
+
+def _commands() -> set[str]:
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
 
 
 def test_the_sources_hold_the_commands_that_matter(tmp_path: Path) -> None:
@@ -116,7 +130,13 @@ def test_every_command_parses(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["lifeops-mesh up --colour red", "lifeops-mesh brokers acl", "lifeops-mesh up --port N"],
+    [
+        "lifeops-mesh up --colour red",
+        "lifeops-mesh brokers acl",
+        "lifeops-mesh up --port N",
+        "lifeops-mesh brokers",
+        "lifeops-mesh broker accounts --for mosquito",
+    ],
 )
 def test_the_check_catches_a_wrong_command(command: str) -> None:
     assert parses(command)
