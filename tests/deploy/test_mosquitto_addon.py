@@ -17,7 +17,8 @@ Assistant core (tests/support/homeassistant.py) logs in as the app's `homeassist
 its MQTT integration does: the entities appear, and a button pressed in HA grants XP. The ACL is
 active: a mesh account is refused outside its rights, while `addons` may publish anywhere. Last,
 the LifeOps Mesh app's run script joins the same broker with the `addons` account the
-Supervisor hands out.
+Supervisor hands out. Apart from that, `--for mosquitto --out DIR` for any other Mosquitto: the
+written files included as they are, the mesh on them, Home Assistant's account reading.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
@@ -293,6 +295,62 @@ def test_the_lifeops_app_joins_the_same_broker(
             app.stdout.close()
         server.shutdown()
         server.server_close()
+
+
+def test_any_other_mosquitto_from_the_written_files(tmp_path: Path) -> None:
+    """`--for mosquitto --out DIR`: a Mosquitto that only includes DIR (`include_dir`, as the
+    steps say) runs the mesh with `up --credentials`; Home Assistant's account, named by
+    --ha-user, reads the discovery configs; a mesh account outside its rights is refused."""
+    out, creds = tmp_path / "out", tmp_path / "accounts.toml"
+    subprocess.run(
+        [sys.executable, "-m", "lifeops_mesh", "broker", "accounts", "--for", "mosquitto",
+         "--out", str(out), "--ha-user", "hass", "--credentials", str(creds)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    port = free_port()
+    (tmp_path / "mosquitto.conf").write_text(
+        f"user root\npersistence false\ninclude_dir {out}\nlistener {port} 127.0.0.1\n",
+        encoding="utf-8",
+    )
+    broker = subprocess.Popen(
+        [_tool("mosquitto"), "-c", str(tmp_path / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["mosquitto_sub", "-p", str(port), "-t", "x", "-W", "1"],
+                             capture_output=True, text=True, timeout=30).stderr.startswith(
+                                 "Error: Connection refused"):  # fmt: skip
+            assert broker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        up = subprocess.run(
+            [sys.executable, "-m", "lifeops_mesh", "up", "--broker", f"mqtt://127.0.0.1:{port}",
+             "--credentials", str(creds), "--data", str(tmp_path / "data"), "--once",
+             "--metrics-port", "0"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        users = tomllib.loads(creds.read_text(encoding="utf-8"))["users"]
+        seen = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", "hass",
+             "-P", users["hass"], "-t", "homeassistant/binary_sensor/lifeops-mesh/+/config",
+             "-F", "%t", "-C", "3", "-W", "10"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert len(seen.stdout.split()) == 3, seen
+        stats = _pub_to(port, "stats", users["stats"], "homeassistant/x")
+        assert "Not authorized" in stats
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
+
+
+def _pub_to(port: int, user: str, password: str, topic: str) -> str:
+    return subprocess.run(
+        ["mosquitto_pub", "-V", "mqttv5", "-q", "1", "-h", "127.0.0.1", "-p", str(port),
+         "-u", user, "-P", password, "-t", topic, "-m", "x"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stderr  # fmt: skip
 
 
 def _wait(ha: HomeAssistantProcess, ok: Any, within: float) -> dict[str, dict[str, Any]]:
