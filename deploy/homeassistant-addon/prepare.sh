@@ -35,6 +35,8 @@ out=${LIFEOPS_WHEEL_DIR:-$here/wheels}  # the test builds elsewhere, to compare
 # the same source gives the same wheel whenever and wherever it is built.
 echo "setuptools==84.2.1" > "$tmp/build-constraints.txt"
 rm -f "$out"/lifeops_mesh-*.whl
-PIP_CONSTRAINT="$tmp/build-constraints.txt" \
+# Fixed zip timestamps too (the wheel builder honours SOURCE_DATE_EPOCH): an unchanged source
+# rebuilds to the same bytes, so git sees no change.
+PIP_CONSTRAINT="$tmp/build-constraints.txt" SOURCE_DATE_EPOCH=315532800 \
     "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$tmp/src"
 ls -l "$out"/lifeops_mesh-*.whl
