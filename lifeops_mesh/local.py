@@ -95,7 +95,7 @@ class DataDirLock:
 
 def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
     """ConfigError in one line when something already listens on `port`."""
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         # SO_REUSEADDR as Mosquitto and our metrics server bind: connections of a previous run in
         # TIME_WAIT do not count as "in use" (on Linux a listener still does).
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -118,7 +118,7 @@ async def up(args: argparse.Namespace, data: Path) -> int:
         broker = local_broker(data / "broker", port=args.port, bind=args.listen)
         await asyncio.to_thread(broker.start)
         print(
-            f"mosquitto: {args.listen}:{broker.port} (config "
+            f"mosquitto: {_host_port(args.listen, broker.port)} (config "
             f"{data / 'broker' / 'mosquitto.conf'}, passwords in {credentials_file(data)})"
         )
     agents: list[Agent] = []
@@ -193,6 +193,10 @@ def account_url(base: str, agent: str, accounts: dict[str, str]) -> str:
         raise ConfigError(f"--credentials has no password for the {agent!r} account")
     netloc = f"{quote(agent, safe='')}:{quote(accounts[agent], safe='')}@{parts.netloc}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def credentials_file(data: Path) -> Path:
