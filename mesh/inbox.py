@@ -217,6 +217,16 @@ class GroupCommitter:
                         break
                     self._metrics.store_retries.labels(cause or "error").inc()
                 await backoff.sleep()
+        self._settle(batch, outcomes, records, receipts)
+
+    def _settle(
+        self,
+        batch: list[Delivery],
+        outcomes: list[Outcome],
+        records: list[OutboxRecord],
+        receipts: list[ReceiptRecord],
+    ) -> None:
+        """The batch is committed: answer its messages, hand over what goes out."""
         if self.trouble is not None:
             log.warning("database writes again: %d messages held were committed", len(batch))
             self.trouble = None
