@@ -53,6 +53,13 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
 }
 
 
+# The runtime's background tasks, by the names health and mesh_task_failures_total{task} use.
+RUNTIME_TASKS = (
+    "outbox-relay", "outbox-sweep", "state-publisher", "converge", "receipts-sweep",
+    "receipts-store", "receipts-send", "health", "prune",
+)  # fmt: skip
+
+
 class AgentApp(msgspec.Struct, kw_only=True):
     """What an agent package provides to the runtime."""
 
@@ -220,10 +227,12 @@ class Agent:
         self.metrics.start_at_zero(
             received=self._routes,
             published=[*mine, "reply", "dlq"],
-            requests=[k for k in mine if self.contract.entry(k).kind == "request"],
+            requests=[k for k in mine if self.contract.entry(k).reply_schema is not None],
             dead_letter_codes=dlq.RUNTIME_CODES,
             tables=retention.TABLES,
         )
+        for task in RUNTIME_TASKS:
+            self.supervisor.register(task)
 
     @property
     def status_topic(self) -> str:

@@ -414,3 +414,29 @@ async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
         for uid in (bad, good):
             sheet = await c.request("character_get", CharacterGetRequest(user_id=uid))
             assert sheet.total_xp and sheet.total_xp > 0, uid
+
+
+async def test_labelled_counters_whose_labels_are_known_exist_at_zero_from_the_start(
+    broker: MosquittoProcess, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    """Before anything happened: dead letters per runtime code, request timeouts and
+    publish failures per key, received per route, task failures per background task."""
+    from prometheus_client import generate_latest
+
+    async with start_agent("lifeops", broker, f"sqlite:///{tmp_path / 'l.db'}") as lifeops:
+        text = generate_latest(lifeops.metrics.registry).decode()
+    for line in (
+        'mesh_dead_letters_total{code="internal_error"} 0.0',
+        'mesh_dead_letters_total{code="poison_message"} 0.0',
+        'mesh_dead_letters_total{code="receipt_hook_failed"} 0.0',
+        'mesh_dead_letters_total{code="retained_command"} 0.0',
+        'mesh_request_timeouts_total{key="activity_completed"} 0.0',
+        'mesh_publish_failures_total{key="timeline_state",reason="too_large"} 0.0',
+        'mesh_publish_failures_total{key="activity_completed",reason="refused_135"} 0.0',
+        'mesh_messages_received_total{key="timeline_complete"} 0.0',
+        'mesh_task_failures_total{task="receipts-store"} 0.0',
+        'mesh_task_failures_total{task="state-publisher"} 0.0',
+        'mesh_task_failures_total{task="converge"} 0.0',
+        'mesh_store_retries_total{cause="outage"} 0.0',
+    ):
+        assert line in text, line
