@@ -117,6 +117,7 @@ async def test_a_real_prometheus_fires_the_dead_letter_alert_on_the_first_dead_l
     async with start_agent(
         "stats", broker, f"sqlite:///{tmp_path / 's.db'}", metrics_port=0
     ) as stats:
+        assert stats.http is not None
         web = free_port()
         conf = tmp_path / "prometheus.yml"
         conf.write_text(

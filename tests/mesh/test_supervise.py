@@ -345,12 +345,12 @@ async def test_convergence_is_retried_until_the_read_back_goes_through(
     calls = 0
     failing = True
 
-    async def converge(keys: list[str], retained: dict[str, bytes]) -> int:
+    async def converge(topic_keys: list[str], retained: dict[str, bytes]) -> int:
         nonlocal calls
         calls += 1
         if failing:
             raise asyncpg.exceptions.AdminShutdownError("injected: the database restarts")
-        return await real(keys, retained)
+        return await real(topic_keys, retained)
 
     agent.states.converge = converge  # type: ignore[method-assign]
     await agent.start()
