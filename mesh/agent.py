@@ -55,8 +55,8 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
 
 # The runtime's background tasks, by the names health and mesh_task_failures_total{task} use.
 RUNTIME_TASKS = (
-    "outbox-relay", "outbox-sweep", "state-publisher", "converge", "receipts-sweep",
-    "receipts-store", "receipts-send", "health", "prune",
+    "outbox-relay", "outbox-sweep", "outbox-resweep", "state-publisher", "converge",
+    "receipts-sweep", "receipts-store", "receipts-send", "health", "prune",
 )  # fmt: skip
 
 
@@ -440,6 +440,10 @@ class Agent:
         retained = await read_retained(connection, marker, filters, timeout=30)
         return await self.states.converge(keys, {m.topic: m.payload for m in retained})
 
+    async def _resweep(self) -> None:
+        """After a reconnect: what the outbox has not sent goes out now (retried until read)."""
+        await self.relay.sweep()
+
     async def _converge(self) -> None:
         """converge_states until it goes through once (a supervised job: a failed read-back
         or database error is counted and retried with backoff, and health says so)."""
@@ -470,7 +474,7 @@ class Agent:
         except TransportError as exc:
             log.warning("could not publish online: %s", exc)
         if self._started:
-            self._spawn(self.relay.sweep())
+            self.supervisor.job("outbox-resweep", self._resweep)
             self.receipts.reconnected()
             # Whatever the broker restored (an old snapshot still says `session present`),
             # its retained states converge on what is committed (retried until they do).

@@ -213,7 +213,7 @@ class OutboxRelay:
                 try:
                     await self.on_refused(rec, why)
                 except Exception as exc:  # the dead letter failed: the queue goes on
-                    self.supervisor.failed("outbox-relay", exc)
+                    self.supervisor.failed("outbox-relay", exc, cycle=False)
 
     async def _run(self) -> None:
         backoff = Backoff(0.2, 10.0)

@@ -304,6 +304,7 @@ class ReceiptOutbox:
                 return
             self._to_store.append((rec, reply))  # in flight until stored
             handed_over = True
+            self.supervisor.ok("receipts-send")
             self._store_wake.set()
         except asyncio.CancelledError:
             raise
@@ -394,7 +395,7 @@ class ReceiptOutbox:
 
     async def _dead(self, rec: ReceiptRecord, reply: Any, message: str) -> None:
         """A receipt hook failed for good: counted, dead-lettered; the receipt stays stored."""
-        self.supervisor.failed("receipts-store", RuntimeError(f"{rec.id}: {message}"))
+        self.supervisor.failed("receipts-store", RuntimeError(f"{rec.id}: {message}"), cycle=False)
         if self.on_dead is None:
             return
         try:

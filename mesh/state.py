@@ -192,7 +192,7 @@ class StatePublisher:
                 try:
                     await self.on_refused(r[0], r[2].encode("utf-8"), exc)
                 except Exception as why:  # the dead letter failed: the others go on
-                    self.supervisor.failed("state-publisher", why)
+                    self.supervisor.failed("state-publisher", why, cycle=False)
         done = sorted(
             (r[0], int(r[4]))
             for r, res in zip(rows, results, strict=True)

@@ -111,12 +111,16 @@ class Supervisor:
 
     # -- reporting ------------------------------------------------------------------------------
 
-    def failed(self, name: str, exc: BaseException) -> None:
-        """One cycle or item of `name` failed: count it, log it, say it in health."""
+    def failed(self, name: str, exc: BaseException, *, cycle: bool = True) -> None:
+        """A cycle (or, with `cycle=False`, one item, dead-lettered and done with) of `name`
+        failed: count it, log it; a failed cycle is said in health until one goes through."""
         self.failures[name] = self.failures.get(name, 0) + 1
         if self._metrics is not None:
             self._metrics.task_failures.labels(name).inc()
         detail = f"{type(exc).__name__}: {exc}"[:300]
+        if not cycle:
+            log.warning("%s: one item failed for good: %s", name, detail)
+            return
         if name not in self._trouble:
             log.warning("%s failed (retried with backoff): %s", name, detail, exc_info=exc)
         else:

@@ -411,6 +411,7 @@ async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
         assert lifeops.metrics.dead_letters.labels("receipt_hook_failed")._value.get() == 1
         assert lifeops.supervisor.failures["receipts-store"] >= 1
         assert lifeops.supervisor.running("receipts-store")
+        assert not _checks(await lifeops.health()), "dead-lettered and done with: healthy"
         for uid in (bad, good):
             sheet = await c.request("character_get", CharacterGetRequest(user_id=uid))
             assert sheet.total_xp and sheet.total_xp > 0, uid
