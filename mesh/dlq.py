@@ -34,7 +34,7 @@ DEFAULT_PAYLOAD_CAP = 262_144  # what the broker lets through at most (max_packe
 RUNTIME_CODES = (
     "validation_error", "invalid_json", "invalid_encoding", "undeclared_topic",
     "invalid_response_topic", "expired", "retained_command", "internal_error", "not_found",
-    "poison_message", "receipt_hook_failed",
+    "poison_message", "receipt_hook_failed", "receipt_send_failed",
     *(f"publish_{reason}" for reason in PUBLISH_FAILURE_REASONS),
 )  # fmt: skip
 

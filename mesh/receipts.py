@@ -28,6 +28,7 @@ from mesh.contract import Contract
 from mesh.errors import MeshError
 from mesh.metrics import Metrics
 from mesh.rpc import Requester
+from mesh.schemas import ErrorInfo, ErrorReply
 from mesh.store import Migration, Store, Tx
 from mesh.store.errors import is_transient
 from mesh.supervise import Supervisor
@@ -74,6 +75,7 @@ AfterReceipt = Callable[[ReceiptRecord, Any], Awaitable[None]]
 # A receipt whose hook failed for good: (record, reply, code, message) -> a dead letter.
 OnDead = Callable[[ReceiptRecord, Any, str, str], Awaitable[None]]
 HOOK_FAILED = "receipt_hook_failed"
+SEND_FAILED = "receipt_send_failed"
 POISON_TRIES = 5  # transient failures of one batch, the database answering, before isolating
 
 
@@ -308,10 +310,13 @@ class ReceiptOutbox:
             self._store_wake.set()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug for this record: counted, and sent again later
+        except Exception as exc:  # not the peer, not the connection: this record's own
             self.supervisor.failed("receipts-send", exc)
             try:
-                await self._retry_later(rec, exc)
+                if rec.attempts + 1 >= POISON_TRIES:
+                    await self._give_up(rec, exc)
+                else:
+                    await self._retry_later(rec, exc)
             except Exception as again:
                 log.warning("could not postpone %s: %s", rec.id, again)
         finally:
@@ -393,13 +398,44 @@ class ReceiptOutbox:
                 if not fut.done():
                     fut.set_result(reply)
 
-    async def _dead(self, rec: ReceiptRecord, reply: Any, message: str) -> None:
+    async def _give_up(self, rec: ReceiptRecord, exc: Exception) -> None:
+        """A record that cannot even be sent (its stored payload no longer decodes, its key
+        left the contract), try after try: it gets an error reply as its receipt (so nobody
+        waits for it) and is dead-lettered; the others go on."""
+        message = f"not sent after {rec.attempts + 1} tries: {type(exc).__name__}: {exc}"
+        reply = ErrorReply(error=ErrorInfo(code=SEND_FAILED, message=message[:1000]))
+        async with self._store.transaction() as tx:
+            await tx.execute(
+                "UPDATE mesh_receipts SET receipt = ?, receipt_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND receipt_at IS NULL",
+                codec.encode(reply).decode(),
+                dt.datetime.now(dt.UTC).isoformat(),
+                rec.id,
+            )
+        self._remember(rec.id, reply)
+        for fut in self._waiters.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(reply)
+        self.supervisor.ok("receipts-send")  # done with: dead-lettered
+        await self._dead(rec, reply, message, code=SEND_FAILED, counted=True)
+
+    async def _dead(
+        self,
+        rec: ReceiptRecord,
+        reply: Any,
+        message: str,
+        *,
+        code: str = HOOK_FAILED,
+        counted: bool = False,
+    ) -> None:
         """A receipt hook failed for good: counted, dead-lettered; the receipt stays stored."""
-        self.supervisor.failed("receipts-store", RuntimeError(f"{rec.id}: {message}"), cycle=False)
+        if not counted:
+            failure = RuntimeError(f"{rec.id}: {message}")
+            self.supervisor.failed("receipts-store", failure, cycle=False)
         if self.on_dead is None:
             return
         try:
-            await self.on_dead(rec, reply, HOOK_FAILED, message)
+            await self.on_dead(rec, reply, code, message)
         except Exception as exc:
             log.error("could not dead-letter receipt %s: %s", rec.id, exc)
 

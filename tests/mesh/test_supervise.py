@@ -441,3 +441,97 @@ async def test_labelled_counters_whose_labels_are_known_exist_at_zero_from_the_s
         'mesh_store_retries_total{cause="outage"} 0.0',
     ):
         assert line in text, line
+
+
+@pytest.mark.parametrize("task", ["health", "prune"])
+async def test_the_health_and_prune_loops_survive_failing_cycles(
+    broker: MosquittoProcess,
+    start_agent: StartAgent,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    task: str,
+) -> None:
+    """The health publisher (its publish fails) and pruning (a database error, injected)
+    run with short periods here: every failed cycle is counted, health names the task, and
+    once the cause is gone the loop is still there and health is clean."""
+    from mesh import health, retention
+
+    failing = True
+    async with start_agent("stats", broker, db_url) as stats:
+        if task == "health":
+            real_publish = stats.publish
+
+            async def publish(key: str, payload: Any, **kw: Any) -> None:
+                if failing:
+                    raise TimeoutError("injected: no PUBACK for the health report")
+                await real_publish(key, payload, **kw)
+
+            monkeypatch.setattr(stats, "publish", publish)
+            stats.supervisor.start("health", lambda: health.publish_loop(stats, interval=0.05))
+        else:
+            real_prune = retention.prune
+
+            async def prune(*args: Any, **kw: Any) -> dict[str, int]:
+                if failing:
+                    raise asyncpg.exceptions.UndefinedTableError("injected")
+                return await real_prune(*args, **kw)
+
+            monkeypatch.setattr(retention, "prune", prune)
+            stats.supervisor.start("prune", lambda: stats._prune_loop(first_s=0, every_s=0.05))
+
+        async def named() -> bool:
+            return f"task:{task}" in _checks(await stats.health())
+
+        await eventually(named, timeout=10, what=f"health naming {task}")
+        await eventually(lambda: _true(stats.supervisor.failures[task] >= 3), what="3 failures")
+        failing = False
+
+        async def clean() -> bool:
+            return not _checks(await stats.health())
+
+        await eventually(clean, timeout=10, what=f"{task} working again")
+        assert stats.supervisor.running(task)
+
+
+async def test_a_receipt_record_that_cannot_be_sent_is_dead_lettered_after_bounded_tries(
+    broker: MosquittoProcess, start_agent: StartAgent, new_db: Callable[[], str]
+) -> None:
+    """A stored request whose payload no longer decodes (written by hand here) fails on every
+    send: after a bounded number of tries it gets an error reply as its receipt and is
+    dead-lettered (receipt_send_failed); a completion meanwhile gets its receipt as usual."""
+    import datetime as dt
+
+    uid = user()
+    async with (
+        start_agent("stats", broker, new_db()),
+        start_agent("lifeops", broker, new_db()) as lifeops,
+        client_for(broker, contract()) as c,
+    ):
+        async with lifeops.store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO mesh_receipts (id, topic_key, topic, payload, trace_id, created_at,"
+                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "broken-record",
+                "activity_completed",
+                "lifeops/activity/completed",
+                "{not json",
+                None,
+                dt.datetime.now(dt.UTC).isoformat(),
+                0.0,
+            )
+        done = await c.request(
+            "timeline_complete", TimelineCompleteRequest(user_id=uid, item_code="walk")
+        )
+        assert done.success
+
+        async def settled() -> bool:
+            return (await lifeops.receipts.pending())[0] == 0
+
+        await eventually(settled, timeout=60, what="the broken record given up")
+        assert lifeops.metrics.dead_letters.labels("receipt_send_failed")._value.get() == 1
+        receipt = await lifeops.receipts.receipt_of("broken-record")
+        assert receipt is not None and receipt.error.code == "receipt_send_failed"
+        assert lifeops.supervisor.failures["receipts-send"] >= 5
+        assert not _checks(await lifeops.health())
+        sheet = await c.request("character_get", CharacterGetRequest(user_id=uid))
+        assert sheet.total_xp and sheet.total_xp > 0
