@@ -327,9 +327,12 @@ async def test_the_outbox_relay_dead_letters_a_record_that_fails_for_good(
             return (await stats.relay.pending())[0] == 0
 
         await eventually(drained, timeout=20, what="the outbox drained")
+        refused = stats.metrics.dead_letters.labels("publish_refused")
+        await eventually(lambda: _true(refused._value.get() == 1), what="the dead letter")
+        await eventually(
+            lambda: _true(stats.supervisor.failures["outbox-relay"] == 1), what="counted"
+        )
         assert len(poisoned) == 1 and refusals == 1
-        assert stats.metrics.dead_letters.labels("publish_refused")._value.get() == 1
-        assert stats.supervisor.failures["outbox-relay"] >= 1
         assert stats.supervisor.running("outbox-relay")
 
 
@@ -411,7 +414,8 @@ async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
 
         await eventually(settled, timeout=30, what="every receipt stored")
         assert failed, "the hook ran for the bad user's receipt"
-        assert lifeops.metrics.dead_letters.labels("receipt_hook_failed")._value.get() == 1
+        hook_failed = lifeops.metrics.dead_letters.labels("receipt_hook_failed")
+        await eventually(lambda: _true(hook_failed._value.get() == 1), what="the dead letter")
         assert lifeops.supervisor.failures["receipts-store"] >= 1
         assert lifeops.supervisor.running("receipts-store")
         assert not _checks(await lifeops.health()), "dead-lettered and done with: healthy"
@@ -530,8 +534,11 @@ async def test_a_receipt_record_that_cannot_be_sent_is_dead_lettered_after_bound
         async def settled() -> bool:
             return (await lifeops.receipts.pending())[0] == 0
 
-        await eventually(settled, timeout=60, what="the broken record given up")
-        assert lifeops.metrics.dead_letters.labels("receipt_send_failed")._value.get() == 1
+        async def dead_lettered() -> bool:
+            return lifeops.metrics.dead_letters.labels("receipt_send_failed")._value.get() == 1
+
+        await eventually(dead_lettered, timeout=60, what="the broken record dead-lettered")
+        await eventually(settled, timeout=10, what="nothing pending")
         receipt = await lifeops.receipts.receipt_of("broken-record")
         assert receipt is not None and receipt.error.code == "receipt_send_failed"
         assert lifeops.supervisor.failures["receipts-send"] >= 5
