@@ -535,7 +535,9 @@ async def test_a_receipt_record_that_cannot_be_sent_is_dead_lettered_after_bound
             return (await lifeops.receipts.pending())[0] == 0
 
         async def dead_lettered() -> bool:
-            return lifeops.metrics.dead_letters.labels("receipt_send_failed")._value.get() == 1
+            return bool(
+                lifeops.metrics.dead_letters.labels("receipt_send_failed")._value.get() == 1
+            )
 
         await eventually(dead_lettered, timeout=60, what="the broken record dead-lettered")
         await eventually(settled, timeout=10, what="nothing pending")
