@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 import msgspec
@@ -16,6 +18,10 @@ from lifeops_mesh.local import DataDirLock, ensure_port_free
 from mesh import Agent, MeshClient, build_settings, mqtt_agent
 from mesh.broker.process import MosquittoProcess
 from mesh.logs import setup_logging
+
+# mesh.log rotates at 10 MiB, keeping mesh.log.1 ... mesh.log.5: at most ~60 MiB of logs.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
 
 
 def register(sub: Subparsers) -> None:
@@ -36,9 +42,11 @@ def register(sub: Subparsers) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
+    os.umask(0o077)  # what `up` and its Mosquitto create is the user's only (0600, 0700)
     lock = DataDirLock(data)
     lock.acquire()  # before anything in `data` is touched
     try:
+        make_private(data)
         check_ports(args)
         return _run_up(args, data)
     finally:
@@ -54,10 +62,29 @@ def check_ports(args: argparse.Namespace) -> None:
             ensure_port_free(args.metrics_port + n, "agent metrics, --metrics-port")
 
 
+def make_private(data: Path) -> None:
+    """The data dir 0700, and what an earlier version left readable (broker files, logs) its
+    owner's only; the stores chmod their databases, the umask covers what is created now."""
+    data.chmod(0o700)
+    broker = data / "broker"
+    for path in [*data.glob("broker"), *broker.glob("**/*"), *data.glob("mesh.log*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def log_file(
+    path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> RotatingFileHandler:
+    """A log file that rotates by size (path.1 ... path.<backups>); 0600 like what rotation
+    creates under `up`'s umask."""
+    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    path.chmod(0o600)
+    return handler
+
+
 def _run_up(args: argparse.Namespace, data: Path) -> int:
     # Structured logs go to a file; the console keeps the readable summary.
     setup_logging("mesh", "INFO", json=True)
-    handler = logging.FileHandler(data / "mesh.log")
+    handler = log_file(data / "mesh.log")
     handler.setFormatter(logging.getLogger().handlers[0].formatter)
     logging.getLogger().handlers[:] = [handler]
     return asyncio.run(up(args, data))
