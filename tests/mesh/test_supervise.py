@@ -373,7 +373,7 @@ async def test_convergence_is_retried_until_the_read_back_goes_through(
         await agent.stop()
 
 
-@pytest.mark.parametrize("why", ["bug", "looks_transient"])
+@pytest.mark.parametrize("why", ["bug", "looks_transient", "after_receipt"])
 async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
     broker: MosquittoProcess,
     start_agent: StartAgent,
@@ -381,9 +381,10 @@ async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
     why: str,
 ) -> None:
     """LifeOps' on_receipt fails for one user's receipts (a bug inside `except OSError`, or
-    an ECONNRESET that the database, taking writes, does not explain): that receipt is stored
-    without the hook's writes and dead-lettered (receipt_hook_failed); the other user's
-    receipts go through, and the XP is in Stats for both."""
+    an ECONNRESET that the database, taking writes, does not explain), or an after_receipt
+    hook does: that receipt is stored (without the on_receipt hook's writes) and
+    dead-lettered (receipt_hook_failed); the other user's receipts go through, and the XP is
+    in Stats for both."""
     bad, good = user(), user()
     async with (
         start_agent("stats", broker, new_db()),
@@ -395,14 +396,20 @@ async def test_a_failing_receipt_hook_does_not_block_the_next_receipts(
         failed: list[str] = []
 
         async def hook(tx: Tx, rec: ReceiptRecord, reply: Any) -> None:
-            if bad.encode() in rec.payload:
+            if bad.encode() in rec.payload and why != "after_receipt":
                 failed.append(rec.id)
                 if why == "bug":
                     raise _bug_inside_except_oserror()
                 raise ConnectionResetError(errno.ECONNRESET, "not the database's")
             await real(tx, rec, reply)
 
+        async def after(rec: ReceiptRecord, reply: Any) -> None:
+            if bad.encode() in rec.payload:
+                failed.append(rec.id)
+                raise RuntimeError("the after-receipt hook's bug")
+
         lifeops.receipts.on_receipt = hook
+        lifeops.receipts.after_receipt = after
         for uid, item in ((bad, "walk"), (good, "walk"), (good, "meditation")):
             done = await c.request(
                 "timeline_complete", TimelineCompleteRequest(user_id=uid, item_code=item)
