@@ -554,3 +554,33 @@ async def test_a_receipt_record_that_cannot_be_sent_is_dead_lettered_after_bound
         assert not _checks(await lifeops.health())
         sheet = await c.request("character_get", CharacterGetRequest(user_id=uid))
         assert sheet.total_xp and sheet.total_xp > 0
+
+
+async def test_convergence_after_a_reconnect_is_retried_until_it_goes_through(
+    own_broker: MosquittoProcess, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    """The broker restarts; the read-back of retained states after the reconnect fails
+    (injected): it is tried again with backoff, not given up, and health names it meanwhile."""
+    async with start_agent("stats", own_broker, f"sqlite:///{tmp_path / 's.db'}") as stats:
+        real = stats.states.converge
+        calls = 0
+        failing = True
+
+        async def converge(topic_keys: list[str], retained: dict[str, bytes]) -> int:
+            nonlocal calls
+            calls += 1
+            if failing:
+                raise TimeoutError("injected: the read-back timed out")
+            return await real(topic_keys, retained)
+
+        stats.states.converge = converge  # type: ignore[method-assign]
+        own_broker.kill()
+        own_broker.start()
+        await stats.transport.wait_connected(20)
+        await eventually(lambda: _true(calls >= 3), timeout=30, what="three tries")
+        assert "task:converge" in _checks(await stats.health())
+        failing = False
+        await eventually(
+            lambda: _true(not stats.supervisor.running("converge")), timeout=40, what="converged"
+        )
+        assert not _checks(await stats.health())
