@@ -39,6 +39,9 @@ class Will(msgspec.Struct, kw_only=True):
 
 MessageHandler = Callable[[Inbound], Awaitable[int]]
 """Handles one inbound message; the int it returns is the PUBACK reason code (0: success)."""
+DropHandler = Callable[[str, str], None]
+"""Called for an inbound message dropped unhandled (topic, reason), e.g. a QoS 0 message past the
+transport's bound on messages in hand."""
 ConnectHandler = Callable[[bool], Awaitable[None]]
 """Called after every (re)connect with the broker's `session present` flag."""
 
@@ -55,6 +58,8 @@ class Transport(Protocol):
     taken_over: bool
     # Called when the connection drops without our own disconnect() (it reconnects by itself).
     on_lost: Callable[[], None] | None
+    # Called for each inbound message dropped unhandled (QoS 0 past the bound on held work).
+    on_dropped: DropHandler | None
 
     @property
     def connected(self) -> bool: ...
