@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -127,7 +127,8 @@ class Dispatcher:
             if self.on_dropped is not None:
                 self.on_dropped(msg.topic, "stopping")
             return 0
-        trace_id = msg.user_properties.get(TRACE_PROPERTY) or uuid.uuid4().hex
+        # A random trace id (no uuid4: os.urandom per message was 4% of a flood's cost)
+        trace_id = msg.user_properties.get(TRACE_PROPERTY) or f"{random.getrandbits(128):032x}"
         token = trace_id_var.set(trace_id)
         agent_token = agent_var.set(self.name)
         self.inflight += 1

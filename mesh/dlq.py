@@ -120,13 +120,14 @@ class DeadLetterSink:
         self._cap = payload_cap
         self._max_bytes = max_bytes
         self._stored_bytes: int | None = None  # known after the first write
+        self._cap_lock = asyncio.Lock()
         self._interval = interval_s
         self._burst = burst
         self._window_end = 0.0
         self._written = 0  # one by one in the current interval
         self._summaries: dict[str, _Summary] = {}
         self._flusher: asyncio.TimerHandle | None = None
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._flushing: set[asyncio.Task[int]] = set()
         self._publishing: set[asyncio.Task[None]] = set()
 
     def record(self, msg: Inbound, code: str, message: str, trace_id: str | None) -> DeadLetter:
@@ -239,6 +240,12 @@ class DeadLetterSink:
             self._stored_bytes += added
             if self._stored_bytes <= self._max_bytes:
                 return
+        async with self._cap_lock:  # one count at a time; the others wait for its result
+            if self._stored_bytes is not None and self._stored_bytes <= self._max_bytes:
+                return
+            await self._trim()
+
+    async def _trim(self) -> None:
         async with self._store.transaction() as tx:
             rows = await tx.fetchall(
                 "SELECT id, LENGTH(record) + COALESCE(LENGTH(raw), 0) FROM mesh_dead_letters"
@@ -248,7 +255,7 @@ class DeadLetterSink:
         self._stored_bytes = total
         if total <= self._max_bytes:
             return
-        kept, drop = 0, []
+        kept, drop = 0, list[object]()
         for row_id, size in rows:  # newest first: keep up to 90% of the cap, drop the rest
             if drop or kept + int(size) > self._max_bytes * 0.9:
                 drop.append(row_id)
@@ -259,8 +266,7 @@ class DeadLetterSink:
             chunk = drop[start : start + 500]
             async with self._store.transaction() as tx:
                 await tx.execute(
-                    "DELETE FROM mesh_dead_letters WHERE id IN"
-                    f" ({', '.join('?' for _ in chunk)})",
+                    f"DELETE FROM mesh_dead_letters WHERE id IN ({', '.join('?' for _ in chunk)})",
                     *chunk,
                 )
         self._metrics.pruned.labels("mesh_dead_letters").inc(len(drop))

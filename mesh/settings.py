@@ -176,9 +176,7 @@ def _retention(env: Mapping[str, str]) -> Retention:
     cap = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTERS"))
     max_bytes = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTER_BYTES"))
     caps = {"max_dead_letters": cap, "max_dead_letter_bytes": max_bytes}
-    return msgspec.structs.replace(
-        base, **days, **{k: v for k, v in caps.items() if v is not None}
-    )
+    return msgspec.structs.replace(base, **days, **{k: v for k, v in caps.items() if v is not None})
 
 
 def _int_or_none(value: str | None) -> int | None:

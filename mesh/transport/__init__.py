@@ -1,6 +1,7 @@
 """Broker connections: the `Transport` protocol, MQTT v5 on gmqtt, and an in-memory twin."""
 
 from mesh.transport.base import (
+    Admission,
     ConnectHandler,
     DropHandler,
     Inbound,
@@ -12,6 +13,7 @@ from mesh.transport.memory import MemoryBroker, MemoryTransport
 from mesh.transport.mqtt import MqttTransport, publish_packet_size
 
 __all__ = [
+    "Admission",
     "ConnectHandler",
     "DropHandler",
     "Inbound",

@@ -11,8 +11,8 @@ ACL (`allow(username, topic, "read"|"write")`, refusals answered with reason cod
 an optional Maximum Packet Size.
 
 Subscriptions are "retain as published" (as MqttTransport asks): a retained message published
-live reaches subscribers with its retain flag. A QoS 0 message is dropped unhandled
-(`on_dropped`, reason `overload`) while `max_held` messages are in hand, as MqttTransport does.
+live reaches subscribers with its retain flag. A QoS 0 message past the transport's `Admission`
+bound is dropped unhandled (`on_dropped`, reason `overload`), as MqttTransport does.
 
 What it leaves out: QoS 2, persistence to disk, topic aliases, flow control of QoS 1. The behaviour
 suites that run on it also run against the real Mosquitto, which is the run that counts.
@@ -32,6 +32,7 @@ import msgspec
 from mesh.errors import PacketTooLarge, PublishRefused, TransportError
 from mesh.topics import matches, split_shared
 from mesh.transport.base import (
+    Admission,
     ConnectHandler,
     DropHandler,
     Inbound,
@@ -246,7 +247,7 @@ class MemoryTransport:
         clean_start: bool = True,
         session_expiry_s: int = 0,
         will: Will | None = None,
-        max_held: int = 1000,
+        admission: Admission | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -259,8 +260,7 @@ class MemoryTransport:
         self.on_taken_over: Callable[[], None] | None = None
         self.on_lost: Callable[[], None] | None = None
         self.on_dropped: DropHandler | None = None
-        self.max_held = max_held
-        self.held = 0  # inbound messages being handled
+        self.admission = admission or Admission()
         self.taken_over = False
         self._connected = False
         self._active = False
@@ -408,18 +408,20 @@ class MemoryTransport:
                 self._refused.pop(f, None)
 
     def _spawn_delivery(self, session: _Session, mid: int, msg: _Message, dup: bool) -> None:
-        if msg.qos == 0 and self.held >= self.max_held:
+        why = self.admission.qos0() if msg.qos == 0 else None
+        if why is not None:
             if self.on_dropped is not None:
-                self.on_dropped(msg.topic, "overload")
+                self.on_dropped(msg.topic, why)
             return
-        self.held += 1
+        size = len(msg.payload)
+        self.admission.taken(size)
         task = asyncio.get_running_loop().create_task(self._deliver(session, mid, msg, dup))
         self._tasks.add(task)
-        task.add_done_callback(self._delivered)
+        task.add_done_callback(lambda t: self._delivered(t, size))
 
-    def _delivered(self, task: asyncio.Task[None]) -> None:
+    def _delivered(self, task: asyncio.Task[None], size: int) -> None:
         self._tasks.discard(task)
-        self.held -= 1
+        self.admission.done(size)
 
     async def _deliver(self, session: _Session, mid: int, msg: _Message, dup: bool) -> None:
         left = None

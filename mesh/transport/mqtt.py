@@ -7,11 +7,10 @@ What it adds to gmqtt:
   past it);
 - inbound QoS 1 messages are acknowledged only when the async handler returns (manual acks), with
   the reason code it returns;
-- bounded inbound work: QoS 1 is bounded by the receive maximum sent in CONNECT (the broker sends
-  no more un-acknowledged messages); a QoS 0 message is admitted only while fewer than
-  `max_held` messages (and `max_held_bytes` of payload) are being handled, else dropped before it
-  is decoded or gets a task (`on_dropped`). At most receive maximum + `max_held` messages are in
-  hand at once, whatever a publisher does (plus one socket read of packets not yet started);
+- bounded inbound work (`Admission`): QoS 1 is bounded by the receive maximum sent in CONNECT;
+  a QoS 0 message past the bound is dropped before it is decoded or gets a task (`on_dropped`).
+  At most receive maximum + `max_held` messages are in hand at once, whatever a publisher does
+  (plus one socket read of packets whose tasks have not started yet);
 - subscriptions ask for "retain as published": a retained message published live arrives with
   its retain flag (a retained command is then recognised and refused, see mesh.dispatch);
 - durable session (fixed client id, clean start off, session expiry), Last Will, and a resubscribe
@@ -35,6 +34,7 @@ from gmqtt.storage import PersistentStorage
 from mesh.backoff import Backoff
 from mesh.errors import NotAuthorized, PacketTooLarge, PublishRefused, TransportError
 from mesh.transport.base import (
+    Admission,
     ConnectHandler,
     DropHandler,
     Inbound,
@@ -186,8 +186,7 @@ class MqttTransport:
         receive_maximum: int = 1000,
         max_inflight: int = 1000,
         keepalive_s: int = 30,
-        max_held: int = 1000,
-        max_held_bytes: int = 16 * 1024 * 1024,
+        admission: Admission | None = None,
     ) -> None:
         self.client_id = client_id
         self.host = host
@@ -203,10 +202,7 @@ class MqttTransport:
         self._handler._handle_puback_packet = self._handle_puback
         self._handle_publish_packet = self._handler._handle_publish_packet
         self._handler._handle_publish_packet = self._admit
-        self._max_held = max_held
-        self._max_held_bytes = max_held_bytes
-        self.held = 0  # inbound messages being handled (admitted, not yet returned)
-        self.held_bytes = 0
+        self.admission = admission or Admission()
         self.on_dropped: DropHandler | None = None
         self._window = _Window(_DEFAULT_WINDOW)
         self._deadlines: dict[asyncio.Future[int], float] = {}
@@ -618,26 +614,24 @@ class MqttTransport:
     def _admit(self, cmd: int, packet: bytes) -> None:
         """An inbound PUBLISH, before gmqtt parses it and starts a task for it: a QoS 0 message
         past the bound is dropped here, at the cost of reading its topic."""
-        if cmd & 0x06 == 0 and (
-            self.held >= self._max_held or self.held_bytes >= self._max_held_bytes
-        ):
-            if self.on_dropped is not None:
-                (size,) = struct.unpack_from("!H", packet)
-                self.on_dropped(packet[2 : 2 + size].decode("utf-8", "replace"), "overload")
-            return
+        if cmd & 0x06 == 0:
+            why = self.admission.qos0()
+            if why is not None:
+                if self.on_dropped is not None:
+                    (size,) = struct.unpack_from("!H", packet)
+                    self.on_dropped(packet[2 : 2 + size].decode("utf-8", "replace"), why)
+                return
         self._handle_publish_packet(cmd, packet)
 
     async def _on_message(
         self, client: Any, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
         size = len(payload)
-        self.held += 1
-        self.held_bytes += size
+        self.admission.taken(size)
         try:
             return await self._handle_inbound(topic, payload, qos, properties)
         finally:
-            self.held -= 1
-            self.held_bytes -= size
+            self.admission.done(size)
 
     async def _handle_inbound(
         self, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
