@@ -141,6 +141,8 @@ class Agent:
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self._assemble()
+        self.drops = overload.Drops(self.name, self.metrics)  # messages dropped unhandled
+        self.dispatcher.on_dropped = self.drops
         self._started = False
         self.peers: dict[str, bool] = {}
         self.instances: dict[str, dict[str, bool]] = {}  # agent -> instance -> online
@@ -191,13 +193,9 @@ class Agent:
             keyless_window_s=settings.retention.keyless_s,
         )
         self.dead_letters = dlq.DeadLetterSink(
-            self.name,
-            self.store,
-            self._publish_dlq,
-            self.metrics,
-            payload_cap=settings.dlq_cap,
-            max_bytes=settings.retention.max_dead_letter_bytes,
+            self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap
         )
+        self.dead_letters.max_bytes = settings.retention.max_dead_letter_bytes
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self.dispatcher = Dispatcher(
@@ -213,8 +211,6 @@ class Agent:
             on_instance_status=self._instance_status,
             on_refused=self.refused,
         )
-        self.drops = overload.Drops(self.name, self.metrics)
-        self.dispatcher.on_dropped = self.drops
 
     @property
     def status_topic(self) -> str:

@@ -118,7 +118,7 @@ class DeadLetterSink:
         self._publish = publish
         self._metrics = metrics
         self._cap = payload_cap
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._stored_bytes: int | None = None  # known after the first write
         self._cap_lock = asyncio.Lock()
         self._interval = interval_s
@@ -238,10 +238,10 @@ class DeadLetterSink:
         """The stored bytes stay under `max_bytes`: past it, the oldest records go (to 90%)."""
         if self._stored_bytes is not None:
             self._stored_bytes += added
-            if self._stored_bytes <= self._max_bytes:
+            if self._stored_bytes <= self.max_bytes:
                 return
         async with self._cap_lock:  # one count at a time; the others wait for its result
-            if self._stored_bytes is not None and self._stored_bytes <= self._max_bytes:
+            if self._stored_bytes is not None and self._stored_bytes <= self.max_bytes:
                 return
             await self._trim()
 
@@ -253,11 +253,11 @@ class DeadLetterSink:
             )
         total = sum(int(size) for _, size in rows)
         self._stored_bytes = total
-        if total <= self._max_bytes:
+        if total <= self.max_bytes:
             return
         kept, drop = 0, list[object]()
         for row_id, size in rows:  # newest first: keep up to 90% of the cap, drop the rest
-            if drop or kept + int(size) > self._max_bytes * 0.9:
+            if drop or kept + int(size) > self.max_bytes * 0.9:
                 drop.append(row_id)
             else:
                 kept += int(size)
@@ -271,5 +271,5 @@ class DeadLetterSink:
                 )
         self._metrics.pruned.labels("mesh_dead_letters").inc(len(drop))
         log.warning(
-            "dead letters over %d bytes: dropped the %d oldest records", self._max_bytes, len(drop)
+            "dead letters over %d bytes: dropped the %d oldest records", self.max_bytes, len(drop)
         )
