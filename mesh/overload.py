@@ -42,7 +42,7 @@ class Drops:
                 self._since[reason],
                 reason,
                 topic[:200],
-                "more messages in hand than the bound"
+                "past the bound on QoS 0 work (messages in hand, or per second)"
                 if reason == "overload"
                 else "the agent is stopping",
             )
