@@ -614,7 +614,8 @@ class MqttTransport:
     def _admit(self, cmd: int, packet: bytes) -> None:
         """An inbound PUBLISH, before gmqtt parses it and starts a task for it: a QoS 0 message
         past the bound is dropped here, at the cost of reading its topic."""
-        if cmd & 0x06 == 0:
+        # ($SYS topics are the broker's own, e.g. what it drops: never one of a flood's)
+        if cmd & 0x06 == 0 and packet[2:3] != b"$":
             why = self.admission.qos0()
             if why is not None:
                 if self.on_dropped is not None:

@@ -25,14 +25,15 @@ async def test_qos0_past_the_bound_is_dropped_and_counted_and_qos1_never(
     start_agent: StartAgent, db_url: str
 ) -> None:
     """3,000 invalid QoS 0 requests as fast as the twin delivers them: Stats never holds more
-    than the bound, drops the rest before decoding them, counts every one
-    (handled + dropped = delivered), dead-letters a bounded number of records, and answers a
-    valid QoS 1 request afterwards."""
+    than the bound (here 50 in hand, 200 a second), drops the rest before decoding them,
+    counts every one (handled + dropped = delivered), dead-letters a bounded number of
+    records, and answers a valid QoS 1 request afterwards."""
     broker = InMemoryBroker()
     async with start_agent("stats", broker, db_url) as stats:
         transport = stats.transport
         assert isinstance(transport, MemoryTransport)
-        bound = transport.admission.max_held
+        bound = 50  # tighter than the default (1,000 in hand, 1,000/s): the test stays fast
+        transport.admission = Admission(max_held=bound, per_s=200.0)
         flooder = broker.connect_as("tester")
         await flooder.connect()
         most = 0
