@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec, dlq, health, inbox, keys, outbox, receipts, retention, state
+from mesh import codec, dlq, health, inbox, keys, outbox, overload, receipts, retention, state
 from mesh.broker.acl import DROPPED
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
@@ -151,6 +151,8 @@ class Agent:
         # Every background task of the runtime, and the app's own (`agent.supervisor.start`).
         self.supervisor = Supervisor(self.metrics)
         self._assemble()
+        self.drops = overload.Drops(self.name, self.metrics)  # messages dropped unhandled
+        self.dispatcher.on_dropped = self.drops
         self._zero_metrics()
         self._started = False
         self.peers: dict[str, bool] = {}
@@ -205,6 +207,7 @@ class Agent:
         self.dead_letters = dlq.DeadLetterSink(
             self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap
         )
+        self.dead_letters.max_bytes = settings.retention.max_dead_letter_bytes
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
         self.dispatcher = Dispatcher(
@@ -312,7 +315,9 @@ class Agent:
                 if self.settings.single_instance:
                     await self.presence.ensure_alone()
                 await self.presence.connect(timeout)
+            self.dispatcher.closing = False
             self.transport.on_message = self.dispatcher.on_message
+            self.transport.on_dropped = self.drops
             self.transport.on_connect = self._on_connect
             self.transport.on_taken_over = self._taken_over
             self.transport.on_lost = self._connection_lost
@@ -350,6 +355,7 @@ class Agent:
         nothing stays queued for it. A lone instance finishes what it handles and keeps its
         durable session, so what arrives meanwhile waits for its restart."""
         self._started = False  # its own `offline` below must not be restated as `online`
+        self.dispatcher.closing = True  # QoS 0 arriving from now on: dropped, not handled
         for task in list(self._tasks):  # health, sweeps: nothing new starts
             task.cancel()
         await self.supervisor.stop(2, "health", "prune", "converge")
@@ -363,6 +369,7 @@ class Agent:
                         await self.transport.unsubscribe(self.shared_filters())
                 if not await self.dispatcher.drained(timeout / 2):
                     log.warning("%d messages still in hand at stop", self.dispatcher.inflight)
+                await self.dead_letters.flush()
                 await self.receipts.stop()
                 await self.states.stop()
                 await self.relay.stop(timeout=timeout / 2)

@@ -99,6 +99,13 @@ class Metrics:
             "Failed cycles, items or runs of a background task (each retried with backoff)",
             "task",
         )
+        self.dropped = c(
+            "mesh_messages_dropped_total",
+            "Inbound messages dropped unhandled: QoS 0 past the bound on messages in hand"
+            " (overload) or arriving while the agent stops (stopping)",
+            "agent",
+            "reason",
+        )
         self.publish_failures = c(
             "mesh_publish_failures_total",
             "Own publishes the broker refused for good (reason code) or that exceed its "

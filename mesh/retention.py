@@ -6,7 +6,9 @@
   their own record (Stats finds an activity by its id or its source_ref whatever its age).
 - mesh_outbox: delivered rows after `delivered_days`; undelivered ones are never pruned.
 - mesh_receipts: rows whose receipt is stored, after `delivered_days`.
-- mesh_dead_letters: after `dead_letter_days`, and beyond `max_dead_letters` the oldest go.
+- mesh_dead_letters: after `dead_letter_days`, and beyond `max_dead_letters` the oldest go;
+  beyond `max_dead_letter_bytes` (record and stored payload) the oldest go when one is written
+  (mesh.dlq), not only at the next prune.
 
 One pass deletes in chunks (no long lock on a big table); every pruned row is counted in
 `mesh_pruned_rows_total{table}`.
@@ -36,6 +38,7 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     delivered_days: float = 2.0
     dead_letter_days: float = 30.0
     max_dead_letters: int = 10_000
+    max_dead_letter_bytes: int = 64 * 1024 * 1024
 
 
 # table, key column, time column, condition that makes a row prunable, which window

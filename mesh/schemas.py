@@ -64,6 +64,9 @@ class DeadLetter(Payload, kw_only=True):
     response_topic: str | None = None
     correlation_data: str | None = None  # hex
     trace_id: str | None = None
+    # How many refused messages this record stands for: 1, or more for the summary of a flood
+    # (the dead letters of one topic beyond the burst of an interval, see mesh.dlq).
+    count: int = 1
 
 
 class Check(Payload, kw_only=True):

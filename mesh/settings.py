@@ -159,7 +159,8 @@ def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
 
 def _retention(env: Mapping[str, str]) -> Retention:
     """LIFEOPS_DEDUP_WINDOW_DAYS, LIFEOPS_KEEP_DELIVERED_DAYS, LIFEOPS_KEEP_DEAD_LETTERS_DAYS,
-    LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_KEYLESS_WINDOW_S (defaults in mesh.retention)."""
+    LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_MAX_DEAD_LETTER_BYTES, LIFEOPS_KEYLESS_WINDOW_S (defaults
+    in mesh.retention)."""
     base = Retention()
     values = {
         "dedup_days": env.get("LIFEOPS_DEDUP_WINDOW_DAYS"),
@@ -173,9 +174,9 @@ def _retention(env: Mapping[str, str]) -> Retention:
     except ValueError as exc:
         raise ConfigError(f"retention windows must be numbers: {exc}") from exc
     cap = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTERS"))
-    return msgspec.structs.replace(
-        base, **days, **({"max_dead_letters": cap} if cap is not None else {})
-    )
+    max_bytes = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTER_BYTES"))
+    caps = {"max_dead_letters": cap, "max_dead_letter_bytes": max_bytes}
+    return msgspec.structs.replace(base, **days, **{k: v for k, v in caps.items() if v is not None})
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -7,6 +7,7 @@ the inbox; the same behaviour suites also run against the real Mosquitto).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -37,8 +38,55 @@ class Will(msgspec.Struct, kw_only=True):
     retain: bool = True
 
 
+class Admission:
+    """Bounded inbound work: whether a QoS 0 message is taken on or dropped unhandled.
+
+    QoS 1 is bounded by the receive maximum the client sends in CONNECT (the broker sends no
+    more un-acknowledged ones); QoS 0 has no such bound, so a QoS 0 message is taken on only
+    while fewer than `max_held` messages (and `max_held_bytes` of payload) are in hand, and
+    within `per_s` a second (a burst of `max_held`): the mesh's own traffic is QoS 1, QoS 0
+    comes from automations at a few a second. Dropping one costs reading its topic, so an
+    agent consumes a flood as fast as the broker sends it, and the broker's queue for it (and
+    with it the wait of a valid request behind the flood) stays short.
+    """
+
+    def __init__(
+        self, *, max_held: int = 1000, max_held_bytes: int = 16 << 20, per_s: float = 1000.0
+    ) -> None:
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self.per_s = per_s
+        self.held = 0  # messages in hand (taken on, handler not returned)
+        self.held_bytes = 0
+        self._tokens = float(max_held)
+        self._last = time.monotonic()
+
+    def qos0(self) -> str | None:
+        """None when a QoS 0 message may be taken on now, else why not ("overload")."""
+        if self.held >= self.max_held or self.held_bytes >= self.max_held_bytes:
+            return "overload"
+        now = time.monotonic()
+        self._tokens = min(float(self.max_held), self._tokens + (now - self._last) * self.per_s)
+        self._last = now
+        if self._tokens < 1.0:
+            return "overload"
+        self._tokens -= 1.0
+        return None
+
+    def taken(self, size: int) -> None:
+        self.held += 1
+        self.held_bytes += size
+
+    def done(self, size: int) -> None:
+        self.held -= 1
+        self.held_bytes -= size
+
+
 MessageHandler = Callable[[Inbound], Awaitable[int]]
 """Handles one inbound message; the int it returns is the PUBACK reason code (0: success)."""
+DropHandler = Callable[[str, str], None]
+"""Called for an inbound message dropped unhandled (topic, reason), e.g. a QoS 0 message past the
+transport's bound on messages in hand."""
 ConnectHandler = Callable[[bool], Awaitable[None]]
 """Called after every (re)connect with the broker's `session present` flag."""
 
@@ -55,6 +103,8 @@ class Transport(Protocol):
     taken_over: bool
     # Called when the connection drops without our own disconnect() (it reconnects by itself).
     on_lost: Callable[[], None] | None
+    # Called for each inbound message dropped unhandled (QoS 0 past the bound on held work).
+    on_dropped: DropHandler | None
 
     @property
     def connected(self) -> bool: ...

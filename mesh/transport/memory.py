@@ -10,7 +10,11 @@ session takeover by a second connection with the same client id, Message Expiry,
 ACL (`allow(username, topic, "read"|"write")`, refusals answered with reason code 135), and
 an optional Maximum Packet Size.
 
-What it leaves out: QoS 2, persistence to disk, topic aliases, flow control. The behaviour
+Subscriptions are "retain as published" (as MqttTransport asks): a retained message published
+live reaches subscribers with its retain flag. A QoS 0 message past the transport's `Admission`
+bound is dropped unhandled (`on_dropped`, reason `overload`), as MqttTransport does.
+
+What it leaves out: QoS 2, persistence to disk, topic aliases, flow control of QoS 1. The behaviour
 suites that run on it also run against the real Mosquitto, which is the run that counts.
 """
 
@@ -27,7 +31,15 @@ import msgspec
 
 from mesh.errors import PacketTooLarge, PublishRefused, TransportError
 from mesh.topics import matches, split_shared
-from mesh.transport.base import ConnectHandler, Inbound, MessageHandler, Transport, Will
+from mesh.transport.base import (
+    Admission,
+    ConnectHandler,
+    DropHandler,
+    Inbound,
+    MessageHandler,
+    Transport,
+    Will,
+)
 from mesh.transport.mqtt import publish_packet_size
 
 log = logging.getLogger("mesh.transport.memory")
@@ -168,14 +180,14 @@ class MemoryBroker:
                 else:
                     groups.setdefault((group, plain), []).append(session)
             if hit and self._may_read(session, msg.topic):
-                self._enqueue(session, msg, retain=False)
+                self._enqueue(session, msg, retain=msg.retain)
         for key, members in groups.items():
             members.sort(key=lambda s: s.client_id)
             turn = self._turn[key]
             self._turn[key] = turn + 1
             chosen = members[turn % len(members)]
             if self._may_read(chosen, msg.topic):
-                self._enqueue(chosen, msg, retain=False)
+                self._enqueue(chosen, msg, retain=msg.retain)
 
     def _may_read(self, session: _Session, topic: str) -> bool:
         return self.allow is None or self.allow(session.username, topic, "read")
@@ -235,6 +247,7 @@ class MemoryTransport:
         clean_start: bool = True,
         session_expiry_s: int = 0,
         will: Will | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -246,6 +259,8 @@ class MemoryTransport:
         self.on_connect: ConnectHandler | None = None
         self.on_taken_over: Callable[[], None] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self.on_dropped: DropHandler | None = None
+        self.admission = admission or Admission()
         self.taken_over = False
         self._connected = False
         self._active = False
@@ -393,9 +408,20 @@ class MemoryTransport:
                 self._refused.pop(f, None)
 
     def _spawn_delivery(self, session: _Session, mid: int, msg: _Message, dup: bool) -> None:
+        why = self.admission.qos0() if msg.qos == 0 else None
+        if why is not None:
+            if self.on_dropped is not None:
+                self.on_dropped(msg.topic, why)
+            return
+        size = len(msg.payload)
+        self.admission.taken(size)
         task = asyncio.get_running_loop().create_task(self._deliver(session, mid, msg, dup))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self._delivered(t, size))
+
+    def _delivered(self, task: asyncio.Task[None], size: int) -> None:
+        self._tasks.discard(task)
+        self.admission.done(size)
 
     async def _deliver(self, session: _Session, mid: int, msg: _Message, dup: bool) -> None:
         left = None

@@ -7,6 +7,12 @@ What it adds to gmqtt:
   past it);
 - inbound QoS 1 messages are acknowledged only when the async handler returns (manual acks), with
   the reason code it returns;
+- bounded inbound work (`Admission`): QoS 1 is bounded by the receive maximum sent in CONNECT;
+  a QoS 0 message past the bound is dropped before it is decoded or gets a task (`on_dropped`).
+  At most receive maximum + `max_held` messages are in hand at once, whatever a publisher does
+  (plus one socket read of packets whose tasks have not started yet);
+- subscriptions ask for "retain as published": a retained message published live arrives with
+  its retain flag (a retained command is then recognised and refused, see mesh.dispatch);
 - durable session (fixed client id, clean start off, session expiry), Last Will, and a resubscribe
   whenever the broker has lost the session; endless reconnect with capped backoff.
 """
@@ -27,7 +33,15 @@ from gmqtt.storage import PersistentStorage
 
 from mesh.backoff import Backoff
 from mesh.errors import NotAuthorized, PacketTooLarge, PublishRefused, TransportError
-from mesh.transport.base import ConnectHandler, Inbound, MessageHandler, Transport, Will
+from mesh.transport.base import (
+    Admission,
+    ConnectHandler,
+    DropHandler,
+    Inbound,
+    MessageHandler,
+    Transport,
+    Will,
+)
 
 log = logging.getLogger("mesh.transport")
 
@@ -172,6 +186,7 @@ class MqttTransport:
         receive_maximum: int = 1000,
         max_inflight: int = 1000,
         keepalive_s: int = 30,
+        admission: Admission | None = None,
     ) -> None:
         self.client_id = client_id
         self.host = host
@@ -185,6 +200,10 @@ class MqttTransport:
         self._client = self._gmqtt_client(clean_start, will, receive_maximum)
         self._handler = self._client._package_handler
         self._handler._handle_puback_packet = self._handle_puback
+        self._handle_publish_packet = self._handler._handle_publish_packet
+        self._handler._handle_publish_packet = self._admit
+        self.admission = admission or Admission()
+        self.on_dropped: DropHandler | None = None
         self._window = _Window(_DEFAULT_WINDOW)
         self._deadlines: dict[asyncio.Future[int], float] = {}
         self._expirer: asyncio.Task[None] | None = None
@@ -536,8 +555,12 @@ class MqttTransport:
             await self._subscribe_now(new, timeout=timeout)
 
     async def _subscribe_now(self, filters: list[str], *, timeout: float) -> None:
-        # retain handling 1: retained messages only for a subscription that did not exist.
-        subs = [gmqtt.Subscription(f, qos=1, retain_handling_options=1) for f in filters]
+        # retain handling 1: retained messages only for a subscription that did not exist;
+        # retain as published: a retained message published live keeps its retain flag.
+        subs = [
+            gmqtt.Subscription(f, qos=1, retain_handling_options=1, retain_as_published=True)
+            for f in filters
+        ]
         wanted = set(filters)  # gmqtt appends to its list on every SUBSCRIBE: keep one each
         self._client.subscriptions = [
             s for s in self._client.subscriptions if s.topic not in wanted
@@ -588,8 +611,31 @@ class MqttTransport:
 
     # -- receive -------------------------------------------------------------------------------
 
+    def _admit(self, cmd: int, packet: bytes) -> None:
+        """An inbound PUBLISH, before gmqtt parses it and starts a task for it: a QoS 0 message
+        past the bound is dropped here, at the cost of reading its topic."""
+        # ($SYS topics are the broker's own, e.g. what it drops: never one of a flood's)
+        if cmd & 0x06 == 0 and packet[2:3] != b"$":
+            why = self.admission.qos0()
+            if why is not None:
+                if self.on_dropped is not None:
+                    (size,) = struct.unpack_from("!H", packet)
+                    self.on_dropped(packet[2 : 2 + size].decode("utf-8", "replace"), why)
+                return
+        self._handle_publish_packet(cmd, packet)
+
     async def _on_message(
         self, client: Any, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        size = len(payload)
+        self.admission.taken(size)
+        try:
+            return await self._handle_inbound(topic, payload, qos, properties)
+        finally:
+            self.admission.done(size)
+
+    async def _handle_inbound(
+        self, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
         if isinstance(topic, bytes):
             topic = topic.decode("utf-8", "replace")
