@@ -23,9 +23,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import secrets
 import time
 import urllib.parse
-import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +102,10 @@ class OAuthStandIn:
             account = self.refresh_tokens.pop(old, None)
             if account is None:
                 self.invalid_grants += 1
-                body = {"error": "invalid_grant", "error_description": "Token Already Used Or Revoked"}
+                body = {
+                    "error": "invalid_grant",
+                    "error_description": "Token Already Used Or Revoked",
+                }
                 return 400, {}, json.dumps(body).encode(), True
             self.used_refresh.add(old)
             self.refreshes += 1
