@@ -1,8 +1,9 @@
 """The Home Assistant bridge: mesh state in, discovery configs and device states out.
 
-- Character sheets (stats/character/<user>) and timelines (lifeops/timeline/<user>) are stored
-  per user; every change recomputes that user's entities and device state, and only what changed
-  is staged (retained, through the runtime's state table, published after the commit).
+- Character sheets (stats/character/<user>), timelines (lifeops/timeline/<user>) and Oura sync
+  statuses (lifeops/oura/status/<user>) are stored per user; every change recomputes that
+  user's entities and device state, and only what changed is staged (retained, through the
+  runtime's state table, published after the commit).
 - At startup the bridge reads back the broker's retained discovery configs and the mesh's current
   state, then clears the configs it owns that no longer match a user, stat or item.
 - On Home Assistant's birth message it waits a short random delay, then republishes its
@@ -37,6 +38,7 @@ from lifeops_contract.schemas import (
     CharacterReply,
     CharacterSheet,
     LevelUp,
+    OuraSyncStatus,
     TimelineDay,
     TimelineGetRequest,
     TimelineReply,
@@ -111,6 +113,12 @@ class Bridge:
         await self.sync_user(ctx.tx, user_id, ctx.trace_id)
         self._fill_wake.set()
 
+    async def oura_status(self, ctx: Context, status: OuraSyncStatus) -> None:
+        user_id = self._user(ctx, status.user_id)
+        status.user_id = user_id
+        await repository.save_oura(ctx.tx, status)
+        await self.sync_user(ctx.tx, user_id, ctx.trace_id)
+
     async def levelup(self, ctx: Context, event: LevelUp) -> None:
         """Stats' level-up, republished on the user's topic for their HA event entity (the
         character's and the stats' apart)."""
@@ -141,10 +149,10 @@ class Bridge:
 
     async def sync_user(self, tx: Tx, user_id: str, trace_id: str | None) -> int:
         inputs = await repository.load(tx, user_id)
-        entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline)
+        entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline, inputs.oura)
         desired = self._configs(entities)
         if entities:
-            state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline)
+            state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline, inputs.oura)
             desired.append(
                 Desired(self.builder.state_topic(user_id), "ha_user_state", codec.encode(state))
             )
@@ -172,6 +180,7 @@ class Bridge:
         inputs = [
             self.contract.subscription("character_state"),
             self.contract.subscription("timeline_state"),
+            self.contract.subscription("oura_status"),
         ]
         connection = agent.transport.sibling(f"{agent.settings.client_id}-readback")
         retained = await read_back(connection, self.contract, [discovery, devices, *inputs])
@@ -186,16 +195,8 @@ class Bridge:
                     if entry.key in DISCOVERY_KEYS:
                         if is_own_node(params["node_id"]):
                             on_broker.add(msg.topic)
-                    elif entry.key == "character_state":
-                        user_id = check_user_id(params["user_id"])
-                        sheet = codec.decode(msg.payload, CharacterSheet)
-                        sheet.user_id = user_id
-                        await repository.save_sheet(tx, sheet)
-                    elif entry.key == "timeline_state":
-                        user_id = check_user_id(params["user_id"])
-                        day = codec.decode(msg.payload, TimelineDay)
-                        day.user_id = user_id
-                        await repository.save_timeline(tx, day)
+                    else:
+                        await self._take_input(tx, entry.key, params, msg.payload)
                 except (DecodeError, HandlerError) as exc:
                     log.warning("retained %s ignored: %s", msg.topic, exc)
             for user_id in self.users:
@@ -219,6 +220,23 @@ class Bridge:
             len(lost),
             staged,
         )
+
+    @staticmethod
+    async def _take_input(tx: Tx, key: str, params: dict[str, str], payload: bytes) -> None:
+        """A retained mesh state read back at startup, stored as the user's input."""
+        user_id = check_user_id(params.get("user_id", ""))
+        if key == "character_state":
+            sheet = codec.decode(payload, CharacterSheet)
+            sheet.user_id = user_id
+            await repository.save_sheet(tx, sheet)
+        elif key == "timeline_state":
+            day = codec.decode(payload, TimelineDay)
+            day.user_id = user_id
+            await repository.save_timeline(tx, day)
+        elif key == "oura_status":
+            status = codec.decode(payload, OuraSyncStatus)
+            status.user_id = user_id
+            await repository.save_oura(tx, status)
 
     # -- Home Assistant's birth -----------------------------------------------------------------
 

@@ -11,10 +11,10 @@ Beside it, on the same port, a stand-in of Oura's OAuth2 server (`OAuthStandIn`,
 `state`, for the account `login_as` names; `POST /oauth/token` exchanges a code (once) or a
 refresh token (once: a used or unknown one is `400 invalid_grant`) for a new pair; the access
 tokens live `access_lifetime_s` while `expires_in` may say otherwise (`advertised_expires_in`),
-so the API answers 401 for an expired one; `GET /oauth/revoke` revokes. `crash_after_refresh`
-is called right after a refresh's answer is sent (a test kills the client there: the rotated
-refresh token is lost); `drop_next_refreshes` answers nothing after rotating (the same loss,
-seen by the client as a dropped connection).
+so the API answers 401 for an expired one; `GET /oauth/revoke` revokes; `refused[account] =
+403` answers the API's requests of that account so. `crash_after_refresh` is called once a
+refresh has rotated the tokens, before its answer goes out (a test kills the client there: the
+new pair is lost, the stored refresh token is dead).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class OAuthStandIn:
     advertised_expires_in: float | None = None  # None: the true lifetime
     token_delay_s: float = 0.0
     crash_after_refresh: Callable[[], None] | None = None
-    drop_next_refreshes: int = 0
     codes: dict[str, tuple[str, str]] = field(default_factory=dict)  # code -> (account, redirect)
     access: dict[str, Grant] = field(default_factory=dict)  # access token -> grant
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # live refresh -> account
@@ -149,6 +148,7 @@ class OuraStandIn:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # account -> status of every request
     oauth: OAuthStandIn = field(default_factory=OAuthStandIn)
 
     @property
@@ -186,6 +186,9 @@ class OuraStandIn:
             token = self.oauth.account_of(token) or token
         if not auth.startswith("Bearer ") or token not in self.docs:
             return 401, {}, b'{"detail": "Unauthorized"}'
+        if token in self.refused:
+            body = {"status": self.refused[token], "title": "Forbidden", "detail": "no access"}
+            return self.refused[token], {}, json.dumps(body).encode()
         try:
             start = dt.date.fromisoformat(params["start_date"])
             end = dt.date.fromisoformat(params["end_date"])
@@ -228,10 +231,11 @@ class OuraStandIn:
             await asyncio.sleep(self.oauth.token_delay_s)
             form = dict(urllib.parse.parse_qsl(form_body.decode("latin-1")))
             status, extra, body, refreshed = self.oauth.token(form)
-            refreshed = refreshed and status == 200
-            if refreshed and self.oauth.drop_next_refreshes > 0:
-                self.oauth.drop_next_refreshes -= 1
-                writer.close()  # rotated, but the answer never arrives
+            crash = self.oauth.crash_after_refresh
+            if refreshed and status == 200 and crash is not None:
+                self.oauth.crash_after_refresh = None
+                crash()  # rotated: the client dies before it has the new pair
+                writer.close()
                 return
         elif url.path == "/oauth/revoke":
             status, extra, body = self.oauth.revoke(params)
@@ -245,8 +249,6 @@ class OuraStandIn:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
-        if refreshed and self.oauth.crash_after_refresh is not None:
-            self.oauth.crash_after_refresh()
 
 
 @contextlib.asynccontextmanager
