@@ -147,12 +147,14 @@ class OuraSync:
             self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.remove_done_callback(self._ended)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 5)
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.remove_done_callback(self._ended)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 5)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         exc = None if task.cancelled() else task.exception()
