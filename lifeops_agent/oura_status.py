@@ -75,6 +75,14 @@ class UserStatuses:
         await self._set(agent, user_id, what, reason, kind, last, 0)
         return what
 
+    async def gone(self, agent: Agent, user_id: str) -> None:
+        """A user no longer synced (logged out and not in LIFEOPS_OURA_USERS): their retained
+        status says so once, and they leave health."""
+        log.info("Oura sync of %s: logged out, no longer synced", user_id)
+        reason = f"logged out: lifeops-mesh oura login --user {user_id} to sync again"
+        await self._set(agent, user_id, "login_needed", reason, "none", None, 0)
+        self.by_user.pop(user_id, None)
+
     async def succeeded(self, agent: Agent, user_id: str, kind: TokenKind, skipped: int) -> None:
         before = self.by_user.get(user_id)
         if before is not None and before.state != "ok":

@@ -143,6 +143,10 @@ class OuraSync:
                 agent.store, self._oauth_config, margin_s=self.config.refresh_margin_s
             )
         if self.enabled:
+            agent.metrics.counter(
+                "lifeops_oura_sync_cycle_errors_total",
+                "Oura sync cycles that failed as a whole (e.g. the database was away)",
+            )  # at 0 from the start: an alert sees the first one as an increase
             self._task = asyncio.create_task(self._loop(), name="lifeops-oura-sync")
             self._task.add_done_callback(self._ended)
 
@@ -208,6 +212,8 @@ class OuraSync:
         users = list(self.config.users)
         if self.oauth is not None:
             users += [u for u in await self.oauth.users() if u not in users]
+        for user in [u for u in self.statuses.by_user if u not in users]:
+            await self.statuses.gone(self._require_agent(), user)
         retry_soon = False
         for user in users:
             try:

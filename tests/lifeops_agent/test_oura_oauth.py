@@ -157,11 +157,19 @@ async def test_login_then_a_week_of_syncs_across_many_refreshes(
                 )
             report = await lifeops.health()
             code, status = await cli("status", "--db", db, env=env)
+            gone, said = await cli("logout", "--user", uid, "--db", db, env=env)
+            await eventually(lambda: _detail_has(lifeops, "0 users"), timeout=10,
+                             what="the logged-out user no longer synced")  # fmt: skip
+            after = len(api.seen)
+            await asyncio.sleep(1.5)
+            assert len(api.seen) == after  # nothing more asked for this user
+    assert gone == 0 and f"{uid}: Oura tokens revoked at Oura and forgotten" in said
+    assert api.oauth.revoked == 1
     assert api.oauth.refreshes >= 6 and api.oauth.invalid_grants == 0
     assert any(s.status == 401 for s in api.seen if s.endpoint.startswith("daily_"))
     assert report.status == "healthy" and report.checks["oura"].ok
     assert code == 0 and uid in status and "oauth" in status, status
-    shown = caplog.text + out + status + repr(report)
+    shown = caplog.text + out + status + said + repr(report)
     assert not [s for s in secrets_of(api) if s in shown]
 
 
@@ -269,6 +277,11 @@ async def _healthz(port: int) -> httpx.Response:
                 break
             await asyncio.sleep(0.2)
     return health
+
+
+async def _detail_has(agent: Any, text: str) -> bool:
+    report = await agent.health()
+    return text in report.checks["oura"].detail
 
 
 def _login_lines(proc: AgentProcess, uid: str) -> int:
