@@ -22,13 +22,13 @@ from mesh.client import MeshClient
 from mesh.testing.recorder import Recorder
 from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.lifeops_agent.test_oura_sync import _total_is, day, rules_xp
+from tests.lifeops_agent.test_oura_sync import Scores, _total_is, day, rules_xp
 from tests.support.oura_standin import OuraStandIn, oura_standin
 
 Start = Callable[..., Any]
 
 
-def odd_page(api: OuraStandIn, token: str) -> dict[dt.date, list[tuple[int | None, ...]]]:
+def odd_page(api: OuraStandIn, token: str) -> dict[dt.date, list[Scores]]:
     """One page of daily_sleep: null contributors, a float score, a document without `day`;
     the versions the rules see."""
     api.put(token, "daily_sleep", day(3), 80)

@@ -187,8 +187,8 @@ class OuraStandIn:
         if not auth.startswith("Bearer ") or token not in self.docs:
             return 401, {}, b'{"detail": "Unauthorized"}'
         if token in self.refused:
-            body = {"status": self.refused[token], "title": "Forbidden", "detail": "no access"}
-            return self.refused[token], {}, json.dumps(body).encode()
+            problem = {"status": self.refused[token], "title": "Forbidden", "detail": "no access"}
+            return self.refused[token], {}, json.dumps(problem).encode()
         try:
             start = dt.date.fromisoformat(params["start_date"])
             end = dt.date.fromisoformat(params["end_date"])
