@@ -149,6 +149,7 @@ class OuraStandIn:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # account -> status of every request
+    handlers: set[asyncio.Task[Any]] = field(default_factory=set)
     oauth: OAuthStandIn = field(default_factory=OAuthStandIn)
 
     @property
@@ -205,6 +206,16 @@ class OuraStandIn:
         return 200, {}, json.dumps(page).encode()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self.handlers.discard(task)
+            writer.close()  # also when cancelled at the end of a test
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -260,4 +271,7 @@ async def oura_standin(page_size: int = 2) -> AsyncIterator[OuraStandIn]:
         yield api
     finally:
         server.close()
+        for task in list(api.handlers):
+            task.cancel()
+        await asyncio.gather(*api.handlers, return_exceptions=True)
         await server.wait_closed()
