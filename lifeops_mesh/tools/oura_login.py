@@ -101,7 +101,7 @@ def _instructions(config: OAuthConfig, url: str, listen: int | None) -> str:
     ]
     if listen is not None:
         lines.append(
-            f"Waiting for Oura's redirect on http://127.0.0.1:{listen}/ (your application's "
+            f"Waiting for Oura's redirect on http://localhost:{listen}/ (your application's "
             f"redirect URI is {config.redirect_uri})."
         )
     lines.append(
@@ -161,11 +161,11 @@ async def _listen(port: int, got: asyncio.Queue[str]) -> asyncio.Server:
         finally:
             writer.close()
 
-    try:
-        return await asyncio.start_server(serve, "127.0.0.1", port)
+    try:  # localhost: 127.0.0.1 and, where the machine has it, ::1 (browsers try both)
+        return await asyncio.start_server(serve, "localhost", port)
     except OSError as exc:
         raise ConfigError(
-            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}): pass --port or --no-listen"
+            f"cannot listen on localhost:{port} ({exc.strerror}): pass --port or --no-listen"
         ) from exc
 
 
