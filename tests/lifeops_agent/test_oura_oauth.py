@@ -96,13 +96,14 @@ async def login(uid: str, db: str, env: dict[str, str], *, paste: bool = False) 
             proc.stdin.write(redirect.headers["location"].encode() + b"\n")
             await proc.stdin.drain()
         else:
-            for _ in range(50):  # the command listens once it has printed the URL
+            page: httpx.Response | None = None
+            for _ in range(200):  # the command listens once it has printed the URL
                 try:
                     page = await browser.get(url, follow_redirects=True)
                     break
                 except httpx.ConnectError:
                     await asyncio.sleep(0.1)
-            assert page.status_code == 200 and "login received" in page.text
+            assert page is not None and page.status_code == 200 and "login received" in page.text
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
     out = seen + rest.decode()
     assert proc.returncode == 0, out
