@@ -39,6 +39,8 @@ def classify(exc: BaseException, user_id: str, kind: TokenKind) -> tuple[OuraSyn
         return "bad_response", str(exc), exc.reason
     if isinstance(exc, OAuthError):
         return "error", f"{exc} (check LIFEOPS_OURA_CLIENT_ID, _SECRET, _TOKEN_URL)", exc.reason
+    if isinstance(exc, OuraError) and exc.reason == "user_id_taken":  # LifeOps' own refusal
+        return "user_id_taken", str(exc), exc.reason
     if isinstance(exc, OuraError):
         return "error", str(exc), exc.reason
     return "error", f"{type(exc).__name__}: {str(exc)[:200]}", "error"

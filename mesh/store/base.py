@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
@@ -75,6 +77,24 @@ class Tx(abc.ABC):
         await self.flush()
         return await self._fetchall(sql, args)
 
+    async def lock(self, keys: Iterable[str]) -> None:
+        """Serialise this write transaction with every other one that locks any of `keys`,
+        until it ends (commit or rollback): whoever locks a key second waits, then reads what
+        the first one committed. For a read followed by the write that follows from it (what
+        an Oura day already got, a character's totals before an award), on any number of
+        agents sharing the database. Keys are taken in one order (see `lock_ids`), so two
+        transactions locking overlapping keys cannot deadlock on them. Take them before the
+        reads they protect, as early in the transaction as possible."""
+        ids = lock_ids(keys)
+        if ids:
+            await self.flush()
+            await self._lock(ids)
+
+    @abc.abstractmethod
+    async def _lock(self, ids: list[int]) -> None:
+        """Take the locks `ids` (sorted) until the transaction ends (nothing to take where a
+        write transaction already excludes every other writer)."""
+
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """A nested transaction: rolled back alone when its block raises (with what it
@@ -106,6 +126,17 @@ class Tx(abc.ABC):
     def _savepoint(self) -> AbstractAsyncContextManager[None]: ...
 
 
+def lock_ids(keys: Iterable[str]) -> list[int]:
+    """Each distinct key as a signed 64-bit number (PostgreSQL's advisory lock space), sorted:
+    every agent takes them in the same order. Two keys sharing a number (2^-64) only wait for
+    each other more than they need to."""
+    ids = {
+        int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
+        for k in keys
+    }
+    return sorted(ids)
+
+
 class Store(abc.ABC):
     dialect: Dialect
     url: str
@@ -128,6 +159,21 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         async with self.read() as tx:
             await tx.fetchone("SELECT 1")
+
+    async def writable(self, timeout: float = 5.0) -> bool:
+        """Whether the database takes a write now: a probe that rewrites one row of
+        schema_migrations (refused when it is away, read-only, full or locked). A message that
+        keeps failing while this answers fails on its own (a poison message)."""
+        try:
+            async with asyncio.timeout(timeout), self.transaction() as tx:
+                await tx.execute(
+                    "UPDATE schema_migrations SET version = version"
+                    " WHERE component = ? AND version = 1",
+                    "mesh_inbox",
+                )
+            return True
+        except Exception:
+            return False
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
         """Apply the migrations of `component` not applied yet; returns the schema version."""

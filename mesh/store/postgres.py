@@ -13,6 +13,7 @@ import asyncpg
 
 from mesh.errors import StoreError
 from mesh.store.base import Row, Store, Tx
+from mesh.store.errors import cause_of
 
 _QMARK = re.compile(r"\?")
 
@@ -47,6 +48,14 @@ class PostgresTx(Tx):
     async def _savepoint(self) -> AsyncIterator[None]:
         async with self._conn.transaction():
             yield
+
+    async def _lock(self, ids: list[int]) -> None:
+        """Transaction-scoped advisory locks, one statement for all, in the array's order
+        (unnest yields it element by element): released by the commit or the rollback, never
+        a row written. A wait ends at the lock, a deadlock or the connection's command timeout."""
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", ids
+        )
 
 
 class PostgresStore(Store):
@@ -88,12 +97,14 @@ class PostgresStore(Store):
     async def _tx(self, *, readonly: bool) -> AsyncIterator[Tx]:
         if self._pool is None:
             raise StoreError("store is not open")
+        entered = False
         try:
             async with (
                 self._pool.acquire(timeout=30) as conn,
                 conn.transaction(readonly=readonly),
             ):
                 tx = PostgresTx(conn)
+                entered = True
                 try:
                     yield tx
                     await tx.flush()
@@ -106,6 +117,11 @@ class PostgresStore(Store):
             asyncpg.exceptions.PostgresConnectionError,
             asyncpg.exceptions.InterfaceError,
         ) as exc:
+            # Getting a connection failed: an outage. Inside the block, only what the driver
+            # says about the connection is (a handler's own OSError or a client-side DataError
+            # is the handler's: it passes unchanged).
+            if entered and cause_of(exc) != "outage":
+                raise
             raise StoreError(f"PostgreSQL connection failed: {exc}", "outage") from exc
 
     async def _migration_lock(self, tx: Tx) -> None:
