@@ -48,7 +48,19 @@ from lifeops_contract.schemas import (
     TimelineGetRequest,
     TimelineReply,
 )
-from mesh import Agent, Context, Contract, DecodeError, HandlerError, MeshError, Tx, codec, state
+from mesh import (
+    Agent,
+    Backoff,
+    Context,
+    Contract,
+    DecodeError,
+    HandlerError,
+    MeshError,
+    StoreError,
+    Tx,
+    codec,
+    state,
+)
 
 log = logging.getLogger("ha_bridge")
 
@@ -83,7 +95,18 @@ class Bridge:
 
     async def start(self, agent: Agent) -> None:
         self.agent = agent
-        await self.reconcile()
+        backoff = Backoff(base=0.05, cap=1.0)
+        for attempt in range(1, RECONCILE_TRIES + 1):
+            try:
+                await self.reconcile()
+                break
+            except Exception as exc:
+                # Its one transaction records users in the retained states' order while routes
+                # record theirs: on PostgreSQL the two may deadlock, one of them rolled back.
+                if attempt == RECONCILE_TRIES or not _conflict(exc):
+                    raise
+                log.warning("discovery reconcile met another transaction (%s): again", exc)
+                await backoff.sleep()
         self._fill_task = asyncio.create_task(self._fill_loop(), name="ha-fill")
         self._fill_wake.set()
 
@@ -343,6 +366,14 @@ class Bridge:
 
 
 DISCOVERY_KEYS = ("ha_discovery", "ha_device_discovery")
+RECONCILE_TRIES = 5
+CONFLICTS = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
+
+
+def _conflict(exc: BaseException) -> bool:
+    if isinstance(exc, StoreError) and exc.cause == "conflict":
+        return True
+    return getattr(exc, "sqlstate", None) in CONFLICTS
 
 
 def is_config(topic: str, contract: Contract) -> bool:
