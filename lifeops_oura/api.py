@@ -1,7 +1,8 @@
 """An async client of the Oura Cloud API v2 daily endpoints, on httpx.
 
 `GET {base}/v2/usercollection/daily_{sleep,readiness,activity}?start_date=&end_date=&next_token=`
-with `Authorization: Bearer <personal access token>`, every `next_token` page followed.
+with `Authorization: Bearer <access token>` (OAuth2, or a personal access token), every
+`next_token` page followed.
 
 Errors (each has a `reason`, the label of the sync-failure metric)::
 
