@@ -58,6 +58,7 @@ def build(settings: Settings) -> AgentApp:
         routes=[
             Route("character_state", bridge.character_state),
             Route("timeline_state", bridge.timeline_state),
+            Route("oura_status", bridge.oura_status),
             Route("levelup", bridge.levelup, dedup=event_identity),
             Route("achievement", bridge.achievement, dedup=event_identity),
             Route("ha_status", bridge.ha_status),

@@ -1,8 +1,9 @@
 """The Home Assistant bridge: mesh state in, discovery configs and device states out.
 
-- Character sheets (stats/character/<user>) and timelines (lifeops/timeline/<user>) are stored
-  per user; every change recomputes that user's entities and device state, and only what changed
-  is staged (retained, through the runtime's state table, published after the commit).
+- Character sheets (stats/character/<user>), timelines (lifeops/timeline/<user>) and Oura sync
+  statuses (lifeops/oura/status/<user>) are stored per user; every change recomputes that
+  user's entities and device state, and only what changed is staged (retained, through the
+  runtime's state table, published after the commit).
 - At startup the bridge reads back the broker's retained discovery configs and the mesh's current
   state, then clears the configs it owns that no longer match a user, stat or item.
 - On Home Assistant's birth message it waits a short random delay, then republishes its
@@ -42,11 +43,24 @@ from lifeops_contract.schemas import (
     CharacterReply,
     CharacterSheet,
     LevelUp,
+    OuraSyncStatus,
     TimelineDay,
     TimelineGetRequest,
     TimelineReply,
 )
-from mesh import Agent, Context, Contract, DecodeError, HandlerError, MeshError, Tx, codec, state
+from mesh import (
+    Agent,
+    Backoff,
+    Context,
+    Contract,
+    DecodeError,
+    HandlerError,
+    MeshError,
+    StoreError,
+    Tx,
+    codec,
+    state,
+)
 
 log = logging.getLogger("ha_bridge")
 
@@ -81,7 +95,18 @@ class Bridge:
 
     async def start(self, agent: Agent) -> None:
         self.agent = agent
-        await self.reconcile()
+        backoff = Backoff(base=0.05, cap=1.0)
+        for attempt in range(1, RECONCILE_TRIES + 1):
+            try:
+                await self.reconcile()
+                break
+            except Exception as exc:
+                # Its one transaction records users in the retained states' order while routes
+                # record theirs: on PostgreSQL the two may deadlock, one of them rolled back.
+                if attempt == RECONCILE_TRIES or not _conflict(exc):
+                    raise
+                log.warning("discovery reconcile met another transaction (%s): again", exc)
+                await backoff.sleep()
         self._fill_task = asyncio.create_task(self._fill_loop(), name="ha-fill")
         self._fill_wake.set()
 
@@ -124,6 +149,13 @@ class Bridge:
         await self.sync_user(ctx.tx, user_id, ctx.trace_id)
         self._fill_wake.set()
 
+    async def oura_status(self, ctx: Context, status: OuraSyncStatus) -> None:
+        user_id = self._user(ctx, status.user_id)
+        await self.registry.check(ctx.tx, user_id, ctx.now)
+        status.user_id = user_id
+        await repository.save_oura(ctx.tx, status)
+        await self.sync_user(ctx.tx, user_id, ctx.trace_id)
+
     async def levelup(self, ctx: Context, event: LevelUp) -> None:
         """Stats' level-up, republished on the user's topic for their HA event entity (the
         character's and the stats' apart)."""
@@ -157,10 +189,10 @@ class Bridge:
             # Another spelling holds this user's entity ids: none of its own (any cleared).
             return await repository.sync_owner(tx, f"user:{user_id}", [], trace_id)
         inputs = await repository.load(tx, user_id)
-        entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline)
+        entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline, inputs.oura)
         desired = self._configs(entities)
         if entities:
-            state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline)
+            state = self.builder.user_state(user_id, inputs.sheet, inputs.timeline, inputs.oura)
             desired.append(
                 Desired(self.builder.state_topic(user_id), "ha_user_state", codec.encode(state))
             )
@@ -188,6 +220,7 @@ class Bridge:
         inputs = [
             self.contract.subscription("character_state"),
             self.contract.subscription("timeline_state"),
+            self.contract.subscription("oura_status"),
         ]
         connection = agent.transport.sibling(f"{agent.settings.client_id}-readback")
         retained = await read_back(connection, self.contract, [discovery, devices, *inputs])
@@ -202,18 +235,8 @@ class Bridge:
                     if entry.key in DISCOVERY_KEYS:
                         if is_own_node(params["node_id"]):
                             on_broker.add(msg.topic)
-                    elif entry.key == "character_state":
-                        user_id = check_user_id(params["user_id"])
-                        await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
-                        sheet = codec.decode(msg.payload, CharacterSheet)
-                        sheet.user_id = user_id
-                        await repository.save_sheet(tx, sheet)
-                    elif entry.key == "timeline_state":
-                        user_id = check_user_id(params["user_id"])
-                        await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
-                        day = codec.decode(msg.payload, TimelineDay)
-                        day.user_id = user_id
-                        await repository.save_timeline(tx, day)
+                    else:
+                        await self._take_input(tx, entry.key, params, msg.payload)
                 except (DecodeError, HandlerError) as exc:
                     log.warning("retained %s ignored: %s", msg.topic, exc)
             await self._add_configured(tx)
@@ -236,6 +259,24 @@ class Bridge:
             len(lost),
             staged,
         )
+
+    async def _take_input(self, tx: Tx, key: str, params: dict[str, str], payload: bytes) -> None:
+        """A retained mesh state read back at startup, stored as the user's input (once the
+        registry has checked its spelling)."""
+        user_id = check_user_id(params.get("user_id", ""))
+        await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
+        if key == "character_state":
+            sheet = codec.decode(payload, CharacterSheet)
+            sheet.user_id = user_id
+            await repository.save_sheet(tx, sheet)
+        elif key == "timeline_state":
+            day = codec.decode(payload, TimelineDay)
+            day.user_id = user_id
+            await repository.save_timeline(tx, day)
+        elif key == "oura_status":
+            status = codec.decode(payload, OuraSyncStatus)
+            status.user_id = user_id
+            await repository.save_oura(tx, status)
 
     async def _add_configured(self, tx: Tx) -> None:
         """The users of LIFEOPS_HA_USERS; one another spelling holds is left out, said once."""
@@ -325,6 +366,14 @@ class Bridge:
 
 
 DISCOVERY_KEYS = ("ha_discovery", "ha_device_discovery")
+RECONCILE_TRIES = 5
+CONFLICTS = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
+
+
+def _conflict(exc: BaseException) -> bool:
+    if isinstance(exc, StoreError) and exc.cause == "conflict":
+        return True
+    return getattr(exc, "sqlstate", None) in CONFLICTS
 
 
 def is_config(topic: str, contract: Contract) -> bool:

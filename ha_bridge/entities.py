@@ -31,6 +31,7 @@ from lifeops_contract.schemas import (
     HaStat,
     HaUserState,
     LevelUp,
+    OuraSyncStatus,
     TimelineDay,
 )
 from mesh import Contract, codec
@@ -163,11 +164,16 @@ class EntityBuilder:
     # -- one user's device ----------------------------------------------------------------------
 
     def user_entities(
-        self, user_id: str, sheet: CharacterSheet | None, timeline: TimelineDay | None
+        self,
+        user_id: str,
+        sheet: CharacterSheet | None,
+        timeline: TimelineDay | None,
+        oura: OuraSyncStatus | None = None,
     ) -> list[Entity]:
         """Every entity of one user's device: the character's sensors and its level-up and
         achievement events once Stats knows them, a streak sensor and a completion button per
-        timeline item once LifeOps does."""
+        timeline item once LifeOps does, and an "Oura sync" sensor once LifeOps syncs the
+        user's Oura data."""
         device = _UserDevice(self, user_id)
         out: list[Entity] = []
         if sheet is not None:
@@ -176,10 +182,16 @@ class EntityBuilder:
             out += device.event_entities()
         if timeline is not None:
             out += device.timeline_entities(timeline)
+        if oura is not None:
+            out.append(device.oura_sensor())
         return out
 
     def user_state(
-        self, user_id: str, sheet: CharacterSheet | None, timeline: TimelineDay | None
+        self,
+        user_id: str,
+        sheet: CharacterSheet | None,
+        timeline: TimelineDay | None,
+        oura: OuraSyncStatus | None = None,
     ) -> HaUserState:
         state = HaUserState(user_id=user_id)
         if sheet is not None:
@@ -197,6 +209,9 @@ class EntityBuilder:
         if timeline is not None:
             state.streaks = {i.code: i.current_streak for i in timeline.items}
             state.timeline_date = timeline.date
+        if oura is not None:
+            state.oura_sync = oura.state
+            state.oura_sync_reason = oura.reason
         return state
 
 
@@ -323,6 +338,15 @@ class _UserDevice:
             )
             for what, name, key, event_type, icon in EVENT_ENTITIES
         ]
+
+    def oura_sensor(self) -> Entity:
+        """`ok`, or why the user's Oura sync fails (login_needed, membership, ...); the
+        explanation with what to do is its `reason` attribute."""
+        return self.sensor(
+            "oura_sync", "oura_sync", self.builder.availability("ha_bridge", "lifeops"),
+            name="Oura sync", icon="mdi:ring", json_attributes_topic=self.state_topic,
+            json_attributes_template='{{ {"reason": value_json.oura_sync_reason} | tojson }}',
+        )  # fmt: skip
 
     def timeline_entities(self, timeline: TimelineDay) -> list[Entity]:
         lifeops = self.builder.availability("ha_bridge", "lifeops")

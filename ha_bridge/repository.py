@@ -1,6 +1,7 @@
 """The bridge's tables: the latest mesh state per user, and which discovery topics it owns.
 
-`ha_inputs` keeps each user's newest character sheet and timeline as the mesh published them;
+`ha_inputs` keeps each user's newest character sheet, timeline and Oura sync status as the mesh
+published them;
 `ha_entities` maps every retained topic the bridge publishes (discovery configs and device
 states) to its owner (`user:<id>` or `mesh`), so a removed stat or item can be cleared. The
 payloads themselves live in the runtime's `mesh_state` table and are published from there.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from lifeops_contract.schemas import CharacterSheet, TimelineDay
+from lifeops_contract.schemas import CharacterSheet, OuraSyncStatus, TimelineDay
 from mesh import Migration, Tx, codec, state
 
 MIGRATIONS = (
@@ -23,6 +24,8 @@ MIGRATIONS = (
             "CREATE INDEX IF NOT EXISTS ha_entities_owner ON ha_entities (owner)",
         ),
     ),
+    # Each user's Oura sync status (lifeops/oura/status/<user>), for their "Oura sync" sensor.
+    Migration(2, ("ALTER TABLE ha_inputs ADD COLUMN oura TEXT",)),
 )
 
 # The users stored so far, for the user-id registry (lifeops_contract.user_registry).
@@ -33,6 +36,7 @@ class Inputs(msgspec.Struct, kw_only=True):
     user_id: str
     sheet: CharacterSheet | None = None
     timeline: TimelineDay | None = None
+    oura: OuraSyncStatus | None = None
 
 
 class Desired(msgspec.Struct, frozen=True):
@@ -51,10 +55,14 @@ async def save_timeline(tx: Tx, timeline: TimelineDay, *, only_if_missing: bool 
     await _save(tx, "timeline", timeline.user_id, codec.encode(timeline), only_if_missing)
 
 
+async def save_oura(tx: Tx, status: OuraSyncStatus) -> None:
+    await _save(tx, "oura", status.user_id, codec.encode(status), False)
+
+
 async def _save(tx: Tx, column: str, user_id: str, body: bytes, only_if_missing: bool) -> None:
     """Upsert one of a user's inputs (`only_if_missing`: keep one already there, which is at
     least as new as an answer to the bridge's own request)."""
-    assert column in ("sheet", "timeline")
+    assert column in ("sheet", "timeline", "oura")
     condition = f" WHERE ha_inputs.{column} IS NULL" if only_if_missing else ""
     await tx.execute(
         f"INSERT INTO ha_inputs (user_id, {column}) VALUES (?, ?)"
@@ -69,20 +77,25 @@ async def add_user(tx: Tx, user_id: str) -> None:
 
 
 async def load(tx: Tx, user_id: str) -> Inputs:
-    row = await tx.fetchone("SELECT sheet, timeline FROM ha_inputs WHERE user_id = ?", user_id)
-    return _inputs(user_id, row[0] if row else None, row[1] if row else None)
+    row = await tx.fetchone(
+        "SELECT sheet, timeline, oura FROM ha_inputs WHERE user_id = ?", user_id
+    )
+    return _inputs(user_id, *(row if row else (None, None, None)))
 
 
 async def load_all(tx: Tx) -> list[Inputs]:
-    rows = await tx.fetchall("SELECT user_id, sheet, timeline FROM ha_inputs ORDER BY user_id")
-    return [_inputs(r[0], r[1], r[2]) for r in rows]
+    rows = await tx.fetchall(
+        "SELECT user_id, sheet, timeline, oura FROM ha_inputs ORDER BY user_id"
+    )
+    return [_inputs(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def _inputs(user_id: str, sheet: str | None, timeline: str | None) -> Inputs:
+def _inputs(user_id: str, sheet: str | None, timeline: str | None, oura: str | None) -> Inputs:
     return Inputs(
         user_id=user_id,
         sheet=codec.decode(sheet.encode(), CharacterSheet) if sheet else None,
         timeline=codec.decode(timeline.encode(), TimelineDay) if timeline else None,
+        oura=codec.decode(oura.encode(), OuraSyncStatus) if oura else None,
     )
 
 

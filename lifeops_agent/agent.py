@@ -13,6 +13,7 @@ from lifeops_agent.oura_sync import OuraSync, OuraSyncConfig, tokens_for
 from lifeops_agent.repository import EXISTING_USERS, MIGRATIONS
 from lifeops_agent.timeline import load_timeline
 from lifeops_contract import contract, user_registry
+from lifeops_oura.oauth import OAuthConfig
 from mesh import Agent, AgentApp, Route, Settings, installation_key
 
 log = logging.getLogger("lifeops_agent")
@@ -40,7 +41,9 @@ def build(settings: Settings) -> AgentApp:
     the_contract = contract()
     handlers.contract = the_contract
     oura_config = OuraSyncConfig.from_env(settings.env)
-    oura = OuraSync(oura_config, tokens_for(oura_config, settings.env))
+    oauth = OAuthConfig.from_env(settings.env)
+    tokens = tokens_for(oura_config, settings.env, oauth=oauth is not None)
+    oura = OuraSync(oura_config, tokens, oauth)
 
     async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from lifeops_oura import token_store as oura_tables
 from mesh import Migration, Tx
 
 MIGRATIONS = (
@@ -44,6 +45,8 @@ MIGRATIONS = (
             "ALTER TABLE lifeops_oura_days ADD COLUMN revised_at TEXT",
         ),
     ),
+    # Oura OAuth tokens (`lifeops-mesh oura login`) and each user's last sync and failure.
+    Migration(4, oura_tables.TABLES),
 )
 
 # The users stored so far, for the user-id registry (lifeops_contract.user_registry).

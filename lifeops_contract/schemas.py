@@ -273,6 +273,31 @@ class OuraImportReply(Reply, kw_only=True):
     revised: int = 0  # days known before whose scores changed (sent to Stats as a revision)
 
 
+OuraSyncState = Literal[
+    "ok",  # the last sync worked
+    "login_needed",  # no usable OAuth tokens: `lifeops-mesh oura login --user ID`
+    "refused",  # the API refused the token (401), also after a refresh
+    "membership",  # 403: Oura says the membership has usually expired
+    "unavailable",  # 429, 5xx or no connection, still so after the retries
+    "bad_response",  # a page that is not the documented shape
+    "user_id_taken",  # LifeOps stores this person under another spelling of the id
+    "error",  # anything else (a database error while storing the days, ...)
+]
+
+
+class OuraSyncStatus(Payload, kw_only=True):
+    """One user's Oura sync as LifeOps last saw it: `state` is a code (what the Home Assistant
+    entity shows), `reason` says what it means and what to do; never a token."""
+
+    user_id: str
+    state: OuraSyncState
+    reason: str = ""
+    token: Literal["oauth", "personal", "none"] = "none"
+    last_sync_at: dt.datetime | None = None
+    skipped_documents: int = 0  # documents without a `day` in the last sync, skipped
+    checked_at: dt.datetime | None = None
+
+
 # --- Home Assistant ------------------------------------------------------------------------
 
 
@@ -296,6 +321,8 @@ class HaUserState(Payload, kw_only=True):
     streaks: dict[str, int] = {}
     timeline_date: dt.date | None = None
     updated_at: dt.datetime | None = None
+    oura_sync: str | None = None  # OuraSyncStatus.state, for the user's "Oura sync" sensor
+    oura_sync_reason: str | None = None
 
 
 class HaLevelUpEvent(Payload, kw_only=True):
@@ -385,6 +412,7 @@ SCHEMAS: dict[str, Any] = {
     "ActivityCompleted": ActivityCompleted,
     "ActivityLogReply": ActivityLogReply,
     "OuraSynced": OuraSynced,
+    "OuraSyncStatus": OuraSyncStatus,
     "CharacterSheet": CharacterSheet,
     "CharacterGetRequest": CharacterGetRequest,
     "CharacterReply": CharacterReply,

@@ -1,9 +1,11 @@
 """The Oura Cloud API v2 as LifeOps Mesh reads it: daily documents (daily_sleep,
-daily_readiness, daily_activity) from downloaded files or fetched from the API with a personal
-access token, merged into one score set per day.
+daily_readiness, daily_activity) from downloaded files or fetched from the API with an OAuth2
+access token (lifeops_oura.oauth, lifeops_oura.token_store) or a personal access token, merged
+into one score set per day.
 
 Shared by the LifeOps agent and the `lifeops-mesh oura` commands; it knows the contract's
-payloads (`OuraDay`) and nothing of the runtime but its backoff.
+payloads (`OuraDay`) and nothing of the runtime but its backoff and its store interface (the
+token store).
 """
 
 from lifeops_oura.api import (

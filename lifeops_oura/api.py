@@ -1,12 +1,16 @@
 """An async client of the Oura Cloud API v2 daily endpoints, on httpx.
 
 `GET {base}/v2/usercollection/daily_{sleep,readiness,activity}?start_date=&end_date=&next_token=`
-with `Authorization: Bearer <personal access token>`, every `next_token` page followed.
+with `Authorization: Bearer <access token>` (OAuth2, or a personal access token), every
+`next_token` page followed.
 
 Errors (each has a `reason`, the label of the sync-failure metric)::
 
     OuraError
-     ├── OuraAuthError       401/403: the token is wrong, expired or revoked (not retried)
+     ├── OuraAuthError       401: the token is wrong, expired or revoked (after one refresh
+     │                       and retry when the client can refresh); 403: Oura's reference
+     │                       says the user's Oura membership has usually expired
+     ├── OuraLoginNeeded     (lifeops_oura.oauth) the refresh token is refused: log in again
      ├── OuraUnavailable     429, 5xx or no connection, still so after the bounded retries
      └── OuraResponseError   another 4xx, or a body that is not the documented shape
 
@@ -44,12 +48,20 @@ class OuraError(Exception):
 
 
 class OuraAuthError(OuraError):
-    reason = "auth"
+    """401: the token is refused. 403: Oura's API reference says this usually means the user's
+    Oura membership has expired (renew the membership; the token is fine)."""
 
     def __init__(self, status: int) -> None:
         self.status = status
-        what = "refused" if status == 401 else "lacks the scope for daily data"
-        super().__init__(f"Oura API: the token is {what} ({status})")
+        self.reason = "auth" if status == 401 else "membership"
+        if status == 401:
+            text = "the token is refused (401)"
+        else:
+            text = (
+                "access denied (403): Oura says this usually means the Oura membership has "
+                "expired; renew the membership in the Oura app (the token is not the problem)"
+            )
+        super().__init__(f"Oura API: {text}")
 
 
 class OuraUnavailable(OuraError):
@@ -80,6 +92,8 @@ def retry_after_s(value: str | None, now: dt.datetime | None = None) -> float | 
 
 
 Sleep = Callable[[float], Awaitable[None]]
+Renew = Callable[[Token], Awaitable[Token | None]]
+"""Given the token the API refused (401), a fresh one (refreshed), or None when there is none."""
 
 
 class OuraClient:
@@ -96,6 +110,7 @@ class OuraClient:
         max_wait_s: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        renew: Renew | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -107,13 +122,14 @@ class OuraClient:
         self.max_wait_s = max_wait_s
         self._transport = transport
         self._sleep = sleep
+        self._renew = renew
         self._http: httpx.AsyncClient | None = None
         self.requests = 0  # HTTP requests sent, retries included
+        self.skipped = 0  # documents skipped for want of a `day`
 
     async def __aenter__(self) -> OuraClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {self._token.reveal()}"},
             timeout=httpx.Timeout(self.timeout_s),
             transport=self._transport,
             follow_redirects=False,
@@ -139,7 +155,11 @@ class OuraClient:
         found: list[tuple[str, Doc]] = []
         for kind in KINDS:
             async for page in self.pages(kind, start, end):
-                found += [(kind, d) for d in page.data if start <= d.day <= end]
+                docs, skipped = page.docs()
+                self.skipped += skipped
+                if skipped:
+                    log.warning("%s: %d documents without a day skipped", kind, skipped)
+                found += [(kind, d) for d in docs if start <= d.day <= end]
                 if on_page is not None:
                     on_page(kind, len(page.data))
         return merge(found)
@@ -164,8 +184,23 @@ class OuraClient:
         raise OuraResponseError(f"Oura API: {path} sent more than {MAX_PAGES} pages")
 
     async def _get(self, path: str, params: dict[str, str]) -> Page:
+        """One page; on a 401 the token is renewed (when the client can) and the request
+        sent once more."""
+        try:
+            return await self._get_once(path, params)
+        except OuraAuthError as exc:
+            if exc.status != 401 or self._renew is None:
+                raise
+            fresh = await self._renew(self._token)
+            if fresh is None:
+                raise
+            self._token = fresh
+            return await self._get_once(path, params)
+
+    async def _get_once(self, path: str, params: dict[str, str]) -> Page:
         if self._http is None:
             raise RuntimeError("OuraClient is not open (use `async with`)")
+        headers = {"Authorization": f"Bearer {self._token.reveal()}"}
         self._backoff.reset()
         failure: OuraUnavailable | None = None
         for attempt in range(1, self.attempts + 1):
@@ -176,7 +211,7 @@ class OuraClient:
             try:
                 self.requests += 1
                 async with asyncio.timeout(self.timeout_s * 2):
-                    resp = await self._http.get(path, params=params)
+                    resp = await self._http.get(path, params=params, headers=headers)
             except (httpx.TransportError, TimeoutError) as exc:
                 failure = OuraUnavailable(
                     "network", f"Oura API: no answer from {self.base_url}: {type(exc).__name__}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from lifeops_contract.schemas import OuraDay
-from lifeops_oura.documents import KINDS, Doc, Page, merge
+from lifeops_oura.documents import KINDS, Doc, Page, merge, read_docs
 from mesh import ConfigError
 
 
@@ -16,11 +17,11 @@ def _kind_of(path: Path, docs: list[Doc]) -> str:
     for kind in KINDS:
         if f"daily_{kind}" in name:
             return kind
-    if any(d.steps is not None for d in docs):
+    if any("steps" in d.hints for d in docs):
         return "activity"
-    if any(d.temperature_deviation is not None for d in docs):
+    if any("temperature_deviation" in d.hints for d in docs):
         return "readiness"
-    if any("deep_sleep" in d.contributors for d in docs):
+    if any("deep_sleep" in d.hints for d in docs):
         return "sleep"
     raise ConfigError(
         f"{path}: cannot tell whether this is daily_sleep, daily_readiness or "
@@ -31,13 +32,15 @@ def _kind_of(path: Path, docs: list[Doc]) -> str:
 def _read(path: Path) -> list[Doc]:
     raw = path.read_bytes()
     try:
-        page = msgspec.json.decode(raw, type=Page | list[Doc])
+        page = msgspec.json.decode(raw, type=Page | list[Any])
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not JSON: {exc}") from exc
     else:
-        return page.data if isinstance(page, Page) else page
+        docs, _skipped = read_docs(page.data if isinstance(page, Page) else page)
+        if docs or not (page.data if isinstance(page, Page) else page):
+            return docs
     raise ConfigError(
         f'{path}: expected an Oura API v2 page {{"data": [...]}} or a list of '
         "daily documents with `day` and `score`"

@@ -6,7 +6,12 @@
    token): host, port, username, password and ssl of the broker app (Mosquitto). A Supervisor
    that does not answer, answers 5xx, or has no MQTT service yet (the broker app is starting) is
    asked again, a few times; anything else ends the script at once.
-3. Replace this process with `lifeops-mesh up --broker URL --data /data --metrics-port 9181`, the
+3. Oura login without a terminal: with `oura_login_user` set, start a login (`lifeops-mesh oura
+   login --start`, its state kept in /data/oura_login.json) and print its authorization URL in
+   the log; once the user has pasted the address Oura redirected to into `oura_redirect_url`,
+   finish it (`--finish`: the state checked, the code exchanged, the tokens in LifeOps' store).
+   A login that fails is one line in the log; the mesh starts either way.
+4. Replace this process with `lifeops-mesh up --broker URL --data /data --metrics-port 9181`, the
    options passed as LIFEOPS_* environment variables.
 
 Every failure is one line on stderr and exit status 1. The broker password goes into the mesh's
@@ -20,6 +25,9 @@ outside Home Assistant:
   LIFEOPS_ADDON_SSL_DIR       default /ssl (where a relative broker_ca_file is looked up)
   LIFEOPS_ADDON_METRICS_PORT  default 9181 (0: free ports)
   LIFEOPS_ADDON_EXEC          default lifeops-mesh (the program exec'd)
+  LIFEOPS_ADDON_OURA_EXEC     default LIFEOPS_ADDON_EXEC (the program of the Oura login steps)
+  LIFEOPS_OURA_AUTHORIZE_URL, _TOKEN_URL, _REVOKE_URL, _REDIRECT_URI, _API_URL
+                              passed on to the mesh when set (Oura's endpoints otherwise)
   LIFEOPS_ADDON_TIMEOUT       default 10 (seconds per request to the Supervisor)
   LIFEOPS_ADDON_RETRY_DELAY   default 2 (seconds; the n-th retry waits n times this)
 """
@@ -30,6 +38,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -87,6 +96,10 @@ class Options:
     discovery_prefix: str | None
     broker_ca_file: str | None
     oura_tokens: tuple[tuple[str, str], ...] = ()  # (user id, personal access token)
+    oura_client_id: str | None = None
+    oura_client_secret: str | None = None
+    oura_login_user: str | None = None
+    oura_redirect_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +136,21 @@ def read_options(path: Path) -> Options:
     prefix = _optional_str(raw, "discovery_prefix")
     if prefix is not None and not PREFIX.match(prefix):
         raise Failure(f"option discovery_prefix: {prefix[:70]!r} is not an MQTT topic prefix")
+    login_user = _optional_str(raw, "oura_login_user")
+    if login_user is not None and not USER_ID.match(login_user):
+        raise Failure(f"option oura_login_user: {login_user[:70]!r} is not a user id")
+    client_id = _optional_str(raw, "oura_client_id")
+    secret = _optional_str(raw, "oura_client_secret")
+    if (client_id is None) != (secret is None):
+        raise Failure("options oura_client_id and oura_client_secret go together: set both")
+    if login_user is not None and client_id is None:
+        raise Failure("option oura_login_user needs oura_client_id and oura_client_secret")
     return Options(
         oura_tokens=_oura_tokens(raw.get("oura_tokens") or []),
+        oura_client_id=client_id,
+        oura_client_secret=secret,
+        oura_login_user=login_user,
+        oura_redirect_url=_optional_str(raw, "oura_redirect_url"),
         users=cleaned,
         timezone=_optional_str(raw, "timezone"),
         discovery_prefix=prefix,
@@ -332,8 +358,11 @@ def command(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     }
     out["LIFEOPS_TIMEZONE"] = zone
     out["LIFEOPS_HA_USERS"] = ",".join(options.users)
-    for key in [k for k in out if k.startswith("LIFEOPS_OURA_")]:
+    for key in [k for k in out if k.startswith("LIFEOPS_OURA_") and k not in OURA_ENDPOINTS]:
         del out[key]  # only the options say who syncs with Oura
+    if options.oura_client_id and options.oura_client_secret:
+        out["LIFEOPS_OURA_CLIENT_ID"] = options.oura_client_id
+        out["LIFEOPS_OURA_CLIENT_SECRET"] = options.oura_client_secret
     if options.oura_tokens:
         out["LIFEOPS_OURA_USERS"] = ",".join(u for u, _ in options.oura_tokens)
         for user, token in options.oura_tokens:
@@ -354,8 +383,59 @@ def command(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
         f"users: {', '.join(options.users) or 'none yet'}; time zone {zone}; "
         f"discovery prefix {options.discovery_prefix or 'homeassistant'}; data in {data}"
     )
+    if options.oura_login_user:
+        oura_login(options, env.get("LIFEOPS_ADDON_OURA_EXEC") or program, data, out)
     argv = [program, "up", "--broker", broker.url, "--data", data, "--metrics-port", metrics_port]
     return argv, out
+
+
+OURA_ENDPOINTS = frozenset(
+    f"LIFEOPS_OURA_{k}"
+    for k in ("AUTHORIZE_URL", "TOKEN_URL", "REVOKE_URL", "REDIRECT_URI", "API_URL")
+)
+LOGIN_FILE = "oura_login.json"
+
+
+def oura_login(options: Options, program: str, data: str, env: dict[str, str]) -> None:
+    """The login of `oura_login_user`, one half per start: without `oura_redirect_url` a new
+    login (its URL in the log); with it, the waiting login finished. Never stops the app."""
+    user = options.oura_login_user
+    assert user is not None
+    pending = Path(data) / LOGIN_FILE
+    base = [program, "oura", "login", "--user", user]
+    if options.oura_redirect_url:
+        if not pending.exists():
+            note(
+                f"Oura: no login waiting for {user}: once logged in, clear the options "
+                "oura_login_user and oura_redirect_url (or clear oura_redirect_url to start anew)"
+            )
+            return
+        db = f"sqlite:///{Path(data).resolve() / 'lifeops.db'}"
+        finish = ["--finish", str(pending), "--redirect-url", options.oura_redirect_url]
+        if _run([*base, *finish, "--db", db], env):
+            note(f"Oura: {user} is logged in; clear the options oura_login_user and "
+                 "oura_redirect_url")  # fmt: skip
+            return
+        note("Oura: the login did not finish (above); a new one starts")
+    if _run([*base, "--start", str(pending)], env):
+        note(
+            f"Oura: open the address above in a browser, sign in as {user} and allow access. "
+            "The page it then lands on may not load: copy its whole address into the option "
+            "oura_redirect_url and restart the app."
+        )
+
+
+def _run(argv: list[str], env: dict[str, str]) -> bool:
+    """One login step; its output in the app's log; True when it worked."""
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        note(f"Oura: cannot run {argv[0]}: {exc}")
+        return False
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.strip():
+            note(f"Oura: {line.strip()}")
+    return done.returncode == 0
 
 
 def main() -> int:

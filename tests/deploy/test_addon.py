@@ -869,6 +869,64 @@ def test_oura_tokens_reach_lifeops_and_are_never_printed(app: App) -> None:
     assert "tok-" not in run.stdout + run.stderr
 
 
+async def test_oura_login_without_a_terminal(app: App, tmp_path: Path) -> None:
+    """Option oura_login_user: the app's log shows the authorization URL; the address Oura
+    redirected to, pasted into oura_redirect_url: the next start finishes the login with the
+    real `lifeops-mesh oura login` (state checked, tokens in LifeOps' database); a third start
+    with the same options finds nothing waiting. The mesh starts every time with the client id
+    and secret, which never appear in the output."""
+    import asyncio
+
+    import httpx
+
+    from lifeops_agent.repository import MIGRATIONS
+    from lifeops_oura import token_store
+    from mesh import open_store
+    from tests.support.oura_standin import oura_standin
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = open_store(f"sqlite:///{data / 'lifeops.db'}")
+    await store.open()
+    await store.migrate("lifeops", MIGRATIONS)  # LifeOps has run once
+    mesh = Path(sys.executable).with_name("lifeops-mesh")
+    async with oura_standin() as api:
+        api.oauth.login_as = "acct-alice"
+        secret = api.oauth.client_secret
+        options = {
+            "users": [],
+            "oura_client_id": api.oauth.client_id,
+            "oura_client_secret": secret,
+            "oura_login_user": "alice",
+        }
+        env = {
+            "LIFEOPS_ADDON_DATA": str(data),
+            "LIFEOPS_ADDON_OURA_EXEC": str(mesh),
+            "LIFEOPS_OURA_AUTHORIZE_URL": f"{api.base_url}/oauth/authorize",
+            "LIFEOPS_OURA_TOKEN_URL": f"{api.base_url}/oauth/token",
+        }
+        first = await asyncio.to_thread(app.run, options, **env)
+        found = re.search(r"open (\S+/oauth/authorize\?\S+)", first.stdout)
+        assert first.code == 0 and found is not None, first.stdout + first.stderr
+        async with httpx.AsyncClient() as browser:
+            redirect = await browser.get(found.group(1))
+        assert redirect.status_code == 302  # to http://localhost:8765/callback: never loads
+        pasted = {**options, "oura_redirect_url": redirect.headers["location"]}
+        second = await asyncio.to_thread(app.run, pasted, **env)
+        third = await asyncio.to_thread(app.run, pasted, **env)
+    async with store.read() as tx:
+        row = await token_store.load(tx, "alice")
+    await store.close()
+    assert "alice is logged in to Oura" in second.stdout, second.stdout + second.stderr
+    assert "no login waiting for alice" in third.stdout
+    assert row is not None and row.login_needed is None and row.generation == 1
+    for run in (first, second, third):
+        assert run.code == 0 and run.argv is not None and run.argv[1] == "up"
+        assert run.env is not None and run.env["LIFEOPS_OURA_CLIENT_SECRET"] == secret
+        assert secret not in run.stdout + run.stderr
+        assert row.access not in run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("tz", [None, "", "Not/AZone", "CET-1CEST"])
 def test_time_zone_falls_back_to_utc(app: App, tz: str | None) -> None:
     """No option and no usable TZ: UTC."""
@@ -1103,7 +1161,8 @@ def test_config_follows_the_app_configuration_reference() -> None:
     assert cfg["services"] == ["mqtt:need"]
     assert cfg["init"] is False  # s6-overlay v3 base image
     assert set(cfg["schema"]) == {
-        "users", "timezone", "discovery_prefix", "broker_ca_file", "oura_tokens"
+        "users", "timezone", "discovery_prefix", "broker_ca_file", "oura_tokens",
+        "oura_client_id", "oura_client_secret", "oura_login_user", "oura_redirect_url",
     }  # fmt: skip
 
 

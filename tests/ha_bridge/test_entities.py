@@ -28,6 +28,7 @@ from lifeops_contract.schemas import (
     AchievementUnlocked,
     CharacterSheet,
     LevelUp,
+    OuraSyncStatus,
     StatSheet,
     TimelineDay,
     TimelineItemState,
@@ -43,9 +44,12 @@ TIMELINE = TimelineDay(
     items=[TimelineItemState(code="walk", title="Walk", activity_type="timeline_walk", xp={})],
 )
 
+# The "Oura sync" sensor came later (issue 23): appended, the ids above unchanged.
+OURA = OuraSyncStatus(user_id="alice", state="membership", reason="renew it")
+
 
 def _payloads(builder: EntityBuilder, user: str) -> list[tuple[str, Any]]:
-    entities = builder.user_entities(user, SHEET, TIMELINE) + builder.mesh_entities()
+    entities = builder.user_entities(user, SHEET, TIMELINE, OURA) + builder.mesh_entities()
     return [(e.topic, json.loads(encode_config(e))) for e in entities]
 
 
@@ -69,6 +73,7 @@ ROWS = [
     ("level_up", "event", None, None, None),
     ("stat_level_up", "event", None, None, None),
     ("achievement", "event", None, None, None),
+    ("oura_sync", "sensor", None, None, None),
 ]
 
 
@@ -79,7 +84,9 @@ def test_each_entity_has_the_keys_home_assistant_validates(
     """ids from the user id only; entity id through object_id and default_entity_id; units
     that fit their (absent) device class; availability on the agents behind the entity."""
     builder = EntityBuilder(contract(), list(contract().agents))
-    by_what = {e.topic.split("/")[3]: e for e in builder.user_entities("Alice-1", SHEET, TIMELINE)}
+    by_what = {
+        e.topic.split("/")[3]: e for e in builder.user_entities("Alice-1", SHEET, TIMELINE, OURA)
+    }
     e = by_what[what]
     c = e.config
     assert e.topic == f"homeassistant/{component}/lifeops_Alice-1/{what}/config"
@@ -93,7 +100,7 @@ def test_each_entity_has_the_keys_home_assistant_validates(
         device_class,
     )
     agents = [a.topic for a in c.availability or []]
-    behind = "lifeops" if what.startswith("walk") else "stats"
+    behind = "lifeops" if what.startswith(("walk", "oura")) else "stats"
     want = ["ha_bridge/status", f"ha_bridge/availability/{behind}"]
     assert agents == want and c.availability_mode == "all"
 

@@ -77,8 +77,11 @@ async def test_healthy_mesh_gives_a_clean_report(rig: dict[str, Any]) -> None:
 
 async def test_live_faults_show_up_in_their_rows(rig: dict[str, Any]) -> None:
     """An agent down, a rogue topic, a malformed payload, an unanswered request and a stale
-    retained discovery config: each is a row, and the exit code is non-zero."""
+    retained discovery config: each is a row, and the exit code is non-zero. A user whose Oura
+    sync fails is named with what it means."""
     rogue: Transport = rig["rogue"]
+    lapsed = b'{"user_id": "bob", "state": "membership", "reason": "renew the membership"}'
+    await rogue.publish("lifeops/oura/status/bob", lapsed, retain=True)
     await rogue.publish(
         "homeassistant/sensor/lifeops_ghost/config", b'{"name": "ghost"}', retain=True
     )
@@ -102,6 +105,9 @@ async def test_live_faults_show_up_in_their_rows(rig: dict[str, Any]) -> None:
     assert "payload on stats/activities/log fails its schema" in found
     assert "requests on stats/character/get got no reply" in found
     assert "stale retained message on homeassistant/sensor/lifeops_ghost/config" in found
+    assert "lifeops: Oura sync of bob: membership" in found
+    (oura,) = [i for i in report["issues"] if "Oura sync of bob" in i["issue"]]
+    assert oura["fix"] == "renew the membership"
     md = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 
+from lifeops_contract.schemas import OuraSyncStatus
 from lifeops_mesh.tools.doctor.report import Finding, Report
 from lifeops_mesh.tools.watch import Watch
 from mesh import Contract, DecodeError, Inbound, MeshError, codec
@@ -25,6 +26,7 @@ class Seen(msgspec.Struct, kw_only=True):
     bad_payload: dict[str, str] = {}
     stale: set[str] = set()
     dead: int = 0
+    oura: dict[str, OuraSyncStatus] = {}  # user -> the latest retained Oura sync status
 
 
 def observe(contract: Contract, seen: Seen, msg: Inbound, now: float) -> None:
@@ -50,12 +52,15 @@ def observe(contract: Contract, seen: Seen, msg: Inbound, now: float) -> None:
     if entry.key == "dlq" and not msg.retain:
         seen.dead += 1
     try:
-        codec.decode(msg.payload, entry.schema_type, entry.format)
+        decoded = codec.decode(msg.payload, entry.schema_type, entry.format)
     except DecodeError as exc:
         if msg.retain:
             seen.stale.add(msg.topic)
         else:
             seen.bad_payload.setdefault(msg.topic, exc.message[:120])
+    else:
+        if isinstance(decoded, OuraSyncStatus):
+            seen.oura[params.get("user_id", decoded.user_id)] = decoded
     if entry.reply_schema and msg.response_topic and msg.correlation_data:
         seen.requests[msg.correlation_data] = (msg.topic, now, float(entry.timeout_s or 5))
 
@@ -81,6 +86,7 @@ async def live_checks(contract: Contract, broker_url: str, watch_s: float, repor
     unanswered = unanswered_requests(contract, seen, loop.time(), report)
     traffic_findings(contract, seen, report)
     availability_findings(contract, seen, report)
+    oura_findings(seen, report)
     report.check(
         "live: no undeclared traffic",
         not seen.undeclared,
@@ -163,6 +169,23 @@ def traffic_findings(contract: Contract, seen: Seen, report: Report) -> None:
                 impact="messages not processed",
                 fix="see them with `lifeops-mesh dlq list`, "
                 "send one again with `lifeops-mesh dlq replay ID`",
+                severity="warning",
+            )
+        )
+
+
+def oura_findings(seen: Seen, report: Report) -> None:
+    """Each user whose Oura sync fails, by name, with what it means (never a token)."""
+    for user_id, status in sorted(seen.oura.items()):
+        if status.state == "ok":
+            continue
+        report.add(
+            Finding(
+                service="lifeops",
+                issue=f"Oura sync of {user_id}: {status.state}",
+                impact=f"no new Oura days for {user_id}; the other users sync",
+                fix=status.reason
+                or f"lifeops-mesh oura status; lifeops-mesh oura login --user {user_id}",
                 severity="warning",
             )
         )
