@@ -209,7 +209,11 @@ class MemoryBroker:
         assert session.transport is not None
         session.transport._spawn_delivery(session, mid, msg, dup)
 
-    def _subscribe(self, t: MemoryTransport, filters: list[str]) -> list[int]:
+    def _subscribe(
+        self, t: MemoryTransport, filters: list[str], *, retained: bool = False
+    ) -> list[int]:
+        """SUBSCRIBE with retain handling 1 (retained messages for a subscription the session did
+        not have), or 0 (`retained`: always, as a new process asks; see MqttTransport)."""
         session = self._sessions[t.client_id]
         codes = []
         for f in filters:
@@ -217,7 +221,7 @@ class MemoryBroker:
             if self.allow is not None and not self.allow(t.username, plain, "read"):
                 codes.append(NOT_AUTHORIZED)
                 continue
-            new = f not in session.filters
+            new = retained or f not in session.filters
             session.filters.add(f)
             codes.append(1)
             if new and group is None:
@@ -296,6 +300,7 @@ class MemoryTransport:
 
     async def _attach(self) -> None:
         present = self.broker._attach(self)
+        first = not self._ever
         if self._ever:
             self._reconnects += 1
         self._ever = True
@@ -303,7 +308,7 @@ class MemoryTransport:
         self._connected = True
         self._connected_event.set()
         if self._filters:
-            self._apply(self.broker._subscribe(self, self._filters))
+            self._apply(self.broker._subscribe(self, self._filters, retained=first))
         session = self.broker._sessions[self.client_id]
         if present:
             self.broker._resume(session)

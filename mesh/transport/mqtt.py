@@ -209,6 +209,7 @@ class MqttTransport:
         self._expirer: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._subscriptions: list[str] = []
+        self._first_subscribe = True  # see _subscribe_now
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._refused: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -555,10 +556,14 @@ class MqttTransport:
             await self._subscribe_now(new, timeout=timeout)
 
     async def _subscribe_now(self, filters: list[str], *, timeout: float) -> None:
-        # retain handling 1: retained messages only for a subscription that did not exist;
-        # retain as published: a retained message published live keeps its retain flag.
+        # Retain handling 1: retained messages only for a subscription that did not exist, so a
+        # reconnect does not replay every retained state. But this object's first SUBSCRIBE asks
+        # for them (0) even when the broker kept the durable session's subscriptions: a new
+        # process has forgotten what the last one learnt from them (peers' availability, states).
+        # Retain as published: a retained message published live keeps its retain flag.
+        handling = 0 if self._first_subscribe else 1
         subs = [
-            gmqtt.Subscription(f, qos=1, retain_handling_options=1, retain_as_published=True)
+            gmqtt.Subscription(f, qos=1, retain_handling_options=handling, retain_as_published=True)
             for f in filters
         ]
         wanted = set(filters)  # gmqtt appends to its list on every SUBSCRIBE: keep one each
@@ -575,6 +580,7 @@ class MqttTransport:
             raise TransportError(f"no SUBACK within {timeout}s for {filters}") from exc
         finally:
             self._subacks.pop(mid, None)
+        self._first_subscribe = False
         for f, code in zip(filters, codes, strict=False):
             if code >= 0x80:
                 if f not in self._refused:

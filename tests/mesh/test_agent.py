@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,24 @@ async def test_publish_window_bounds_in_flight_and_hands_on_slots() -> None:
     w.resize(3)
     await asyncio.wait_for(third, 1)
     assert w.used == 3
+
+
+async def test_a_restarted_process_on_its_durable_session_learns_the_retained_states_again(
+    mesh_broker: BrokerUnderTest, start_agent: Any, tmp_path: Path
+) -> None:
+    """A new process resuming its durable session (same client id, `session present`) has
+    forgotten everything the broker's retained messages told the last one: the broker keeps the
+    subscriptions, so it would not send them again, and LifeOps would wait for Stats' `online`
+    (health 503) until Stats next said it. The first subscribe of a process asks for them."""
+    db = f"sqlite:///{tmp_path / 'lifeops.db'}"
+    async with start_agent("stats", mesh_broker, f"sqlite:///{tmp_path / 's.db'}"):
+        async with start_agent("lifeops", mesh_broker, db, instance="one") as first:
+            await eventually(lambda: _peer_online(first, "stats"), what="stats online")
+        async with start_agent("lifeops", mesh_broker, db, instance="one") as again:
+            await eventually(lambda: _peer_online(again, "stats"), what="stats online again")
+            report = await again.health()
+            assert report.checks["stats"].ok, report.checks["stats"]
+
+
+async def _peer_online(agent: Agent, peer: str) -> bool:
+    return agent.peers.get(peer) is True
