@@ -7,7 +7,7 @@ RUN apt-get update \
 
 # The agents run as this user (uid 10001), never as root; /data is theirs (0700) for SQLite
 # files (compose mounts volumes there; a fresh named volume takes this owner and mode).
-RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home lifeops \
+RUN useradd --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin lifeops \
     && mkdir -p /data && chown 10001:10001 /data && chmod 0700 /data
 
 WORKDIR /app
