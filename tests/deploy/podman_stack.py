@@ -166,17 +166,11 @@ def _debootstrap(tag: str, mirror: str, key: str) -> None:
             capture_output=True,
             timeout=1200,
         )
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        tarball = Path(tmp) / "rootfs.tar"
         subprocess.run(
-            ["podman", "import", "--change", f"LABEL {LABEL}={key}", "-", tag],
-            stdin=tar.stdout,
-            env=podman_env(),
-            check=True,
-            capture_output=True,
-            timeout=600,
+            ["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True, timeout=600
         )
-        if tar.wait() != 0:
-            raise RuntimeError("tar of the debootstrap root failed")
+        podman("import", "--change", f"LABEL {LABEL}={key}", str(tarball), tag)
 
 
 def _build(ctx: str, name: str, tags: list[str], key: str, arg: str) -> None:

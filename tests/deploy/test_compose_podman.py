@@ -59,14 +59,14 @@ def stack() -> Iterator[Stack]:
         assert not left.split() and not vols, f"left behind: {left.split()} {vols}"
 
 
-def tester_url(s: Stack) -> str:
+def broker_url_as_tester(s: Stack) -> str:
     creds = tomllib.loads(s.volume_file("account-tester", "credentials.toml").read_text())
     return f"mqtt://tester:{creds['users']['tester']}@127.0.0.1:{s.ports['LIFEOPS_MQTT_PORT']}"
 
 
 def request(s: Stack, key: str, payload: Any) -> Any:
     async def go() -> Any:
-        async with MeshClient(tester_url(s), contract()) as client:
+        async with MeshClient(broker_url_as_tester(s), contract()) as client:
             return await client.request(key, payload)
 
     return asyncio.run(go())
@@ -159,7 +159,7 @@ def test_scale_profile_shares_the_load(stack: Stack) -> None:
     before = {n: received(stack, n) for n in ("stats", "stats-2", "stats-3")}
 
     async def go() -> list[Any]:
-        async with MeshClient(tester_url(stack), contract()) as client:
+        async with MeshClient(broker_url_as_tester(stack), contract()) as client:
             return list(
                 await asyncio.gather(
                     *(client.request("activities_log", gym(n)) for n in range(100, 160))
