@@ -273,3 +273,35 @@ def test_test_profile_runs_the_integration_checks() -> None:
     for dep in ("mosquitto", "stats", "lifeops", "ha-bridge"):
         assert runner["depends_on"][dep]["condition"] == "service_healthy"
     assert "cli" in spec["services"]["cli"]["profiles"]
+
+
+def test_accounts_step_writes_private_files_for_their_users(tmp_path: Path) -> None:
+    """What broker-accounts runs: every account's directory 0700 and file 0600, owned by the
+    services' user; the broker's passwd and ACL (a copy of broker/acl) 0600, owned by the
+    broker's user: nothing world-readable, which Mosquitto 2.0.19+ would refuse."""
+    import os
+    import stat
+
+    from lifeops_mesh.cli import main
+
+    root = os.geteuid() == 0
+    agents, broker = ("10001:10001", "1883:1883") if root else (f"{os.getuid()}:{os.getgid()}",) * 2
+    acl = tmp_path / "acl-src"
+    acl.write_text((ROOT / "broker" / "acl").read_text())
+    acl.chmod(0o644)
+    args = ["broker", "passwords", "--dir", str(tmp_path / "admin"), "--accounts-dir"]
+    args += [str(tmp_path / "accounts"), "--passwd-owner", broker, "--accounts-owner", agents]
+    assert main([*args, "--acl", str(acl)]) == 0
+    accounts = tmp_path / "accounts"
+
+    def owner_mode(p: Path) -> tuple[str, int]:
+        st = p.stat()
+        return f"{st.st_uid}:{st.st_gid}", stat.S_IMODE(st.st_mode)
+
+    for principal in contract().meta.principals:
+        assert owner_mode(accounts / principal) == (agents, 0o700), principal
+        assert owner_mode(accounts / principal / "credentials.toml") == (agents, 0o600)
+    for f in ("passwd", "acl"):
+        assert owner_mode(accounts / "mosquitto" / f) == (broker, 0o600), f
+    assert (accounts / "mosquitto" / "acl").read_text() == acl.read_text()
+    assert main([*args, "--acl", str(tmp_path / "missing")]) == 2  # a clear error, exit 2
