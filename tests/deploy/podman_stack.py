@@ -2,8 +2,8 @@
 
 No registry is reachable here, so the images compose.yaml names are built locally as stand-ins
 (tests/deploy/standins/: a `debootstrap --variant=minbase` Debian bookworm from the machine's apt
-mirror, imported into podman, plus Debian's packages), each with the conventions compose.yaml
-relies on:
+mirror or LIFEOPS_DEBIAN_MIRROR, imported into podman, plus Debian's packages), each with the
+conventions compose.yaml relies on:
 
 - `python:3.11-slim` (the Dockerfile's base): Python 3.11 as `python`/`pip` in /usr/local/bin,
   `useradd`; pip may install into the system.
@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +41,7 @@ from typing import Any
 import yaml
 
 from lifeops_mesh.tools.doctor.compose import interpolate
+from tests.support.homeassistant import debian_mirror
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -100,23 +100,6 @@ def image_label(image: str) -> str | None:
     return out.strip() or None
 
 
-def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
-    """The machine's Debian mirror for SUITE, from sources.list or sources.list.d (one-line or
-    deb822 format)."""
-    files = [sources / "sources.list", *sorted((sources / "sources.list.d").glob("*"))]
-    for f in (f for f in files if f.is_file()):
-        text = f.read_text(encoding="utf-8", errors="replace")
-        for block in re.split(r"\n\s*\n", text):
-            uris = re.search(r"^URIs:\s*(\S+)", block, re.M)
-            suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
-            if uris and suites and SUITE in suites.group(1).split():
-                return uris.group(1)
-        for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", text, re.M):
-            if m.group(2) == SUITE:
-                return m.group(1)
-    raise RuntimeError(f"no apt source for Debian {SUITE} in {sources}")
-
-
 def standin_key(mirror: str) -> str:
     """What the stand-ins are built from: their files, the mirror and the machine's CA bundle."""
     h = hashlib.sha256(f"{SUITE} {mirror}\n".encode())
@@ -136,7 +119,7 @@ def build_lock() -> Iterator[None]:
 
 def ensure_standins() -> str:
     """Build the stand-ins unless podman holds them for these inputs; 'cached' or 'built'."""
-    mirror = apt_mirror()
+    mirror = debian_mirror()
     key = standin_key(mirror)
     tags = [t for names in STANDIN_TAGS.values() for t in names]
     with build_lock():
