@@ -305,3 +305,37 @@ def test_accounts_step_writes_private_files_for_their_users(tmp_path: Path) -> N
         assert owner_mode(accounts / "mosquitto" / f) == (broker, 0o600), f
     assert (accounts / "mosquitto" / "acl").read_text() == acl.read_text()
     assert main([*args, "--acl", str(tmp_path / "missing")]) == 2  # a clear error, exit 2
+
+
+def test_doctor_accepts_dns_discovered_instances_only_by_their_alias(tmp_path: Path) -> None:
+    """doctor's compose review: the Stats instances are scraped through the alias Prometheus
+    resolves; an instance without it is reported as not scraped."""
+    import datetime as dt
+
+    from lifeops_mesh.tools.doctor.compose import compose_checks
+    from lifeops_mesh.tools.doctor.report import Report
+
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "prometheus.yml").write_text(
+        (ROOT / "deploy" / "prometheus.yml").read_text()
+    )
+    for broker_file in ("acl", "mosquitto.conf"):  # the mounts compose.yaml names must exist
+        (tmp_path / "broker").mkdir(exist_ok=True)
+        (tmp_path / "broker" / broker_file).write_text("")
+    text = (ROOT / "compose.yaml").read_text()
+    for name, compose_text in (("as is", text), ("no alias", _drop_alias(text, "stats-3"))):
+        (tmp_path / "compose.yaml").write_text(compose_text)
+        report = Report(generated_at=dt.datetime.now(dt.UTC), flow="")
+        compose_checks(tmp_path / "compose.yaml", report)
+        found = [f"{f.service}: {f.issue}" for f in report.issues]
+        assert found == ([] if name == "as is" else ["stats-3: agent not scraped by Prometheus"])
+
+
+def _drop_alias(text: str, service: str) -> str:
+    head, _, tail = text.partition(f"\n  {service}:\n")
+    tail = tail.replace(
+        "    networks:\n      mesh:\n        aliases: [stats-instances]\n",
+        "    networks: [mesh]\n",
+        1,
+    )
+    return f"{head}\n  {service}:\n{tail}"
