@@ -32,6 +32,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -195,7 +196,7 @@ class Stack:
 
     def compose(self, *args: str, profiles: tuple[str, ...] = (), timeout: float = 300) -> str:
         """podman-compose ARGS for this project; stdout, or RuntimeError with its output."""
-        cmd = [str(ROOT / ".venv" / "bin" / "podman-compose"), "-p", self.project]
+        cmd = [str(Path(sys.executable).parent / "podman-compose"), "-p", self.project]
         cmd += [a for p in profiles for a in ("--profile", p)]
         proc = subprocess.run(
             ["nice", *cmd, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,

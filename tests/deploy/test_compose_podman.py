@@ -56,7 +56,8 @@ def stack() -> Iterator[Stack]:
         s.compose("down", "-v", profiles=ALL_PROFILES)
         left = podman("ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={s.project}")
         vols = [v for v in podman("volume", "ls", "-q").split() if v.startswith(f"{s.project}_")]
-        assert not left.split() and not vols, f"left behind: {left.split()} {vols}"
+        nets = [n for n in podman("network", "ls", "-q").split() if n.startswith(s.project)]
+        assert not left.split() and not vols and not nets, f"left: {left.split()} {vols} {nets}"
 
 
 def broker_url_as_tester(s: Stack) -> str:
