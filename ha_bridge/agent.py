@@ -9,6 +9,7 @@ import msgspec
 from ha_bridge.bridge import Bridge
 from ha_bridge.repository import MIGRATIONS
 from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
+from lifeops_contract.ids import distinct_user_ids
 from lifeops_contract.schemas import AchievementUnlocked, LevelUp
 from mesh import AgentApp, ConfigError, Route, Settings
 
@@ -32,6 +33,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"LIFEOPS_HA_DISCOVERY={discovery!r}: 'component' (a config per entity, every "
                 "Home Assistant) or 'device' (one per device, Home Assistant 2024.11 and later)"
             )
+        # Alice and alice would get the same entity ids.
+        distinct_user_ids(users, "LIFEOPS_HA_USERS")
         return cls(
             discovery_prefix=env.get("LIFEOPS_HA_DISCOVERY_PREFIX") or DISCOVERY_PREFIX,
             users=users,

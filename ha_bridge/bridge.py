@@ -11,11 +11,15 @@
   user's Home Assistant event entities (once per event id).
 - Users it knows of without a timeline (or sheet) get one asked from LifeOps (or Stats), so a
   new user's buttons appear before their first completion.
+- Entity ids come from the folded user id (`Alice` and `alice` would share them): the first
+  spelling the bridge stores holds them (lifeops_contract.user_registry); another spelling's
+  state is refused (dead letter naming both) and it gets no entities.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 
@@ -29,7 +33,8 @@ from ha_bridge.entities import (
     levelup_event,
 )
 from ha_bridge.readback import read_back
-from ha_bridge.repository import Desired
+from ha_bridge.repository import EXISTING_USERS, Desired
+from lifeops_contract import user_registry
 from lifeops_contract.ids import check_user_id
 from lifeops_contract.schemas import (
     AchievementUnlocked,
@@ -61,12 +66,18 @@ class Bridge:
         self._fill_wake = asyncio.Event()
         self._fill_task: asyncio.Task[None] | None = None
         self._asked: set[tuple[str, str]] = set()  # (user, key) answered since the peer came up
+        self.registry = user_registry.UserRegistry()  # which spelling holds a user's entity ids
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self, agent: Agent) -> None:
         """Before the first connect: availability changes may arrive before `start`."""
         self.agent = agent
+        for refused, holder in await user_registry.install(agent.store, EXISTING_USERS):
+            log.warning(
+                "users %r and %r would share entity ids: %r gets none from now on",
+                refused, holder, refused,
+            )  # fmt: skip
 
     async def start(self, agent: Agent) -> None:
         self.agent = agent
@@ -99,6 +110,7 @@ class Bridge:
 
     async def character_state(self, ctx: Context, sheet: CharacterSheet) -> None:
         user_id = self._user(ctx, sheet.user_id)
+        await self.registry.check(ctx.tx, user_id, ctx.now)
         sheet.user_id = user_id
         await repository.save_sheet(ctx.tx, sheet)
         await self.sync_user(ctx.tx, user_id, ctx.trace_id)
@@ -106,6 +118,7 @@ class Bridge:
 
     async def timeline_state(self, ctx: Context, day: TimelineDay) -> None:
         user_id = self._user(ctx, day.user_id)
+        await self.registry.check(ctx.tx, user_id, ctx.now)
         day.user_id = user_id
         await repository.save_timeline(ctx.tx, day)
         await self.sync_user(ctx.tx, user_id, ctx.trace_id)
@@ -140,6 +153,9 @@ class Bridge:
     # -- entities -------------------------------------------------------------------------------
 
     async def sync_user(self, tx: Tx, user_id: str, trace_id: str | None) -> int:
+        if await self.registry.admit(tx, [user_id], dt.datetime.now(dt.UTC)):
+            # Another spelling holds this user's entity ids: none of its own (any cleared).
+            return await repository.sync_owner(tx, f"user:{user_id}", [], trace_id)
         inputs = await repository.load(tx, user_id)
         entities = self.builder.user_entities(user_id, inputs.sheet, inputs.timeline)
         desired = self._configs(entities)
@@ -188,18 +204,19 @@ class Bridge:
                             on_broker.add(msg.topic)
                     elif entry.key == "character_state":
                         user_id = check_user_id(params["user_id"])
+                        await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
                         sheet = codec.decode(msg.payload, CharacterSheet)
                         sheet.user_id = user_id
                         await repository.save_sheet(tx, sheet)
                     elif entry.key == "timeline_state":
                         user_id = check_user_id(params["user_id"])
+                        await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
                         day = codec.decode(msg.payload, TimelineDay)
                         day.user_id = user_id
                         await repository.save_timeline(tx, day)
                 except (DecodeError, HandlerError) as exc:
                     log.warning("retained %s ignored: %s", msg.topic, exc)
-            for user_id in self.users:
-                await repository.add_user(tx, check_user_id(user_id))
+            await self._add_configured(tx)
             staged = await self.sync_mesh(tx)
             for inputs_of in await repository.load_all(tx):
                 staged += await self.sync_user(tx, inputs_of.user_id, None)
@@ -219,6 +236,17 @@ class Bridge:
             len(lost),
             staged,
         )
+
+    async def _add_configured(self, tx: Tx) -> None:
+        """The users of LIFEOPS_HA_USERS; one another spelling holds is left out, said once."""
+        for configured in self.users:
+            try:
+                user_id = check_user_id(configured)
+                await self.registry.check(tx, user_id, dt.datetime.now(dt.UTC))
+            except HandlerError as exc:
+                log.error("LIFEOPS_HA_USERS: %s", exc)
+                continue
+            await repository.add_user(tx, user_id)
 
     # -- Home Assistant's birth -----------------------------------------------------------------
 

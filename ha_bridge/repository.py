@@ -25,6 +25,9 @@ MIGRATIONS = (
     ),
 )
 
+# The users stored so far, for the user-id registry (lifeops_contract.user_registry).
+EXISTING_USERS = "SELECT user_id, '' AS seen FROM ha_inputs"
+
 
 class Inputs(msgspec.Struct, kw_only=True):
     user_id: str

@@ -8,10 +8,11 @@ from pathlib import Path
 import msgspec
 
 from lifeops_agent.handlers import LifeOpsHandlers
+from lifeops_agent.locks import user_locks
 from lifeops_agent.oura_sync import OuraSync, OuraSyncConfig, tokens_for
-from lifeops_agent.repository import MIGRATIONS
+from lifeops_agent.repository import EXISTING_USERS, MIGRATIONS
 from lifeops_agent.timeline import load_timeline
-from lifeops_contract import contract
+from lifeops_contract import contract, user_registry
 from mesh import Agent, AgentApp, Route, Settings, installation_key
 
 log = logging.getLogger("lifeops_agent")
@@ -44,6 +45,12 @@ def build(settings: Settings) -> AgentApp:
     async def on_open(agent: Agent) -> None:
         handlers.receipts = agent.receipts
         handlers.key = await installation_key(agent.store, "lifeops_completion_ids")
+        for refused, holder in await user_registry.install(agent.store, EXISTING_USERS):
+            log.warning(
+                "user %r was stored before as well as %r, one person's id spelled two ways: "
+                "%r is refused from now on (its data stays)",
+                refused, holder, refused,
+            )  # fmt: skip
         async with agent.store.transaction() as tx:
             n = await handlers.backfill_best_streaks(tx)
         if n:
@@ -66,11 +73,14 @@ def build(settings: Settings) -> AgentApp:
         migrations=MIGRATIONS,
         routes=[
             Route.batched(
-                "timeline_complete", handlers.complete, after_commit=handlers.after_complete
+                "timeline_complete",
+                handlers.complete,
+                after_commit=handlers.after_complete,
+                locks=user_locks,
             ),
             Route("timeline_get", handlers.get),
-            Route("user_settings", handlers.settings),
-            Route("oura_import", handlers.oura_import),
+            Route("user_settings", handlers.settings, locks=user_locks),
+            Route("oura_import", handlers.oura_import, locks=user_locks),
         ],
         on_open=on_open,
         on_start=on_start,

@@ -11,6 +11,7 @@ import msgspec
 from lifeops_agent import days, repository
 from lifeops_agent.history import History, load_many
 from lifeops_agent.history import load as load_history
+from lifeops_agent.locks import user_lock
 from lifeops_agent.oura_days import keep_days
 from lifeops_agent.repository import Completion
 from lifeops_agent.timeline import Timeline, TimelineItem
@@ -31,6 +32,7 @@ from lifeops_contract.schemas import (
     UserSettingsReply,
     UserSettingsRequest,
 )
+from lifeops_contract.user_registry import UserRegistry, refusal
 from mesh import (
     Context,
     Contract,
@@ -81,6 +83,7 @@ class LifeOpsHandlers:
         self.peers: dict[str, bool] = {}  # availability of other agents, from <agent>/status
         self.contract: Contract = contract()
         self.key: bytes | None = None  # this installation's key for completion ids (at start)
+        self.users = UserRegistry()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -111,7 +114,7 @@ class LifeOpsHandlers:
         so two completions of one user in a batch see each other), every table written once."""
         if self.key is None:
             raise RuntimeError("LifeOps has not started (no installation key)")
-        planned = self._plan(jobs, await self._zones(jobs))
+        planned = await self._admitted(self._plan(jobs, await self._zones(jobs)))
         if not planned:
             return
         wanted: dict[str, tuple[list[dt.date], dt.date]] = {}
@@ -168,6 +171,18 @@ class LifeOpsHandlers:
             planned.append(_Planned(job, user_id, item, moment, tzname, day, today))
         return planned
 
+    async def _admitted(self, planned: list[_Planned]) -> list[_Planned]:
+        """A user is recorded with their first write; an id that is another stored user's
+        spelled differently (Alice for alice, run_club for run-club) is refused."""
+        if not planned:
+            return planned
+        ctx = planned[0].job.ctx
+        refused = await self.users.admit(ctx.tx, [p.user_id for p in planned], ctx.now)
+        for p in planned:
+            if p.user_id in refused:
+                p.job.refuse(refusal(p.user_id, refused[p.user_id]))
+        return [p for p in planned if p.job.error is None]
+
     async def _write(
         self,
         done: list[tuple[_Planned, Completion]],
@@ -223,6 +238,7 @@ class LifeOpsHandlers:
     async def settings(self, ctx: Context, req: UserSettingsRequest) -> UserSettingsReply:
         user_id = check_user_id(req.user_id)
         days.zone(req.timezone)
+        await self.users.check(ctx.tx, user_id, ctx.now)
         await repository.set_user_timezone(ctx.tx, user_id, req.timezone, ctx.now)
         await self._emit_state(ctx, user_id)
         return UserSettingsReply(user_id=user_id, timezone=req.timezone)
@@ -252,6 +268,9 @@ class LifeOpsHandlers:
         if done is None:
             return
         user_id, code, day = done
+        # The retained timeline is read, then written: a completion on another agent writes
+        # it too, under this lock.
+        await tx.lock([user_lock(user_id)])
         topic = self.contract.topic("timeline_state", user_id=user_id)
         # The retained timeline was restated by the completion itself (same transaction order):
         # only its item's xp_pending flips. Rebuilt from the database when it is not there.
@@ -332,15 +351,20 @@ class LifeOpsHandlers:
         so subscribers (the HA bridge) see new items appear and removed ones disappear."""
         rows = await state.read_all(tx, "timeline_state")
         wanted = [_signature(i) for i in self.timeline.items]
-        changed = 0
+        stale: list[tuple[str, str, str | None]] = []
         for topic, payload, trace_id in rows:
             try:
                 day = codec.decode(payload, TimelineDay)
             except DecodeError:
                 day = None
-            if day is not None and [_signature(i) for i in day.items] == wanted:
+            found = self.contract.match(topic)
+            if found is None or (day is not None and [_signature(i) for i in day.items] == wanted):
                 continue
-            user_id = topic.rpartition("/")[2]
+            stale.append((topic, found[1]["user_id"], trace_id))
+        # Rebuilt from what is stored, under the users' locks (all at once: one order).
+        await tx.lock(user_lock(user_id) for _, user_id, _ in stale)
+        changed = 0
+        for topic, user_id, trace_id in stale:
             fresh = await self.day_state(tx, user_id)
             await state.put(
                 tx,

@@ -13,7 +13,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from lifeops_agent import repository
+from lifeops_agent.locks import user_lock
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraScores, OuraSynced
+from lifeops_contract.user_registry import UserRegistry
 from mesh import HandlerError, Tx, codec
 
 _NS = uuid.UUID("0b7d2f5e-3c1a-4e8b-9f60-7a5d4c3b2a19")
@@ -54,8 +56,13 @@ def check(days: list[OuraDay]) -> None:
 async def keep_days(
     tx: Tx, user_id: str, days: list[OuraDay], now: dt.datetime, send: Send
 ) -> OuraImportReply:
-    """Store what is new or changed in `days` and stage it for Stats, in `tx`."""
+    """Store what is new or changed in `days` and stage it for Stats, in `tx`, under the
+    user's lock (the scheduled sync and `lifeops/oura/import` on any agent take turns): a day
+    another agent stored a moment ago is read here and becomes its next revision. A user id that
+    is another stored user's spelled differently is refused (lifeops_contract.user_registry)."""
     check(days)
+    await tx.lock([user_lock(user_id)])
+    await UserRegistry().check(tx, user_id, now)
     known = await repository.oura_days(tx, user_id, [d.date for d in days])
     imported = skipped = revised = 0
     for d in days:

@@ -23,7 +23,7 @@ import msgspec
 
 from lifeops_agent import repository
 from lifeops_agent.oura_days import MAX_OURA_DAYS, keep_days
-from lifeops_contract.ids import check_user_id
+from lifeops_contract.ids import check_user_id, distinct_user_ids
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraSynced
 from lifeops_oura import (
     DEFAULT_BASE_URL,
@@ -37,6 +37,11 @@ from lifeops_oura import (
 from mesh import Agent, Check, ConfigError, HandlerError, ReceiptRecord
 
 log = logging.getLogger("lifeops_agent.oura")
+
+
+class LifeOpsRefused(OuraError):
+    """LifeOps' own refusal of a synced user's days (e.g. `user_id_taken`: another spelling
+    of the user is stored), counted and shown in health like the API's failures."""
 
 
 class OuraSyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +78,8 @@ class OuraSyncConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 check_user_id(user)
             except HandlerError as exc:
                 raise ConfigError(f"LIFEOPS_OURA_USERS: {exc.message}") from exc
+        # run-club and run_club would read one token variable: one person's sleep to another.
+        distinct_user_ids(config.users, "LIFEOPS_OURA_USERS")
         if config.interval_s < 1 or config.backfill_days < 1 or config.overlap_days < 0:
             raise ConfigError(
                 "LIFEOPS_OURA_SYNC_INTERVAL_S >= 1, LIFEOPS_OURA_BACKFILL_DAYS >= 1 and "
@@ -156,7 +163,13 @@ class OuraSync:
             raise
         totals = OuraImportReply()
         for at in range(0, len(days), MAX_OURA_DAYS):
-            part = await self._keep(agent, user_id, days[at : at + MAX_OURA_DAYS])
+            try:
+                part = await self._keep(agent, user_id, days[at : at + MAX_OURA_DAYS])
+            except HandlerError as exc:  # e.g. user_id_taken: another spelling holds the user
+                refused = LifeOpsRefused(f"LifeOps refused the days: {exc}")
+                refused.reason = exc.code
+                self._failed(agent, user_id, refused)
+                raise refused from exc
             totals = OuraImportReply(
                 imported=totals.imported + part.imported,
                 skipped=totals.skipped + part.skipped,

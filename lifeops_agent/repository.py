@@ -46,6 +46,14 @@ MIGRATIONS = (
     ),
 )
 
+# The users stored so far, for the user-id registry (lifeops_contract.user_registry).
+EXISTING_USERS = (
+    "SELECT user_id, MIN(seen) AS seen FROM ("
+    " SELECT user_id, updated_at AS seen FROM lifeops_users"
+    " UNION ALL SELECT user_id, completed_at FROM lifeops_completions"
+    " UNION ALL SELECT user_id, imported_at FROM lifeops_oura_days) stored GROUP BY user_id"
+)
+
 
 class Completion(msgspec.Struct, frozen=True):
     item_code: str

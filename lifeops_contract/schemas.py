@@ -20,7 +20,9 @@ from mesh import Payload, Reply, Transaction
 ActivitySource = Literal["lifeops", "challengemode", "manual"]
 
 # Bounds on what a client may send: a violation is a validation error that names the field.
-# (User ids are checked further by lifeops_contract.ids; 128 lets that check say what is wrong.)
+# (User ids are checked further by lifeops_contract.ids; 128 lets that check say what is wrong:
+# a UUID or 1-64 characters of [A-Za-z0-9_-]; ids equal after folding case and `-`/`_` are one
+# person's, and the agents refuse a second spelling with `user_id_taken`.)
 UserId = Annotated[str, msgspec.Meta(max_length=128)]
 Code = Annotated[str, msgspec.Meta(max_length=64)]  # activity types, item codes, stat names
 Ref = Annotated[str, msgspec.Meta(max_length=256)]  # ids and references chosen by clients

@@ -38,9 +38,10 @@ def local_broker(
     extra_acl: str = "",
     extra_accounts: tuple[str, ...] = (),
     extra_config: str = "",
+    bind: str = "127.0.0.1",
 ) -> MosquittoProcess:
-    """A Mosquitto on 127.0.0.1 from the packaged config, state under `run_dir`; with another
-    `contract` (e.g. a discovery prefix) its ACL is generated from it."""
+    """A Mosquitto on `bind` (default 127.0.0.1) from the packaged config, state under
+    `run_dir`; with another `contract` (e.g. a discovery prefix) its ACL is generated from it."""
     base = default_contract()
     acl = acl_file().read_text(encoding="utf-8") if contract in (None, base) else None
     chosen = contract or base
@@ -54,4 +55,5 @@ def local_broker(
         extra_acl=extra_acl,
         extra_accounts=extra_accounts,
         extra_config=extra_config,
+        bind=bind,
     )

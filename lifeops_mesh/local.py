@@ -13,7 +13,8 @@ import msgspec
 
 from mesh import ConfigError
 from mesh.broker.accounts import load_credentials
-from mesh.broker.config import listener_port
+from mesh.broker.config import listener
+from mesh.broker.process import local_host
 from mesh.settings import parse_broker_url, password_from_files
 
 
@@ -21,11 +22,13 @@ class Installation(msgspec.Struct, frozen=True):
     data: Path
     port: int
     credentials: dict[str, str]
+    host: str = "127.0.0.1"  # where this machine reaches the broker (`up --listen`)
 
     def broker_url(self, principal: str) -> str:
         if principal not in self.credentials:
             raise ConfigError(f"{self.data / 'broker'} has no account {principal!r}")
-        return f"mqtt://{principal}:{self.credentials[principal]}@127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{principal}:{self.credentials[principal]}@{host}:{self.port}"
 
     def db_url(self, agent: str) -> str:
         return f"sqlite:///{self.data.resolve() / (agent + '.db')}"
@@ -36,14 +39,17 @@ def installation(data: str | Path | None) -> Installation:
     run_dir = Path(data or "data") / "broker"
     creds = load_credentials(run_dir)
     conf = run_dir / "mosquitto.conf"
-    port = listener_port(conf) if conf.exists() else None
-    if not creds or port is None:
+    found = listener(conf) if conf.exists() else None
+    if not creds or found is None:
         raise ConfigError(
             f"no broker given and no `lifeops-mesh up` state in {run_dir}: pass --broker "
             "mqtt://tester:PASSWORD@host:port or set LIFEOPS_TOOL_BROKER_URL (with compose: "
-            "`docker compose run --rm cli health`)"
+            "`docker compose --profile cli run --rm cli health`)"
         )
-    return Installation(data=Path(data or "data"), port=port, credentials=creds)
+    port, bind = found
+    return Installation(
+        data=Path(data or "data"), port=port, credentials=creds, host=local_host(bind)
+    )
 
 
 def tool_broker_url(broker: str | None, data: str | None, principal: str = "tester") -> str:
@@ -106,7 +112,7 @@ class DataDirLock:
 
 def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
     """ConfigError in one line when something already listens on `port`."""
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         # SO_REUSEADDR as Mosquitto and our metrics server bind: connections of a previous run in
         # TIME_WAIT do not count as "in use" (on Linux a listener still does).
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

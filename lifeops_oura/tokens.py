@@ -7,7 +7,9 @@ Per user, the first that is set wins:
 - `LIFEOPS_OURA_TOKEN_DIR`: a directory with one file per user, named by the user id (for a
   mounted secrets directory, as compose.yaml does);
 
-where `<USER>` is the user id upper-cased with `-` as `_` (alice -> ALICE, run-club -> RUN_CLUB).
+where `<USER>` is the user id upper-cased with `-` as `_` (alice -> ALICE, run-club -> RUN_CLUB):
+its fold (lifeops_contract.ids.fold_user_id), so ids one variable would serve are one person's,
+and a configuration naming two of them is refused (OuraSyncConfig).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from lifeops_contract.ids import fold_user_id
 from mesh import ConfigError
 
 
@@ -45,7 +48,7 @@ class Token:
 
 
 def env_suffix(user_id: str) -> str:
-    return user_id.upper().replace("-", "_")
+    return fold_user_id(user_id).upper()
 
 
 def read_token_file(path: Path, what: str) -> Token:

@@ -20,11 +20,20 @@ DERIVED_PREFIXES = ("req:", "pub:")
 def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
     """The dedup key of a state-changing message that names none of its own.
 
-    - a request with correlation data: the requester's (response topic, correlation data), so
-      a retry of the same request is the same, and two requests are two;
-    - a request with a response topic but no correlation data (mosquitto_rr's default), or a
-      bare publish: the canonical payload (its decoded value re-encoded, so key order and
-      spacing do not matter), with the response topic when there is one.
+    - a request with correlation data: that correlation data and the canonical payload (its
+      decoded value re-encoded, so key order and spacing do not matter);
+    - a message without correlation data (mosquitto_rr's default, or a bare publish): the
+      canonical payload alone.
+
+    Never where the answer goes: a request sent with a response topic its requester cannot read
+    (`reply/alice/1` from the `tester` account: the answer is lost) and retried with the right
+    one (`reply/tester/1`, the same correlation data) is the same request, answered with the
+    original reply, not run twice. The requester's identity is not needed to tell requests
+    apart: the correlation data is the requester's own (the mesh's clients use a random UUID per
+    request and keep it on retries), and the payload names the user. Two accounts sending the
+    same correlation data and the same payload within the window count once: the same activity
+    of the same user, and nobody can pre-claim a request whose correlation data they cannot
+    guess. A second identical request on purpose (new correlation data) counts again.
 
     The trade-off: two identical keyless messages within the keyless window (10 minutes by
     default, LIFEOPS_KEYLESS_WINDOW_S) count once: a retry cannot be told from a second
@@ -33,12 +42,11 @@ def derived_key(topic_key: str, msg: Inbound, payload: Any) -> str:
     `source_ref` (or an `activity_id`) when the same activity really happens twice.
     """
     h = hashlib.sha256()
-    if msg.response_topic and msg.correlation_data:
-        h.update(msg.response_topic.encode() + b"\x00" + msg.correlation_data)
+    body = codec.encode(payload)
+    if msg.correlation_data:
+        h.update(len(msg.correlation_data).to_bytes(4, "big") + msg.correlation_data + body)
         return f"req:{topic_key}:{h.hexdigest()}"
-    h.update(codec.encode(payload))
-    if msg.response_topic:
-        h.update(b"\x00" + msg.response_topic.encode())
+    h.update(body)
     return f"pub:{topic_key}:{h.hexdigest()}"
 
 

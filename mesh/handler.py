@@ -10,7 +10,7 @@ error reply and a dead letter.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -116,6 +116,7 @@ Handler = Callable[["Context", Any], Awaitable[Reply | None]]
 BatchHandler = Callable[[list[Job]], Awaitable[None]]
 AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
 DedupKey = Callable[[Any], str | None]
+LockKeys = Callable[[Any], Iterable[str]]
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -130,6 +131,11 @@ class Route(msgspec.Struct, frozen=True):
     # Batch-native: every message of a group commit in one call (reads for all of them, then
     # writes; `Tx.defer` makes each table one statement). Refuse a job before writing for it.
     batch: BatchHandler | None = None
+    # What the handler reads and then writes what follows from, as lock keys (e.g. the
+    # message's user): the runtime locks every key of a group commit's messages, sorted, first
+    # thing in its transaction (Tx.lock), so agents sharing the database take turns per key.
+    # Called with the decoded payload; it must not raise (a payload it cannot key names none).
+    locks: LockKeys | None = None
 
     @classmethod
     def batched(
@@ -139,6 +145,7 @@ class Route(msgspec.Struct, frozen=True):
         *,
         dedup: DedupKey | None = None,
         after_commit: AfterCommit | None = None,
+        locks: LockKeys | None = None,
     ) -> Route:
         """A route whose handler is `batch`; one message alone is a batch of one."""
 
@@ -149,4 +156,4 @@ class Route(msgspec.Struct, frozen=True):
                 raise job.error
             return job.reply
 
-        return cls(key, one, dedup=dedup, after_commit=after_commit, batch=batch)
+        return cls(key, one, dedup=dedup, after_commit=after_commit, batch=batch, locks=locks)

@@ -167,8 +167,9 @@ class GroupCommitter:
     async def _commit_with_retries(self, batch: list[Delivery]) -> None:
         """Commit `batch`, whatever it takes: a database outage or exhaustion (disk full,
         read-only, cancelled) holds the messages un-acknowledged and retries until it is over
-        (`trouble` says why meanwhile); conflicts retry, then message by message; a failure of
-        the machinery itself retries a few times, then answers internal_error (transient)."""
+        (`trouble` says why meanwhile); conflicts retry, then message by message, until they go
+        through; a failure of the machinery itself retries a few times, then answers
+        internal_error (transient)."""
         backoff = Backoff(0.05, 5.0)
         failures = 0
         isolate = False  # savepoints per message only once a handler of the batch has failed
@@ -189,7 +190,9 @@ class GroupCommitter:
                         for d in batch:
                             await self._commit_with_retries([d])
                         return
-                    if failures >= 5:
+                    # A conflict (deadlock, serialization failure) is two transactions meeting:
+                    # the other one ends, so retrying goes through; never a dead letter.
+                    if failures >= 5 and cause != "conflict":
                         log.error("commit of %s failed for good: %s", batch[0].entry.key, exc)
                         err = ErrorInfo(
                             code="internal_error", message=f"database error: {exc}", transient=True
@@ -236,6 +239,7 @@ class GroupCommitter:
         outcomes: dict[int, Outcome] = {}
         ctxs: dict[int, Context] = {}
         async with self._store.transaction() as tx:
+            await tx.lock(_lock_keys(batch))
             for group in _groups(batch, together=not isolate):
                 jobs = [(n, self._context(tx, batch[n])) for n in group]
                 ctxs.update(jobs)
@@ -368,6 +372,20 @@ class GroupCommitter:
         if not key.startswith(claims.DERIVED_PREFIXES) or d.msg.dup:
             return False
         return now - dt.datetime.fromisoformat(claimed_at) >= self._keyless_window
+
+
+def _lock_keys(batch: list[Delivery]) -> set[str]:
+    """Every key the batch's routes lock, taken at once (sorted by Tx.lock) before any handler
+    reads: the same order on every agent, whatever routes the batch mixes. A deadlock with
+    another agent's rows is a conflict: the batch is retried (_commit_with_retries)."""
+    keys: set[str] = set()
+    for d in batch:
+        if d.route.locks is not None:
+            try:
+                keys.update(d.route.locks(d.payload))
+            except Exception:  # a bug of the route's: its handler still answers the message
+                log.exception("lock keys of %s failed", d.entry.key)
+    return keys
 
 
 def _groups(batch: list[Delivery], *, together: bool) -> list[list[int]]:

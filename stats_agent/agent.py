@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
-from lifeops_contract import contract
+from lifeops_contract import contract, user_registry
 from mesh import Agent, AgentApp, Route, Settings, installation_key
-from stats_agent.handlers import StatsHandlers, activity_identity, oura_identity
-from stats_agent.repository import MIGRATIONS
+from stats_agent.handlers import (
+    StatsHandlers,
+    activity_identity,
+    character_lock,
+    oura_identity,
+)
+from stats_agent.repository import EXISTING_USERS, MIGRATIONS
 from stats_agent.rules import load_rules
+
+log = logging.getLogger("stats_agent")
 
 
 class StatsConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,11 +41,21 @@ def build(settings: Settings) -> AgentApp:
         contract=contract(),
         migrations=MIGRATIONS,
         routes=[
-            Route.batched("activities_log", handlers.log_activities, dedup=activity_identity),
             Route.batched(
-                "activity_completed", handlers.activities_completed, dedup=activity_identity
+                "activities_log",
+                handlers.log_activities,
+                dedup=activity_identity,
+                locks=character_lock,
             ),
-            Route.batched("oura_synced", handlers.oura_days, dedup=oura_identity),
+            Route.batched(
+                "activity_completed",
+                handlers.activities_completed,
+                dedup=activity_identity,
+                locks=character_lock,
+            ),
+            Route.batched(
+                "oura_synced", handlers.oura_days, dedup=oura_identity, locks=character_lock
+            ),
             Route("character_get", handlers.character_get),
             Route("events_recent", handlers.events_recent),
         ],
@@ -49,6 +67,12 @@ def build(settings: Settings) -> AgentApp:
 def handlers_open(handlers: StatsHandlers) -> Callable[[Agent], Awaitable[None]]:
     async def on_open(agent: Agent) -> None:
         handlers.key = await installation_key(agent.store, "stats_activity_ids")
+        for refused, holder in await user_registry.install(agent.store, EXISTING_USERS):
+            log.warning(
+                "user %r was stored before as well as %r, one person's id spelled two ways: "
+                "%r is refused from now on (its data stays)",
+                refused, holder, refused,
+            )  # fmt: skip
 
     return on_open
 

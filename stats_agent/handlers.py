@@ -9,6 +9,7 @@ import msgspec
 
 from lifeops_contract.schemas import (
     AchievementUnlocked,
+    ActivityCompleted,
     ActivityLogReply,
     ActivityLogRequest,
     CharacterGetRequest,
@@ -17,6 +18,7 @@ from lifeops_contract.schemas import (
     EventsRecentRequest,
     OuraSynced,
 )
+from lifeops_contract.user_registry import UserRegistry, refusal
 from mesh import Context, HandlerError, Job, NotFound, codec, keyed_uuid
 from stats_agent import game, ledger, repository
 from stats_agent.rules import Rules
@@ -29,6 +31,17 @@ def activity_identity(req: ActivityLogRequest) -> str | None:
     if req.source_ref:
         return f"activity:{req.source}:{req.source_ref}"
     return None
+
+
+def character_lock(payload: ActivityLogRequest | ActivityCompleted | OuraSynced) -> list[str]:
+    """The lock key of a message that grants XP: its user's character. Every read-then-write
+    of a grant ends there (an Oura day's earlier versions, the totals before an award or a
+    level-up, the achievements a user has, the retained sheet), so the user is the key:
+    agents sharing the database take turns per user (mesh Route.locks)."""
+    try:
+        return [f"stats:character:{game.check_user_id(payload.user_id)}"]
+    except HandlerError:
+        return []  # refused by its handler
 
 
 def oura_day_ref(user_id: str, day: dt.date) -> str:
@@ -56,6 +69,8 @@ class Pending(msgspec.Struct, kw_only=True):
     source: str
     source_ref: str | None
     activity_time: dt.datetime | None
+    day: dt.date | None = None  # a version of an Oura day: its day and revision
+    revision: int | None = None
 
 
 class StatsHandlers:
@@ -67,6 +82,7 @@ class StatsHandlers:
         # Derived activity ids use this installation's key (set at start), so nobody can
         # compute one in advance and pre-claim it.
         self.key: bytes | None = None
+        self.users = UserRegistry()
 
     async def log_activities(self, jobs: list[Job]) -> None:
         """stats/activities/log, open to several accounts: `source: lifeops` (LifeOps speaks
@@ -140,22 +156,25 @@ class StatsHandlers:
     async def oura_days(self, jobs: list[Job]) -> None:
         """lifeops/oura/synced: a day's scores. Each version (revision) of a user's day counts
         once; per stat it grants what the rules give beyond the XP the day already got from
-        its other versions, so a day's XP is, per stat, the rules' XP of its best version."""
+        its other versions, so a day's XP is, per stat, the rules' XP of its best version.
+        Read under the user's lock (Route.locks): another agent's version is either committed
+        and read here, or waits for this commit and reads it."""
         valid = _with_user_ids(jobs)
         if not valid:
             return
         tx = valid[0][0].ctx.tx
-        refs = [("lifeops", oura_identity(j.payload)) for j, _ in valid]
-        prior = await repository.replies_by_source(tx, refs)
-        granted = await repository.oura_granted(
-            tx, [oura_day_ref(user_id, j.payload.date) for j, user_id in valid]
-        )
+        granted: dict[tuple[str, dt.date], dict[str, int]] = {}
+        prior: dict[tuple[str, dt.date, int], str] = {}
+        for v in await repository.oura_versions(tx, [(u, j.payload.date) for j, u in valid]):
+            total = granted.setdefault((v.user_id, v.day), {})
+            for stat, xp in v.xp.items():
+                total[stat] = total.get(stat, 0) + xp
+            prior[(v.user_id, v.day, v.revision)] = v.reply
         fresh: list[Pending] = []
         for job, user_id in valid:
             ev: OuraSynced = job.payload
-            ref = oura_identity(ev)
-            if ("lifeops", ref) in prior:  # its inbox key was pruned; the activity is still there
-                job.reply = _again(prior[("lifeops", ref)])
+            if (user_id, ev.date, ev.revision) in prior:  # its inbox key was pruned
+                job.reply = _again(prior[(user_id, ev.date, ev.revision)])
                 continue
             scores = {
                 "sleep": ev.scores.sleep,
@@ -163,9 +182,8 @@ class StatsHandlers:
                 "activity": ev.scores.activity,
             }
             full = game.oura_grants(self.rules, scores)
-            day = oura_day_ref(user_id, ev.date)
-            known = day in granted
-            so_far = granted.setdefault(day, {})  # this batch's earlier versions count too
+            known = (user_id, ev.date) in granted
+            so_far = granted.setdefault((user_id, ev.date), {})  # the batch's versions count
             grants = oura_increment(full, so_far)
             if not grants:
                 job.reply = ActivityLogReply(
@@ -173,6 +191,7 @@ class StatsHandlers:
                 )
                 continue
             so_far.update({stat: full[stat] for stat in grants})
+            ref = oura_identity(ev)
             grant = ledger.Grant(
                 user_id=user_id,
                 activity_id=self._derived_id(ref),
@@ -187,6 +206,8 @@ class StatsHandlers:
                     source="lifeops",
                     source_ref=ref,
                     activity_time=dt.datetime.combine(ev.date, dt.time(), dt.UTC),
+                    day=ev.date,
+                    revision=ev.revision,
                 )
             )
         await self._grant_new(fresh)
@@ -197,6 +218,7 @@ class StatsHandlers:
         if not fresh:
             return
         tx = fresh[0].job.ctx.tx
+        fresh = await self._admitted(fresh)
         known = await repository.activities_by_id(tx, [p.grant.activity_id for p in fresh])
         todo: list[Pending] = []
         first: dict[str, Pending] = {}
@@ -231,6 +253,16 @@ class StatsHandlers:
                         "activity_id_taken", f"activity_id {aid[:80]!r} belongs to another activity"
                     )
                 )
+
+    async def _admitted(self, fresh: list[Pending]) -> list[Pending]:
+        """A new activity's user is recorded with its first write; a user id that is another
+        stored user's spelled differently (Alice for alice, run_club for run-club) is refused."""
+        ctx = fresh[0].job.ctx
+        refused = await self.users.admit(ctx.tx, [p.grant.user_id for p in fresh], ctx.now)
+        for p in fresh:
+            if p.grant.user_id in refused:
+                p.job.refuse(refusal(p.grant.user_id, refused[p.grant.user_id]))
+        return [p for p in fresh if p.job.error is None]
 
     async def _apply(self, todo: list[Pending]) -> None:
         """Grant XP: characters and stats incremented in one statement each (concurrent agents
@@ -334,6 +366,8 @@ class StatsHandlers:
             xp=codec.encode(g.grants).decode(),
             reply=codec.encode(reply).decode(),
             now=ctx.now,
+            day=p.day,
+            revision=p.revision,
         )
         p.job.reply = reply
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
+
 from lifeops_contract.schemas import AchievementUnlocked, CharacterSheet, LevelUp, StatSheet
 from mesh import Migration, Tx, codec
 from stats_agent.game import level_for
@@ -55,7 +57,29 @@ MIGRATIONS = (
             "DROP INDEX IF EXISTS stats_activities_source",
         ),
     ),
+    # An Oura day's identity as columns: the user (user_id), the day and the revision (NULL for
+    # every other activity), read as such instead of parsed out of source_ref
+    # (`oura:<user>:<date>` or `oura:<user>:<date>:rev<n>`, kept: it is the activity's
+    # (source, source_ref) identity). Existing rows are filled from that string once, here;
+    # only a ref that starts with its own row's user counts.
+    Migration(
+        4,
+        (
+            "ALTER TABLE stats_activities ADD COLUMN day TEXT",
+            "ALTER TABLE stats_activities ADD COLUMN revision INTEGER",
+            "UPDATE stats_activities SET day = substr(source_ref, length(user_id) + 7, 10),"
+            " revision = CASE WHEN length(source_ref) > length(user_id) + 16"
+            " THEN CAST(substr(source_ref, length(user_id) + 21) AS INTEGER) ELSE 0 END"
+            " WHERE source = 'lifeops' AND activity_type = 'oura_daily'"
+            " AND substr(source_ref, 1, length(user_id) + 6) = 'oura:' || user_id || ':'",
+            "CREATE UNIQUE INDEX IF NOT EXISTS stats_activities_day"
+            " ON stats_activities (user_id, day, revision) WHERE day IS NOT NULL",
+        ),
+    ),
 )
+
+# The users stored so far, for the user-id registry (lifeops_contract.user_registry).
+EXISTING_USERS = "SELECT user_id, created_at AS seen FROM stats_characters"
 
 
 async def add_character_xp(tx: Tx, user_id: str, xp: int, now: dt.datetime) -> tuple[int, int]:
@@ -117,10 +141,14 @@ def insert_activity(
     xp: str,
     reply: str,
     now: dt.datetime,
+    day: dt.date | None = None,
+    revision: int | None = None,
 ) -> None:
+    """An activity's row; `day` and `revision` for a version of an Oura day."""
     tx.defer(
         "INSERT INTO stats_activities (activity_id, user_id, activity_type, source, source_ref,"
-        " activity_time, xp, reply, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " activity_time, xp, reply, created_at, day, revision)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         activity_id,
         user_id,
         activity_type,
@@ -130,6 +158,8 @@ def insert_activity(
         xp,
         reply,
         now.isoformat(),
+        day.isoformat() if day else None,
+        revision,
     )
 
 
@@ -284,28 +314,38 @@ async def replies_by_source(tx: Tx, refs: list[tuple[str, str]]) -> dict[tuple[s
     return out
 
 
-async def oura_granted(tx: Tx, days: list[str]) -> dict[str, dict[str, int]]:
-    """Oura day ref (`oura:<user>:<date>`) -> XP per stat granted to all its versions so far,
-    for the days that have any (one query: each day's first version or a revision of it)."""
+class OuraVersion(msgspec.Struct, frozen=True):
+    """A version of a user's Oura day that Stats has: what it granted and its reply."""
+
+    user_id: str
+    day: dt.date
+    revision: int
+    xp: dict[str, int]
+    reply: str
+
+
+async def oura_versions(tx: Tx, days: list[tuple[str, dt.date]]) -> list[OuraVersion]:
+    """Every version Stats has of these (user, day)s (one query, on the day's index)."""
     wanted = sorted(set(days))
     if not wanted:
-        return {}
-    where = " OR ".join("source_ref = ? OR source_ref LIKE ? ESCAPE '!'" for _ in wanted)
-    args: list[str] = []
-    for ref in wanted:
-        escaped = ref.replace("!", "!!").replace("%", "!%").replace("_", "!_")
-        args += [ref, f"{escaped}:rev%"]
+        return []
+    where = " OR ".join("(user_id = ? AND day = ?)" for _ in wanted)
+    args = [v for user, day in wanted for v in (user, day.isoformat())]
     rows = await tx.fetchall(
-        f"SELECT source_ref, xp FROM stats_activities WHERE source = 'lifeops' AND ({where})",
+        "SELECT user_id, day, revision, xp, reply FROM stats_activities"
+        f" WHERE day IS NOT NULL AND ({where})",
         *args,
     )
-    out: dict[str, dict[str, int]] = {}
-    for ref, xp in rows:
-        day = ref.partition(":rev")[0]
-        total = out.setdefault(day, {})
-        for stat, value in codec.decode(str(xp).encode(), dict[str, int]).items():
-            total[stat] = total.get(stat, 0) + value
-    return out
+    return [
+        OuraVersion(
+            user_id=r[0],
+            day=dt.date.fromisoformat(str(r[1])),
+            revision=int(r[2]),
+            xp=codec.decode(str(r[3]).encode(), dict[str, int]),
+            reply=r[4],
+        )
+        for r in rows
+    ]
 
 
 async def activities_by_id(tx: Tx, ids: list[str]) -> dict[str, tuple[str, str]]:

@@ -45,6 +45,29 @@ NAME = "lifeops-mesh app"
 ATTEMPTS = 5
 # The mesh's user ids (lifeops_contract.ids): UUIDs and slugs of [A-Za-z0-9_-], 1-64 characters.
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def fold(user_id: str) -> str:
+    """lifeops_contract.ids.fold_user_id: ids equal after folding case and -/_ are one person's
+    (one Oura token variable, one set of Home Assistant entity ids)."""
+    return user_id.lower().replace("-", "_")
+
+
+def one_person_each(user_ids: list[str], option: str) -> None:
+    """Two entries for one person in an option (the same id twice, or two spellings of it):
+    refused, never the last one silently kept."""
+    seen: dict[str, str] = {}
+    for user in user_ids:
+        first = seen.get(fold(user))
+        seen[fold(user)] = user
+        if first is not None:
+            same = "is listed twice" if first == user else f"and {first!r} are one user"
+            raise Failure(
+                f"option {option}: {user!r} {same} (ids equal after folding case and - / _ "
+                "share an Oura token and Home Assistant entities); keep one"
+            )
+
+
 # An MQTT topic prefix without wildcards or empty levels.
 PREFIX = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
 
@@ -96,6 +119,7 @@ def read_options(path: Path) -> Options:
     for user in cleaned:
         if not USER_ID.match(user):
             raise Failure(f"option users: {user[:70]!r} is not a user id (1-64 of A-Z a-z 0-9 _ -)")
+    one_person_each(list(cleaned), "users")
     prefix = _optional_str(raw, "discovery_prefix")
     if prefix is not None and not PREFIX.match(prefix):
         raise Failure(f"option discovery_prefix: {prefix[:70]!r} is not an MQTT topic prefix")
@@ -112,14 +136,15 @@ def _oura_tokens(entries: Any) -> tuple[tuple[str, str], ...]:
     """`user:token` entries; errors name the entry by its user, never show a token."""
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise Failure("option oura_tokens must be a list of user:token entries")
-    out: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
     for n, entry in enumerate(entries, 1):
         user, sep, token = entry.strip().partition(":")
         if not sep or not USER_ID.match(user) or not token or any(c.isspace() for c in token):
             shown = user[:64] if USER_ID.match(user) else f"entry {n}"
             raise Failure(f"option oura_tokens: {shown} is not user:token (the token one word)")
-        out[user] = token
-    return tuple(out.items())
+        out.append((user, token))
+    one_person_each([u for u, _ in out], "oura_tokens")
+    return tuple(out)
 
 
 def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:

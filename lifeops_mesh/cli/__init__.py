@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from lifeops_mesh.cli import (
+    backup,
     broker,
     contract,
     demo,
@@ -22,7 +23,9 @@ from lifeops_mesh.cli import (
     oura,
     reliability,
     request,
+    restore,
     run,
+    store,
     tail,
     trace,
     up,
@@ -45,6 +48,9 @@ COMMANDS: tuple[Command, ...] = (
     trace,
     dlq,
     contract,
+    backup,
+    restore,
+    store,
 )
 
 

@@ -1,4 +1,4 @@
-"""`lifeops-mesh broker acl|passwords`: the broker's ACL and accounts."""
+"""`lifeops-mesh broker acl|passwords|accounts`: the broker's ACL and accounts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lifeops_contract import with_discovery_prefix
 from lifeops_mesh.cli.common import Subparsers, the_contract
-from mesh import ConfigError
+from lifeops_mesh.tools import broker_accounts
+from mesh import ConfigError, Contract
 from mesh.broker.accounts import ensure_accounts, install_private
 from mesh.broker.acl import generate_acl
 
@@ -49,6 +50,57 @@ def register(sub: Subparsers) -> None:
         help="also copy this ACL to ACCOUNTS_DIR/mosquitto/acl, 0600 and owned as the passwd file",
     )
     pw.set_defaults(func=cmd_passwords)
+    _register_accounts(broker)
+
+
+def _register_accounts(broker: Subparsers) -> None:
+    acc = broker.add_parser(
+        "accounts", help="the mesh's accounts and ACL for a broker you already run"
+    )
+    acc.add_argument(
+        "--for",
+        dest="target",
+        required=True,
+        choices=broker_accounts.TARGETS,
+        help="mosquitto-addon: Home Assistant's Mosquitto broker app; mosquitto: any other",
+    )
+    acc.add_argument(
+        "--credentials",
+        default="data/mesh-accounts.toml",
+        metavar="FILE",
+        help="where the accounts' passwords are kept (and reused when it exists; default "
+        "%(default)s): give it to `up --credentials`",
+    )
+    acc.add_argument("--out", metavar="DIR", help="write the files into DIR instead of printing")
+    acc.add_argument(
+        "--folder",
+        default="mosquitto",
+        help="the Mosquitto app's customize folder under /share (default %(default)s)",
+    )
+    acc.add_argument(
+        "--ha-user",
+        default="homeassistant",
+        help="mosquitto: the account Home Assistant's MQTT integration uses (default %(default)s)",
+    )
+    acc.add_argument(
+        "--full-access",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="another user of the broker that keeps every topic (repeatable)",
+    )
+    acc.add_argument(
+        "--discovery-prefix",
+        help="Home Assistant's discovery prefix when not `homeassistant` "
+        "(default: LIFEOPS_HA_DISCOVERY_PREFIX)",
+    )
+    acc.set_defaults(func=cmd_accounts)
+
+
+def _contract(args: argparse.Namespace) -> Contract:
+    prefix = args.discovery_prefix or os.environ.get("LIFEOPS_HA_DISCOVERY_PREFIX") or ""
+    contract = the_contract()
+    return with_discovery_prefix(contract, prefix) if prefix else contract
 
 
 def _owner(flag: str, value: str | None) -> tuple[int, int] | None:
@@ -61,11 +113,36 @@ def _owner(flag: str, value: str | None) -> tuple[int, int] | None:
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
-    prefix = args.discovery_prefix or os.environ.get("LIFEOPS_HA_DISCOVERY_PREFIX") or ""
-    contract = the_contract()
-    if prefix:
-        contract = with_discovery_prefix(contract, prefix)
-    sys.stdout.write(generate_acl(contract))
+    sys.stdout.write(generate_acl(_contract(args)))
+    return 0
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    contract = _contract(args)
+    credentials = Path(args.credentials)
+    for user in args.full_access:
+        if not user or any(c.isspace() for c in user):
+            raise ConfigError(f"--full-access {user!r}: a broker user name, without spaces")
+    if args.target == "mosquitto-addon":
+        accounts = broker_accounts.for_addon(
+            contract, credentials, folder=args.folder, full_access=args.full_access
+        )
+    else:
+        if not args.out:
+            raise ConfigError("--for mosquitto writes files: give --out DIR")
+        accounts = broker_accounts.for_mosquitto(
+            contract,
+            credentials,
+            out=Path(args.out),
+            ha_user=args.ha_user,
+            full_access=args.full_access,
+        )
+    if args.out:
+        for path in broker_accounts.write(accounts, Path(args.out)):
+            print(f"wrote {path}")
+        print("\n".join(f"{n}. {step}" for n, step in enumerate(accounts.steps, 1)))
+    else:
+        sys.stdout.write(broker_accounts.render(accounts, args.target))
     return 0
 
 

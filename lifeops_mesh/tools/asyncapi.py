@@ -12,7 +12,8 @@ from mesh import Contract, TopicEntry, __version__
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 PARAM_DOCS = {
     "agent": "Agent name: lifeops, stats or ha_bridge.",
-    "user_id": "A UUID or 1-64 characters of [A-Za-z0-9_-].",
+    "user_id": "A UUID or 1-64 characters of [A-Za-z0-9_-]; ids equal after folding case and "
+    "-/_ are one person's (a second spelling is refused: user_id_taken).",
     "requester": "Username of the requester (its response topics live under reply/<username>/).",
     "request": "Free level chosen by the requester.",
 }

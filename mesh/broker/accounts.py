@@ -72,7 +72,11 @@ def credentials_text(creds: dict[str, str]) -> str:
 
 
 def load_credentials(directory: Path) -> dict[str, str]:
-    path = directory / CREDENTIALS
+    return load_credentials_file(directory / CREDENTIALS)
+
+
+def load_credentials_file(path: Path) -> dict[str, str]:
+    """The [users] of a credentials.toml ({} when the file does not exist)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -83,6 +87,19 @@ def load_credentials(directory: Path) -> dict[str, str]:
     if not isinstance(users, dict) or not all(isinstance(v, str) for v in users.values()):
         raise ConfigError(f"{path}: [users] must map names to password strings")
     return dict(users)
+
+
+def ensure_credentials_file(path: Path, names: list[str]) -> dict[str, str]:
+    """The passwords in the credentials.toml at `path`, with one created for each of `names`
+    that has none yet (the file then rewritten, readable by its owner only)."""
+    creds = load_credentials_file(path)
+    missing = [n for n in names if n not in creds]
+    for name in missing:
+        creds[name] = new_password()
+    if missing or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, credentials_text(creds))
+    return creds
 
 
 def ensure_accounts(

@@ -83,11 +83,16 @@ def generate_acl(contract: Contract) -> str:
         lines += [f"#   {p} may {m} {t}" for p, t, m in overlaps]
         lines.append("")
     for principal in contract.meta.principals:
-        rights = rights_of(contract, principal)
-        lines.append(f"user {principal}")
-        for f in sorted(rights):
-            r = rights[f]
-            mode = "readwrite" if r == {"read", "write"} else next(iter(r))
-            lines.append(f"topic {mode} {f}")
-        lines.append("")
+        lines += user_block(contract, principal)
     return "\n".join(lines)
+
+
+def user_block(contract: Contract, principal: str) -> list[str]:
+    """The `user` block of `principal` (its lines, and an empty one to end it)."""
+    rights = rights_of(contract, principal)
+    lines = [f"user {principal}"]
+    for f in sorted(rights):
+        r = rights[f]
+        mode = "readwrite" if r == {"read", "write"} else next(iter(r))
+        lines.append(f"topic {mode} {f}")
+    return [*lines, ""]

@@ -48,8 +48,15 @@ def render_local_config(
 
 def listener_port(conf: Path) -> int | None:
     """The port of the first `listener` line of a mosquitto.conf, None when there is none."""
+    found = listener(conf)
+    return found[0] if found else None
+
+
+def listener(conf: Path) -> tuple[int, str] | None:
+    """(port, bind address) of the first `listener` line of a mosquitto.conf (address "" when
+    the line has none: every interface), None when there is none."""
     for line in conf.read_text(encoding="utf-8").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
-            return int(parts[1])
+            return int(parts[1]), parts[2] if len(parts) > 2 else ""
     return None

@@ -28,8 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def local_host(bind: str) -> str:
+    """Where a client on this machine reaches a listener bound to `bind`: the loopback address
+    for a wildcard bind (every interface), else the address itself."""
+    if bind in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind == "::":
+        return "::1"
+    return bind
+
+
 class MosquittoProcess:
-    """A Mosquitto on 127.0.0.1:`port` whose state lives in `run_dir`."""
+    """A Mosquitto on `bind`:`port` (default 127.0.0.1) whose state lives in `run_dir`."""
 
     def __init__(
         self,
@@ -43,8 +53,10 @@ class MosquittoProcess:
         extra_acl: str = "",
         extra_accounts: tuple[str, ...] = (),
         extra_config: str = "",
+        bind: str = "127.0.0.1",
     ) -> None:
         self.run_dir = run_dir
+        self.bind = bind  # the listener's address: 0.0.0.0 (or ::) for every interface
         self.port = port or free_port()
         self.config = config  # the deployment mosquitto.conf this one is rendered from
         self.acl = acl
@@ -60,8 +72,14 @@ class MosquittoProcess:
     def log_file(self) -> Path:
         return self.run_dir / "mosquitto.log"
 
+    @property
+    def host(self) -> str:
+        """The address this machine's own clients connect to."""
+        return local_host(self.bind)
+
     def url(self, user: str) -> str:
-        return f"mqtt://{user}:{self.credentials[user]}@127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{user}:{self.credentials[user]}@{host}:{self.port}"
 
     def prepare(self) -> None:
         binary = shutil.which("mosquitto") or (
@@ -82,6 +100,7 @@ class MosquittoProcess:
             run_dir=self.run_dir,
             acl_file=acl,
             password_file=self.run_dir / PASSWD,
+            bind=self.bind,
             # As root, Mosquitto drops to user `mosquitto`, which cannot reach files under a
             # private home or temp dir (persistence then fails silently). This broker belongs to
             # the user who started it, so it keeps that user's rights.
@@ -111,7 +130,7 @@ class MosquittoProcess:
                 )
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                socket.create_connection((self.host, self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.05)

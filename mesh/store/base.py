@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
@@ -75,6 +76,24 @@ class Tx(abc.ABC):
         await self.flush()
         return await self._fetchall(sql, args)
 
+    async def lock(self, keys: Iterable[str]) -> None:
+        """Serialise this write transaction with every other one that locks any of `keys`,
+        until it ends (commit or rollback): whoever locks a key second waits, then reads what
+        the first one committed. For a read followed by the write that follows from it (what
+        an Oura day already got, a character's totals before an award), on any number of
+        agents sharing the database. Keys are taken in one order (see `lock_ids`), so two
+        transactions locking overlapping keys cannot deadlock on them. Take them before the
+        reads they protect, as early in the transaction as possible."""
+        ids = lock_ids(keys)
+        if ids:
+            await self.flush()
+            await self._lock(ids)
+
+    @abc.abstractmethod
+    async def _lock(self, ids: list[int]) -> None:
+        """Take the locks `ids` (sorted) until the transaction ends (nothing to take where a
+        write transaction already excludes every other writer)."""
+
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """A nested transaction: rolled back alone when its block raises (with what it
@@ -104,6 +123,17 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def _savepoint(self) -> AbstractAsyncContextManager[None]: ...
+
+
+def lock_ids(keys: Iterable[str]) -> list[int]:
+    """Each distinct key as a signed 64-bit number (PostgreSQL's advisory lock space), sorted:
+    every agent takes them in the same order. Two keys sharing a number (2^-64) only wait for
+    each other more than they need to."""
+    ids = {
+        int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
+        for k in keys
+    }
+    return sorted(ids)
 
 
 class Store(abc.ABC):

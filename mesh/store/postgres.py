@@ -48,6 +48,14 @@ class PostgresTx(Tx):
         async with self._conn.transaction():
             yield
 
+    async def _lock(self, ids: list[int]) -> None:
+        """Transaction-scoped advisory locks, one statement for all, in the array's order
+        (unnest yields it element by element): released by the commit or the rollback, never
+        a row written. A wait ends at the lock, a deadlock or the connection's command timeout."""
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", ids
+        )
+
 
 class PostgresStore(Store):
     dialect = "postgresql"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -25,12 +27,22 @@ from mesh.errors import StoreError
 from mesh.store.base import Row, Store, Tx
 from mesh.store.errors import cause_of
 
+log = logging.getLogger("mesh.store")
+
 
 class SqliteTx(Tx):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, writer: bool = True) -> None:
         super().__init__()
         self._conn = conn
+        self._writer = writer
         self._sp = itertools.count()
+
+    async def _lock(self, ids: list[int]) -> None:
+        """Nothing to take: a write transaction begins IMMEDIATE, holding the database's one
+        write lock against every other connection and process until it ends, so whatever it
+        reads stays what it read. A read-only snapshot holds none: locking there is a bug."""
+        if not self._writer:
+            raise StoreError("Tx.lock in a read-only transaction: use store.transaction()")
 
     async def _run(self, sql: str, args: Sequence[Any]) -> int:
         return self._conn.execute(sql, args).rowcount
@@ -75,6 +87,8 @@ class SqliteStore(Store):
             self._conn = await aiosqlite.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
+            # Private before the WAL exists: SQLite gives -wal and -shm the main file's mode.
+            await asyncio.to_thread(make_private, self.path)
             await self._conn.execute("PRAGMA journal_mode=WAL")
             # Acknowledged means durable: FULL syncs the WAL at every commit (group commit pays
             # one fsync per batch; bench/run.py prints what it costs against NORMAL), so a
@@ -105,7 +119,7 @@ class SqliteStore(Store):
         async with self._lock:
             await _begin(conn, "BEGIN")
             try:
-                yield SqliteTx(conn._conn)
+                yield SqliteTx(conn._conn, writer=False)
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     await asyncio.shield(conn.execute("ROLLBACK"))
@@ -134,6 +148,20 @@ class SqliteStore(Store):
                 with contextlib.suppress(sqlite3.Error):  # a failed COMMIT leaves it open
                     await asyncio.shield(conn.execute("ROLLBACK"))
                 raise StoreError(f"commit failed: {exc}", cause_of(exc) or "outage") from exc
+
+
+def make_private(path: str) -> None:
+    """A database, its WAL and shared memory readable by their owner only (0600); a file of
+    another owner (chmod refused) is left as it is, with a warning."""
+    if path == ":memory:":
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s private (0600): %s", name, exc)
 
 
 async def _begin(conn: aiosqlite.Connection, statement: str) -> None:

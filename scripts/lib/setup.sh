@@ -57,11 +57,13 @@ ensure_venv() {
     fi
 }
 
-# Tools the tests drive: Prometheus (promtool and the server), Node.js for the AsyncAPI parser.
+# Tools the tests drive: Prometheus (promtool and the server), Node.js for the AsyncAPI parser,
+# debootstrap for the Debian root the newest Home Assistant runs in (tests/support/homeassistant.py).
 ensure_test_tools() {
     local missing=()
     { have promtool && have prometheus; } || missing+=(prometheus)
     { have node && have npm; } || missing+=(nodejs npm)
+    have debootstrap || missing+=(debootstrap)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 

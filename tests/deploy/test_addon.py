@@ -988,6 +988,26 @@ def test_sigterm_while_waiting_for_the_supervisor_exits_cleanly(
     proc.stderr.close()
 
 
+def test_the_app_folds_user_ids_as_the_mesh_does() -> None:
+    """run.py runs before the mesh is importable: its copy of the rule that makes two ids one
+    person's is the mesh's (lifeops_contract.ids.fold_user_id)."""
+    import importlib.util
+
+    from lifeops_contract.ids import fold_user_id
+
+    spec = importlib.util.spec_from_file_location("addon_run", RUN_PY)
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run  # its dataclasses look themselves up there
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        del sys.modules[spec.name]
+    for uid in ("alice", "Alice", "run-club", "Run_Club", "A-b_C-9", "0F2C-aa"):
+        assert run.fold(uid) == fold_user_id(uid)
+    assert run.fold("Run-Club") == run.fold("run_club")
+
+
 @pytest.mark.parametrize(
     ("options", "needles"),
     [
@@ -997,6 +1017,16 @@ def test_sigterm_while_waiting_for_the_supervisor_exits_cleanly(
         ({"users": [], "discovery_prefix": "home/#"}, ("discovery_prefix",)),
         ({"users": [], "oura_tokens": ["alice"]}, ("oura_tokens", "alice", "user:token")),
         ({"users": [], "oura_tokens": ["bad user:s3cret"]}, ("oura_tokens", "entry 1")),
+        # One person's two spellings would share a token variable (or HA entity ids).
+        (
+            {"users": [], "oura_tokens": ["run-club:tok-1", "Run_Club:tok-2"]},
+            ("oura_tokens", "'Run_Club' and 'run-club' are one user"),
+        ),
+        (
+            {"users": [], "oura_tokens": ["alice:tok-1", "alice:tok-2"]},
+            ("oura_tokens", "'alice' is listed twice"),
+        ),
+        ({"users": ["alice", "Alice"]}, ("users", "'Alice' and 'alice' are one user")),
         ([], ("JSON object",)),
     ],
 )

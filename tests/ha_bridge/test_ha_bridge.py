@@ -17,6 +17,7 @@ from mesh import codec
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.brokers import connect_as, transport_for
+from mesh.testing.recorder import Recorder
 from mesh.testing.wait import eventually
 from mesh.transport import Inbound
 from stats_agent.rules import load_rules
@@ -471,3 +472,60 @@ def test_filter_cover() -> None:
     assert covers("a/#", "a/b/c") and covers("a/+", "a/+")
     assert not covers("a/+", "a/#") and not covers("a/+", "a/b/c")
     assert not covers("$share/g/a/+", "a/b") and not covers("+/status", "reply/x/y")
+
+
+def _sheet(uid: str) -> bytes:
+    example = json.loads(default_contract().entry("character_state").example or "{}")
+    return json.dumps({**example, "user_id": uid}).encode()
+
+
+def _entity_ids(view: Retained) -> list[str]:
+    """The entity ids every discovery config on the broker asks for."""
+    return [
+        json.loads(p)["default_entity_id"]
+        for t, p in view.topics.items()
+        if t.startswith("homeassistant/") and t.endswith("/config")
+    ]
+
+
+async def test_two_spellings_of_one_user_never_share_entity_ids(
+    own_broker: MosquittoProcess, new_db: Callable[[], str], start_agent: Start
+) -> None:
+    """`<u>-Alice` and `<u>-alice` would get the same entity ids: the spelling the bridge
+    stored first keeps them, the other's sheet is dead-lettered naming both ids and gets no
+    entities; a bridge starting afresh with both sheets retained on the broker publishes one
+    set of entity ids, each once."""
+    base = user()
+    first, other = f"{base}-Alice", f"{base}-alice"
+    node, other_node = f"lifeops_{first}", f"lifeops_{other}"  # entity ids: lifeops_<u>_alice_*
+    async with (
+        Retained(own_broker) as view,
+        Recorder(own_broker, ["mesh/dlq/ha_bridge"]) as rec,
+    ):
+        stats = await connect_as(own_broker, "stats")  # the only publisher of sheets
+        try:
+            async with start_agent("ha_bridge", own_broker, new_db()):
+                await stats.publish(f"stats/character/{first}", _sheet(first), qos=1, retain=True)
+                await eventually(lambda: _true(view.configs(node)), what="the first's entities")
+                await stats.publish(f"stats/character/{other}", _sheet(other), qos=1, retain=True)
+
+                async def refused() -> list[Any]:
+                    letters = [json.loads(m.payload) for m in rec.on("mesh/dlq/ha_bridge")]
+                    return [d for d in letters if d["error"]["code"] == "user_id_taken"]
+
+                (letter,) = await eventually(refused, what="the other spelling's dead letter")
+                assert repr(other) in letter["error"]["message"]
+                assert repr(first) in letter["error"]["message"]
+                await asyncio.sleep(0.5)
+                ids = _entity_ids(view)
+                assert ids and len(ids) == len(set(ids)), ids
+                assert view.configs(other_node) == {} and view.state(other) is None
+            async with start_agent("ha_bridge", own_broker, new_db()):  # both retained now
+                await asyncio.sleep(1.5)
+                ids = _entity_ids(view)
+                assert ids and len(ids) == len(set(ids)), ids
+                assert bool(view.configs(node)) != bool(view.configs(other_node))
+        finally:
+            for uid in (first, other):
+                await stats.publish(f"stats/character/{uid}", b"", qos=1, retain=True)
+            await stats.disconnect()

@@ -22,6 +22,8 @@ from lifeops_contract import contract
 from lifeops_contract.schemas import (
     ActivityLogRequest,
     CharacterGetRequest,
+    OuraScores,
+    OuraSynced,
     TimelineCompleteRequest,
     TimelineGetRequest,
 )
@@ -122,6 +124,14 @@ async def test_a_batch_costs_the_statements_of_one(agents: dict[str, Any], size:
 
     one = await _statements(stats, "activities_log", activities(f"sa{size}", 1))
     many = await _statements(stats, "activities_log", activities(f"sb{size}", size))
+    assert len(many) == len(one), (one, many)
+
+    def oura(tag: str, n: int) -> list[OuraSynced]:
+        scores = OuraScores(sleep=80, readiness=70)
+        return [OuraSynced(user_id=f"{tag}{i}", date=NOW.date(), scores=scores) for i in range(n)]
+
+    one = await _statements(stats, "oura_synced", oura(f"so{size}", 1))
+    many = await _statements(stats, "oura_synced", oura(f"sp{size}", size))
     assert len(many) == len(one), (one, many)
 
 

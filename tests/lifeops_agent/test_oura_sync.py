@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lifeops_contract.schemas import CharacterGetRequest, CharacterReply
+from lifeops_contract.schemas import CharacterGetRequest, CharacterReply, UserSettingsRequest
 from mesh import ConfigError, codec
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
@@ -210,6 +210,38 @@ async def test_cli_sync_once_then_again_then_with_a_refused_token(
             assert await _total_is(tester, uid, expected)
 
 
+@pytest.mark.parametrize(
+    ("users", "both"),
+    [
+        ("run-club,run_club", ("run_club", "run-club")),
+        ("ada,Run-Club,run_club", ("run_club", "Run-Club")),
+        ("Alice, alice", ("alice", "Alice")),
+    ],
+)
+def test_two_spellings_of_one_user_are_refused_at_startup(
+    users: str, both: tuple[str, str]
+) -> None:
+    """run-club, run_club and Run-Club would all read LIFEOPS_OURA_TOKEN_RUN_CLUB: one
+    person's sleep credited to another. The configuration naming two of them is refused, the
+    error names both, and LifeOps is not built."""
+    from lifeops_agent.oura_sync import OuraSyncConfig
+    from lifeops_mesh.tools.doctor.static import build_apps
+    from lifeops_oura import env_suffix
+
+    env = {"LIFEOPS_OURA_USERS": users, "LIFEOPS_OURA_TOKEN_RUN_CLUB": SECRET}
+    with pytest.raises(ConfigError, match="LIFEOPS_OURA_USERS") as got:
+        OuraSyncConfig.from_env(env)
+    assert all(repr(uid) in str(got.value) for uid in both), got.value
+    assert SECRET not in str(got.value)
+    _, failed = build_apps(env)  # what `up` and `doctor` build LifeOps with
+    assert "one user id spelled two ways" in str(failed["lifeops"])
+    assert env_suffix("run-club") == env_suffix("Run_Club") == "RUN_CLUB"
+    assert OuraSyncConfig.from_env({"LIFEOPS_OURA_USERS": "run-club,ada"}).users == (
+        "run-club",
+        "ada",
+    )
+
+
 def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None:
     """A user without a token, a bad interval or user id: ConfigError naming the variables;
     `doctor` builds LifeOps with a token configured and nothing it reports shows it."""
@@ -232,3 +264,53 @@ def test_sync_settings_are_checked_at_startup_and_never_show_the_token() -> None
     bad = {"LIFEOPS_OURA_USERS": "ada", "LIFEOPS_OURA_TOKEN_ADA": f"{SECRET} x"}
     _, failed = build_apps(bad)
     assert "lifeops" in failed and SECRET not in str(failed["lifeops"])
+
+
+async def test_a_sync_user_spelled_as_another_stored_user_is_refused_and_the_sync_lives(
+    broker: MosquittoProcess,
+    new_db: Callable[[], str],
+    start_agent: Start,
+    tester: MeshClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LifeOps already stores `<u>-run-club`; LIFEOPS_OURA_USERS names `<u>_Run_Club` (the
+    same person's id spelled differently): its days are refused (nothing stored or granted),
+    health says why, the log names both ids, and later cycles keep running."""
+    base = user()
+    stored, synced = f"{base}-run-club", f"{base}_Run_Club"
+    env = {
+        "LIFEOPS_OURA_USERS": synced,
+        f"LIFEOPS_OURA_TOKEN_{synced.upper()}": SECRET,
+        "LIFEOPS_OURA_SYNC_INTERVAL_S": "1",
+    }
+    async with oura_standin() as api:
+        serve(api, {day(1): (82, 78, 70)})
+        env["LIFEOPS_OURA_API_URL"] = api.base_url
+        db = new_db()
+        async with start_agent("lifeops", broker, db):  # no sync yet: `stored` comes first
+            done = await tester.request(
+                "user_settings", UserSettingsRequest(user_id=stored, timezone="UTC")
+            )
+            assert done.error is None
+        async with (
+            start_agent("stats", broker, new_db()),
+            start_agent("lifeops", broker, db, env=env) as lifeops,
+        ):
+
+            async def refused_twice() -> bool:
+                assert lifeops.app.checks is not None
+                detail = lifeops.app.checks()["oura"].detail
+                seen = [s for s in api.seen if s.endpoint == "daily_sleep"]
+                return "user_id_taken" in detail and len(seen) >= 2
+
+            await eventually(refused_twice, timeout=20, what="two refused sync cycles")
+            assert lifeops.app.checks is not None
+            assert f"{synced}: user_id_taken" in lifeops.app.checks()["oura"].detail
+            said = [r.getMessage() for r in caplog.records if "refused the days" in r.getMessage()]
+            assert said and repr(stored) in said[0] and repr(synced) in said[0]
+            assert all(SECRET not in r.getMessage() for r in caplog.records)
+            async with lifeops.store.read() as tx:
+                rows = await tx.fetchall("SELECT user_id FROM lifeops_oura_days")
+            assert rows == []
+            reply = await _sheet(tester, synced)
+            assert not reply.success  # no character: nothing granted

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -53,8 +54,8 @@ async def _total(c: MeshClient, uid: str) -> int:
 async def test_keyless_requests_are_counted_once_per_request(
     mesh_broker: BrokerUnderTest, start_agent: StartAgent, db_url: str
 ) -> None:
-    """No activity_id, no source_ref: a request is identified by its requester (response topic
-    + correlation data), so its retry counts once and two requests count twice; an identical
+    """No activity_id, no source_ref: a request is identified by its correlation data and
+    payload, so its retry counts once and two requests count twice; an identical
     bare publish repeated counts once (documented trade-off)."""
     uid = user()
     body = codec.encode(ActivityLogRequest(user_id=uid, activity_type="reading"))
@@ -78,6 +79,74 @@ async def test_keyless_requests_are_counted_once_per_request(
         await asyncio.sleep(0.3)
         assert await _total(c, uid) == 90
         assert stats.metrics.total("mesh_duplicates_skipped_total") == 3
+
+
+async def test_a_retry_to_a_corrected_response_topic_is_the_same_request(
+    broker: MosquittoProcess, start_agent: StartAgent, db_url: str
+) -> None:
+    """The `tester` account sends a keyless request with a reply topic it cannot read
+    (`reply/alice/1`: the answer is lost), then retries with `mosquitto_rr` to its own
+    (`reply/tester/1`) and the same correlation data: one grant, and the retry gets the
+    original reply marked as a duplicate. A second identical request with new correlation data
+    (the same thing done twice on purpose) counts again."""
+    uid, cli = user(), MosquittoCli(broker)
+    body = json.dumps({"user_id": uid, "activity_type": "reading"})
+    corr = ["-D", "publish", "correlation-data"]
+    async with (
+        start_agent("stats", broker, db_url) as stats,
+        MeshClient(broker.url("tester"), contract()) as c,
+    ):
+        lost = await cli.pub(
+            "stats/activities/log", body,
+            extra=["-D", "publish", "response-topic", "reply/alice/1", *corr, "attempt-1"],
+        )  # fmt: skip
+        assert lost.returncode == 0, lost.stderr
+        await eventually(lambda: _equals(_total(c, uid), 30), what="the first attempt's grant")
+        retry = await cli.rr(
+            "stats/activities/log", body, response_topic="reply/tester/1",
+            extra=[*corr, "attempt-1"],
+        )  # fmt: skip
+        assert retry.returncode == 0, retry.stderr
+        first = json.loads(retry.lines[-1])
+        assert first["duplicate"] is True
+        assert sum(first["xp_granted"].values()) == 30
+        assert await _total(c, uid) == 30
+        assert stats.metrics.total("mesh_duplicates_skipped_total") == 1
+
+        again = await cli.rr(
+            "stats/activities/log", body, response_topic="reply/tester/1",
+            extra=[*corr, "attempt-2"],
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        second = json.loads(again.lines[-1])
+        assert not second.get("duplicate") and sum(second["xp_granted"].values()) == 30
+        assert second["activity_id"] != first["activity_id"]
+        assert await _total(c, uid) == 60
+
+
+async def test_a_retry_without_correlation_data_to_a_corrected_topic_is_the_same_request(
+    broker: MosquittoProcess, start_agent: StartAgent, db_url: str
+) -> None:
+    """mosquitto_rr's default sends no correlation data: the request is its canonical payload,
+    so the retry with a corrected response topic (and keys in another order) is recognised."""
+    uid, cli = user(), MosquittoCli(broker)
+    async with (
+        start_agent("stats", broker, db_url),
+        MeshClient(broker.url("tester"), contract()) as c,
+    ):
+        lost = await cli.pub(
+            "stats/activities/log", json.dumps({"user_id": uid, "activity_type": "reading"}),
+            extra=["-D", "publish", "response-topic", "reply/alice/2"],
+        )  # fmt: skip
+        assert lost.returncode == 0, lost.stderr
+        await eventually(lambda: _equals(_total(c, uid), 30), what="the first attempt's grant")
+        retry = await cli.rr(
+            "stats/activities/log", json.dumps({"activity_type": "reading", "user_id": uid}),
+            response_topic="reply/tester/2",
+        )  # fmt: skip
+        assert retry.returncode == 0, retry.stderr
+        assert json.loads(retry.lines[-1])["duplicate"] is True
+        assert await _total(c, uid) == 30
 
 
 def _transient_then_fine(failures: int) -> tuple[AgentApp, list[int]]:

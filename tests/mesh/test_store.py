@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from mesh.errors import ConfigError
-from mesh.store import Migration, open_store, parse_db_url
+from mesh.errors import ConfigError, StoreError
+from mesh.store import Migration, Store, open_store, parse_db_url
 
 MIGRATIONS = (
     Migration(1, ("CREATE TABLE t (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",)),
@@ -98,3 +101,61 @@ async def test_deferred_writes_keep_their_order_and_roll_back(db_url: str) -> No
         async with store.read() as tx:
             rows = await tx.fetchall("SELECT k, v FROM d ORDER BY k")
         assert rows == [("k0", 10), ("k1", 1), ("k2", 2)]
+
+
+def _modes(directory: Path, name: str) -> dict[str, str]:
+    return {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in sorted(directory.glob(f"{name}*"))}
+
+
+async def test_sqlite_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """A new database is 0600 before its WAL exists, so SQLite creates -wal and -shm 0600 too
+    (it gives them the database's mode); one an earlier version left 0644 is made 0600."""
+    old = os.umask(0o022)
+    try:
+        for path in (tmp_path / "new.db", tmp_path / "old.db"):
+            if path.name == "old.db":
+                path.touch(mode=0o644)
+            async with open_store(f"sqlite:///{path}") as store:
+                await store.migrate("demo", MIGRATIONS[:1])
+                modes = _modes(tmp_path, path.name)
+            names = [path.name, f"{path.name}-shm", f"{path.name}-wal"]
+            assert modes == dict.fromkeys(names, "0o600"), modes
+    finally:
+        os.umask(old)
+
+
+async def test_a_lock_makes_the_second_writer_wait_and_read_what_the_first_wrote(
+    db_url: str,
+) -> None:
+    """Two connections (two agents) read a counter and write it plus one under one lock key:
+    the second waits until the first commits, then reads its write; nothing is lost."""
+    async with open_store(db_url) as one, open_store(db_url) as two:
+        await one.migrate("demo", MIGRATIONS[:1])
+        async with one.transaction() as tx:
+            await tx.execute("INSERT INTO t (k, v) VALUES ('n', 0)")
+
+        async def add_one(store: Store, hold: float) -> int:
+            async with store.transaction() as tx:
+                await tx.lock(["counter", "other"])
+                row = await tx.fetchone("SELECT v FROM t WHERE k = 'n'")
+                assert row is not None
+                await asyncio.sleep(hold)
+                await tx.execute("UPDATE t SET v = ? WHERE k = 'n'", row[0] + 1)
+                return int(row[0])
+
+        first = asyncio.create_task(add_one(one, 0.5))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(add_one(two, 0))
+        await asyncio.sleep(0.2)
+        assert not second.done(), "the second writer did not wait for the lock"
+        assert list(await asyncio.wait_for(asyncio.gather(first, second), 10)) == [0, 1]
+        async with one.read() as tx:
+            assert await tx.fetchone("SELECT v FROM t WHERE k = 'n'") == (2,)
+
+
+async def test_sqlite_refuses_a_lock_in_a_read_only_snapshot(tmp_path: Path) -> None:
+    """SQLite's read snapshot holds no write lock: a lock there would protect nothing."""
+    async with open_store(f"sqlite:///{tmp_path / 'x.db'}") as store, store.read() as tx:
+        with pytest.raises(StoreError, match="read-only"):
+            await tx.lock(["k"])
+        await tx.lock([])  # no key: nothing to refuse

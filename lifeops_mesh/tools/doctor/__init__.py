@@ -35,12 +35,10 @@ def build_report(
     if broker_url:
         asyncio.run(live_checks(contract, broker_url, watch_s, report))
     if tests is not None and tests.exists():
+        # Shown in the coverage table only: a recommended change is something the person
+        # running the mesh can act on, and a missing test is not (on a fresh checkout it is
+        # the project's, not theirs).
         report.coverage = coverage(contract, tests)
-        for cov in report.coverage:
-            if not (cov.integration or cov.property):
-                report.recommendations.append(
-                    f"add an integration test for {cov.integration_point}"
-                )
     for f in report.issues:
         report.recommendations.append(f"{f.service}: {f.fix}")
     return report

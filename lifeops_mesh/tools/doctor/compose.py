@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lifeops_mesh.tools.doctor.report import Finding, Report
 
-EXTRA_HINT = "install the `doctor` extra: pip install 'lifeops-mesh[doctor]'"
+# The parser is in the `test` extra, not a dependency: a command that installs it into the
+# environment lifeops-mesh runs in (a checkout's .venv, a pipx venv, or any other).
+EXTRA_HINT = (
+    "install the Compose-spec parser where lifeops-mesh runs: "
+    f"{shlex.quote(sys.executable)} -m pip install 'compose-spec>=0.2'"
+)
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 

@@ -161,7 +161,8 @@ def traffic_findings(contract: Contract, seen: Seen, report: Report) -> None:
                 service="mesh",
                 issue=f"{seen.dead} dead letters during the watch",
                 impact="messages not processed",
-                fix="lifeops-mesh dlq list / replay",
+                fix="see them with `lifeops-mesh dlq list`, "
+                "send one again with `lifeops-mesh dlq replay ID`",
                 severity="warning",
             )
         )
