@@ -52,6 +52,7 @@ from mesh.schemas import (
 )
 from mesh.settings import BrokerURL, Settings, build_settings, parse_broker_url
 from mesh.store import Migration, Store, Tx, open_store, parse_db_url
+from mesh.supervise import Supervisor
 from mesh.transport import Inbound, MemoryBroker, MemoryTransport, MqttTransport, Transport, Will
 
 __version__ = "0.1.0"
@@ -101,6 +102,7 @@ __all__ = [
     "Settings",
     "Store",
     "StoreError",
+    "Supervisor",
     "TopicEntry",
     "Transaction",
     "Transport",

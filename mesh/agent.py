@@ -35,6 +35,7 @@ from mesh.rpc import TRACE_PROPERTY, Requester, reply_topic_for
 from mesh.schemas import Check, HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
+from mesh.supervise import Supervisor
 from mesh.topics import covers, shared
 from mesh.transport import Inbound, MqttTransport, Transport, Will
 from mesh.transport.mqtt import tls_context
@@ -50,6 +51,13 @@ RUNTIME_MIGRATIONS: dict[str, Sequence[Migration]] = {
     "mesh_state": state.MIGRATIONS,
     "mesh_keys": keys.MIGRATIONS,
 }
+
+
+# The runtime's background tasks, by the names health and mesh_task_failures_total{task} use.
+RUNTIME_TASKS = (
+    "outbox-relay", "outbox-sweep", "outbox-resweep", "state-publisher", "converge",
+    "receipts-sweep", "receipts-store", "receipts-send", "health", "prune",
+)  # fmt: skip
 
 
 class AgentApp(msgspec.Struct, kw_only=True):
@@ -140,7 +148,10 @@ class Agent:
         )
         self._routes = {r.key: r for r in app.routes}
         self._check_routes()
+        # Every background task of the runtime, and the app's own (`agent.supervisor.start`).
+        self.supervisor = Supervisor(self.metrics)
         self._assemble()
+        self._zero_metrics()
         self._started = False
         self.peers: dict[str, bool] = {}
         self.instances: dict[str, dict[str, bool]] = {}  # agent -> instance -> online
@@ -178,6 +189,7 @@ class Agent:
         self.receipts.on_receipt = app.on_receipt
         self.receipts.after_receipt = app.after_receipt
         self.receipts.on_stored = self.states.changed
+        self.receipts.on_dead = self._receipt_dead
         self.committer = GroupCommitter(
             agent=self.name,
             store=self.store,
@@ -208,6 +220,19 @@ class Agent:
             on_instance_status=self._instance_status,
             on_refused=self.refused,
         )
+
+    def _zero_metrics(self) -> None:
+        """Counters whose label values are known exist at 0 from the start (see Metrics)."""
+        mine = [k for k, e in self.contract.topics.items() if self.name in e.publishers]
+        self.metrics.start_at_zero(
+            received=self._routes,
+            published=[*mine, "reply", "dlq"],
+            requests=[k for k in mine if self.contract.entry(k).reply_schema is not None],
+            dead_letter_codes=dlq.RUNTIME_CODES,
+            tables=retention.TABLES,
+        )
+        for task in RUNTIME_TASKS:
+            self.supervisor.register(task)
 
     @property
     def status_topic(self) -> str:
@@ -260,6 +285,8 @@ class Agent:
             await self.committer.stop()
         for task in list(self._tasks):
             task.cancel()
+        with contextlib.suppress(Exception):
+            await self.supervisor.stop(1)
         for closing in (
             self.relay.stop(timeout=1),
             self.states.stop(),
@@ -292,12 +319,16 @@ class Agent:
             await self.committer.start()
             await self.transport.subscribe(self.subscriptions())
             await self.transport.connect(timeout=timeout)
-            await self.relay.start()
-            await self.states.start()
-            await self.converge_states()
-            await self.receipts.start()
-            self._spawn(health.publish_loop(self))
-            self._spawn(self._prune_loop())
+            await self.relay.start(self.supervisor)
+            await self.states.start(self.supervisor)
+            try:
+                await self.converge_states()
+            except Exception as exc:  # retried in the background until it goes through
+                self.supervisor.failed("converge", exc)
+                self.supervisor.job("converge", self._converge)
+            await self.receipts.start(self.supervisor)
+            self.supervisor.start("health", lambda: health.publish_loop(self))
+            self.supervisor.start("prune", self._prune_loop)
             if self.settings.metrics_port is not None:
                 self.http = HttpEndpoint(
                     health.pages(self), self.settings.metrics_bind, self.settings.metrics_port
@@ -321,6 +352,7 @@ class Agent:
         self._started = False  # its own `offline` below must not be restated as `online`
         for task in list(self._tasks):  # health, sweeps: nothing new starts
             task.cancel()
+        await self.supervisor.stop(2, "health", "prune", "converge")
         shared = self.settings.share_group is not None
         try:
             async with asyncio.timeout(timeout):
@@ -348,6 +380,7 @@ class Agent:
         await self.committer.stop()
         for task in list(self._tasks):
             task.cancel()
+        await self.supervisor.stop(5)
         if self.http is not None:
             await self.http.stop()
         await self.transport.disconnect(end_session=shared)
@@ -361,8 +394,9 @@ class Agent:
         while True:
             try:
                 await retention.prune(self.store, self.settings.retention, self.metrics)
+                self.supervisor.ok("prune")
             except Exception as exc:
-                log.warning("pruning failed (retried later): %s", exc)
+                self.supervisor.failed("prune", exc)
             await asyncio.sleep(every_s)
 
     def _connection_lost(self) -> None:
@@ -403,12 +437,17 @@ class Agent:
         nonce = uuid.uuid4().hex
         marker = self.contract.topic("sync", agent=self.name, nonce=nonce)
         connection = self.transport.sibling(f"{self.settings.client_id}-sync-{nonce[:6]}")
-        try:
-            retained = await read_retained(connection, marker, filters, timeout=30)
-        except TransportError as exc:
-            log.warning("could not read back retained states: %s", exc)
-            return 0
+        retained = await read_retained(connection, marker, filters, timeout=30)
         return await self.states.converge(keys, {m.topic: m.payload for m in retained})
+
+    async def _resweep(self) -> None:
+        """After a reconnect: what the outbox has not sent goes out now (retried until read)."""
+        await self.relay.sweep()
+
+    async def _converge(self) -> None:
+        """converge_states until it goes through once (a supervised job: a failed read-back
+        or database error is counted and retried with backoff, and health says so)."""
+        await self.converge_states()
 
     def _taken_over(self) -> None:
         self.failure = (
@@ -435,11 +474,11 @@ class Agent:
         except TransportError as exc:
             log.warning("could not publish online: %s", exc)
         if self._started:
-            self._spawn(self.relay.sweep())
+            self.supervisor.job("outbox-resweep", self._resweep)
             self.receipts.reconnected()
             # Whatever the broker restored (an old snapshot still says `session present`),
-            # its retained states converge on what is committed.
-            self._spawn(self.converge_states())
+            # its retained states converge on what is committed (retried until they do).
+            self.supervisor.job("converge", self._converge)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -507,6 +546,13 @@ class Agent:
         reason = self.refused(found[0].key if found else "state", topic, exc)
         msg = Inbound(topic=topic, payload=payload, qos=1, retain=True)
         await self.dead_letters.send(msg, f"publish_{reason}", str(exc), None)
+
+    async def _receipt_dead(
+        self, rec: receipts.ReceiptRecord, reply: Any, code: str, why: str
+    ) -> None:
+        """A receipt whose hook failed for good: dead-lettered (the receipt itself is stored)."""
+        msg = Inbound(topic=rec.topic, payload=codec.encode(reply), qos=1)
+        await self.dead_letters.send(msg, code, why, rec.trace_id)
 
     async def _publish_dlq(self, body: bytes) -> None:
         await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from mesh import codec
 from mesh.errors import TransportError
-from mesh.metrics import Metrics
+from mesh.metrics import PUBLISH_FAILURE_REASONS, Metrics
 from mesh.schemas import DeadLetter, ErrorInfo
 from mesh.store import Migration, Store
 from mesh.transport import Inbound
@@ -29,6 +29,14 @@ log = logging.getLogger("mesh.dlq")
 EXCERPT_BYTES = 4096
 MESSAGE_CHARS = 1000
 DEFAULT_PAYLOAD_CAP = 262_144  # what the broker lets through at most (max_packet_size)
+
+# The dead-letter codes the runtime itself gives (an app's handlers add their own refusals).
+RUNTIME_CODES = (
+    "validation_error", "invalid_json", "invalid_encoding", "undeclared_topic",
+    "invalid_response_topic", "expired", "retained_command", "internal_error", "not_found",
+    "poison_message", "receipt_hook_failed", "receipt_send_failed",
+    *(f"publish_{reason}" for reason in PUBLISH_FAILURE_REASONS),
+)  # fmt: skip
 
 MIGRATIONS = (
     Migration(

@@ -59,6 +59,7 @@ async def report(agent: Agent) -> HealthReport:
             ok=state is True,
             detail={True: "online", False: "offline", None: "no status seen"}[state],
         )
+    checks.update(agent.supervisor.checks())  # background tasks that ended or keep failing
     if agent.app.checks is not None:
         checks.update(agent.app.checks())
     outbox_n, outbox_age, receipts_n, receipts_age = 0, 0.0, 0, 0.0
@@ -86,8 +87,9 @@ async def publish_loop(agent: Agent, interval: float = 15.0) -> None:
                 await agent.publish("health", rep)
                 if "instance_health" in agent.contract.topics:
                     await agent.publish("instance_health", rep, instance=agent.settings.instance)
+            agent.supervisor.ok("health")
         except Exception as exc:
-            log.warning("could not publish health: %s", exc)
+            agent.supervisor.failed("health", exc)
         await asyncio.sleep(interval)
 
 

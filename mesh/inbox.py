@@ -53,6 +53,9 @@ MIGRATIONS = (
 )
 
 
+POISON_TRIES = 5  # failures of one message alone, the database taking writes, before its verdict
+
+
 class _HandlerFailed(Exception):
     """A handler failed in a batch run without savepoints: run it again, isolated."""
 
@@ -64,7 +67,9 @@ class Outcome(msgspec.Struct, kw_only=True):
 
 
 class Delivery:
-    __slots__ = ("entry", "future", "msg", "params", "payload", "received", "route", "trace_id")
+    __slots__ = (
+        "entry", "future", "msg", "params", "payload", "received", "route", "trace_id", "tries"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class Delivery:
         self.payload = payload
         self.trace_id = trace_id
         self.received = time.perf_counter()
+        self.tries = 0  # failures of this message alone while the database took writes
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
 
@@ -172,6 +178,7 @@ class GroupCommitter:
         internal_error (transient)."""
         backoff = Backoff(0.05, 5.0)
         failures = 0
+        held = 0  # failures with the database away or full (or so the error says)
         isolate = False  # savepoints per message only once a handler of the batch has failed
         while True:
             try:
@@ -184,6 +191,18 @@ class GroupCommitter:
                 cause = cause_of(exc)
                 if cause in ("outage", "exhausted"):
                     self._hold(cause, exc, len(batch))
+                    held += 1
+                    alone = len(batch) == 1
+                    if (alone or held >= POISON_TRIES) and await self._store.writable():
+                        # The database takes writes, this batch does not go: find which fails.
+                        if not alone:
+                            for d in batch:
+                                await self._commit_with_retries([d])
+                            return
+                        batch[0].tries += 1
+                        if batch[0].tries >= POISON_TRIES:
+                            outcomes, records, receipts = [_poison(batch[0], exc)], [], []
+                            break
                 else:
                     failures += 1
                     if failures >= 3 and len(batch) > 1:
@@ -201,6 +220,16 @@ class GroupCommitter:
                         break
                     self._metrics.store_retries.labels(cause or "error").inc()
                 await backoff.sleep()
+        self._settle(batch, outcomes, records, receipts)
+
+    def _settle(
+        self,
+        batch: list[Delivery],
+        outcomes: list[Outcome],
+        records: list[OutboxRecord],
+        receipts: list[ReceiptRecord],
+    ) -> None:
+        """The batch is committed: answer its messages, hand over what goes out."""
         if self.trouble is not None:
             log.warning("database writes again: %d messages held were committed", len(batch))
             self.trouble = None
@@ -372,6 +401,16 @@ class GroupCommitter:
         if not key.startswith(claims.DERIVED_PREFIXES) or d.msg.dup:
             return False
         return now - dt.datetime.fromisoformat(claimed_at) >= self._keyless_window
+
+
+def _poison(d: Delivery, exc: BaseException) -> Outcome:
+    """A message that kept failing alone while the database took other writes: its error
+    says the database is away, but the database answers; it is dead-lettered, not held."""
+    log.error("%s failed %d times while the database takes writes: %s", d.entry.key, d.tries, exc)
+    message = (
+        f"failed {d.tries} times while the database takes other writes: {type(exc).__name__}: {exc}"
+    )
+    return Outcome(error=ErrorInfo(code="poison_message", message=message[:1000]))
 
 
 def _lock_keys(batch: list[Delivery]) -> set[str]:

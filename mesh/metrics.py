@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,6 +13,13 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Why the broker may refuse an own publish for good (mesh.agent.Agent.refused): too large, or
+# a PUBACK failure reason code (MQTT v5: unspecified, implementation specific, not authorized,
+# topic name invalid, packet id in use, quota exceeded, payload format invalid).
+PUBLISH_FAILURE_REASONS = (
+    "too_large", "refused", *(f"refused_{c}" for c in (128, 131, 135, 144, 145, 151, 153))
+)  # fmt: skip
+STORE_CAUSES = ("outage", "exhausted", "conflict", "error")
 
 
 def _cached_children(metric: M) -> M:
@@ -86,6 +94,11 @@ class Metrics:
             "key",
         )
         self.pruned = c("mesh_pruned_rows_total", "Rows pruned by age and count", "table")
+        self.task_failures = c(
+            "mesh_task_failures_total",
+            "Failed cycles, items or runs of a background task (each retried with backoff)",
+            "task",
+        )
         self.publish_failures = c(
             "mesh_publish_failures_total",
             "Own publishes the broker refused for good (reason code) or that exceed its "
@@ -93,6 +106,36 @@ class Metrics:
             "key",
             "reason",
         )
+
+    def start_at_zero(
+        self,
+        *,
+        received: Iterable[str] = (),
+        published: Iterable[str] = (),
+        requests: Iterable[str] = (),
+        dead_letter_codes: Iterable[str] = (),
+        tables: Iterable[str] = (),
+    ) -> None:
+        """Make every labelled counter whose label values are known exist at 0, so an alert
+        on `increase(...)` sees the first event after a start (a series that appears with 1
+        has no increase). `received`: routed contract keys; `published`: keys this agent
+        publishes; `requests`: keys it sends requests on."""
+        for key in received:
+            self.received.labels(key).inc(0)
+            self.duplicates.labels(key).inc(0)
+        for key in published:
+            self.published.labels(key).inc(0)
+            for reason in PUBLISH_FAILURE_REASONS:
+                self.publish_failures.labels(key, reason).inc(0)
+        for key in requests:
+            self.request_timeouts.labels(key).inc(0)
+            self.receipts_transient.labels(key).inc(0)
+        for code in dead_letter_codes:
+            self.dead_letters.labels(code).inc(0)
+        for table in tables:
+            self.pruned.labels(table).inc(0)
+        for cause in STORE_CAUSES:
+            self.store_retries.labels(cause).inc(0)
 
     def _histogram(
         self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from mesh.backoff import Backoff
-from mesh.errors import PacketTooLarge, PublishRefused
+from mesh.errors import PacketTooLarge, PublishRefused, TransportError
 from mesh.store import Migration, Store, Tx
+from mesh.supervise import Supervisor
 
 log = logging.getLogger("mesh.outbox")
 
@@ -54,6 +55,13 @@ class OutboxRecord(msgspec.Struct, kw_only=True):
 Publisher = Callable[[OutboxRecord], Awaitable[None]]
 OnRefused = Callable[[OutboxRecord, Exception], Awaitable[None]]
 PERMANENT = (PacketTooLarge, PublishRefused)
+
+
+def retryable(exc: BaseException) -> bool:
+    """A publish that may go through later: the connection (TransportError, a timeout). The
+    broker's refusals and everything else (a contract violation, a bug) are final for that
+    record: it is dead-lettered and the queue moves on."""
+    return isinstance(exc, TransportError | TimeoutError) and not isinstance(exc, PERMANENT)
 
 
 def _now() -> str:
@@ -114,8 +122,7 @@ class OutboxRelay:
         self.on_refused = on_refused
         self._sweep_interval = sweep_interval_s
         self._queue: asyncio.Queue[OutboxRecord] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor()
         self._inflight: set[str] = set()
         self._seq = 0
 
@@ -125,9 +132,11 @@ class OutboxRelay:
         self._seq = max(self._seq + 1, int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000))
         return self._seq
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox-sweep")
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        if supervisor is not None:
+            self.supervisor = supervisor
+        self.supervisor.start("outbox-relay", self._run)
+        self.supervisor.start("outbox-sweep", self._sweep_loop)
 
     async def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -135,11 +144,7 @@ class OutboxRelay:
                 await self._queue.join()
         except TimeoutError:
             log.warning("outbox: %d records left for the next start", self._queue.qsize())
-        tasks = {t for t in (self._task, self._sweeper) if t is not None}
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await self.supervisor.stop(5, "outbox-relay", "outbox-sweep")
 
     def submit(self, records: list[OutboxRecord]) -> None:
         """Hand over records that were just committed."""
@@ -180,8 +185,9 @@ class OutboxRelay:
         while True:
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("outbox sweep failed; retrying")
+                self.supervisor.ok("outbox-sweep")
+            except Exception as exc:
+                self.supervisor.failed("outbox-sweep", exc)
             await asyncio.sleep(self._sweep_interval)
 
     async def _refuse(self, refused: Sequence[tuple[OutboxRecord, Exception]]) -> None:
@@ -204,7 +210,10 @@ class OutboxRelay:
             self._inflight.discard(rec.id)
             self._queue.task_done()
             if self.on_refused is not None:
-                await self.on_refused(rec, why)
+                try:
+                    await self.on_refused(rec, why)
+                except Exception as exc:  # the dead letter failed: the queue goes on
+                    self.supervisor.failed("outbox-relay", exc, cycle=False)
 
     async def _run(self) -> None:
         backoff = Backoff(0.2, 10.0)
@@ -212,43 +221,55 @@ class OutboxRelay:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 256:
                 batch.append(self._queue.get_nowait())
-            while batch:
-                # Published in order, PUBACKs awaited together; only acknowledged ones are marked.
-                results = await asyncio.gather(
-                    *(self._publish(rec) for rec in batch), return_exceptions=True
-                )
-                done = [rec for rec, res in zip(batch, results, strict=True) if res is None]
-                refused = [
-                    (rec, res)
-                    for rec, res in zip(batch, results, strict=True)
-                    if isinstance(res, PERMANENT)
-                ]
-                failed = [
-                    rec
-                    for rec, res in zip(batch, results, strict=True)
-                    if res is not None and not isinstance(res, PERMANENT)
-                ]
-                await self._refuse(refused)
-                try:
-                    if done:
-                        async with self._store.transaction() as tx:
-                            now = _now()
-                            await tx.executemany(
-                                "UPDATE mesh_outbox SET sent_at = ?, attempts = attempts + 1"
-                                " WHERE id = ?",
-                                [(now, rec.id) for rec in done],
-                            )
-                except Exception as exc:
-                    # Published but not marked: the sweep publishes them again (harmless).
-                    log.warning("outbox: marking %d records sent failed: %s", len(done), exc)
-                for rec in done:
+            try:
+                await self._relay(batch, backoff)
+                self.supervisor.ok("outbox-relay")
+            except Exception as exc:  # a bug: the sweep hands the records over again
+                self.supervisor.failed("outbox-relay", exc)
+                for rec in batch:
                     self._inflight.discard(rec.id)
-                    self._queue.task_done()
-                if failed:
-                    err = next(r for r in results if r is not None)
-                    delay = await backoff.sleep()
-                    log.warning("outbox: %d publishes failed (%s); retried after %.1fs",
-                                len(failed), err, delay)  # fmt: skip
-                else:
-                    backoff.reset()
-                batch = failed
+                await backoff.sleep()
+
+    async def _relay(self, batch: list[OutboxRecord], backoff: Backoff) -> None:
+        """Publish `batch` until every record is sent or refused for good."""
+        while batch:
+            # Published in order, PUBACKs awaited together; only acknowledged ones are marked.
+            results = await asyncio.gather(
+                *(self._publish(rec) for rec in batch), return_exceptions=True
+            )
+            done = [rec for rec, res in zip(batch, results, strict=True) if res is None]
+            refused = [
+                (rec, res)
+                for rec, res in zip(batch, results, strict=True)
+                if isinstance(res, Exception) and not retryable(res)
+            ]
+            failed = [
+                rec
+                for rec, res in zip(batch, results, strict=True)
+                if res is not None and not (isinstance(res, Exception) and not retryable(res))
+            ]
+            await self._refuse(refused)
+            try:
+                if done:
+                    async with self._store.transaction() as tx:
+                        now = _now()
+                        await tx.executemany(
+                            "UPDATE mesh_outbox SET sent_at = ?, attempts = attempts + 1"
+                            " WHERE id = ?",
+                            [(now, rec.id) for rec in done],
+                        )
+            except Exception as exc:
+                # Published but not marked: the sweep publishes them again (harmless).
+                log.warning("outbox: marking %d records sent failed: %s", len(done), exc)
+                self.supervisor.failed("outbox-relay", exc)
+            for rec in done:
+                self._inflight.discard(rec.id)
+                self._queue.task_done()
+            if failed:
+                err = next(r for r in results if r is not None)
+                delay = await backoff.sleep()
+                log.warning("outbox: %d publishes failed (%s); retried after %.1fs",
+                            len(failed), err, delay)  # fmt: skip
+            else:
+                backoff.reset()
+            batch = failed

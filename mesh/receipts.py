@@ -28,7 +28,10 @@ from mesh.contract import Contract
 from mesh.errors import MeshError
 from mesh.metrics import Metrics
 from mesh.rpc import Requester
+from mesh.schemas import ErrorInfo, ErrorReply
 from mesh.store import Migration, Store, Tx
+from mesh.store.errors import is_transient
+from mesh.supervise import Supervisor
 
 log = logging.getLogger("mesh.receipts")
 
@@ -69,6 +72,11 @@ class ReceiptRecord(msgspec.Struct, kw_only=True):
 
 OnReceipt = Callable[[Tx, ReceiptRecord, Any], Awaitable[None]]
 AfterReceipt = Callable[[ReceiptRecord, Any], Awaitable[None]]
+# A receipt whose hook failed for good: (record, reply, code, message) -> a dead letter.
+OnDead = Callable[[ReceiptRecord, Any, str, str], Awaitable[None]]
+HOOK_FAILED = "receipt_hook_failed"
+SEND_FAILED = "receipt_send_failed"
+POISON_TRIES = 5  # transient failures of one batch, the database answering, before isolating
 
 
 class ReceiptOutbox:
@@ -99,16 +107,16 @@ class ReceiptOutbox:
         self._inflight: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor()
         self._wake = asyncio.Event()
         self.on_receipt: OnReceipt | None = None  # in the receipt's transaction
         self.after_receipt: AfterReceipt | None = None  # after its commit
         self.on_stored: Callable[[], None] | None = None  # after each commit of receipts
+        self.on_dead: OnDead | None = None  # a receipt whose hook failed for good
         self._resend_all = False
         # Receipts arriving together are stored in one transaction (as the inbox does).
         self._to_store: list[tuple[ReceiptRecord, Any]] = []
         self._store_wake = asyncio.Event()
-        self._storer: asyncio.Task[None] | None = None
         # The latest receipts, so `wait` needs no database read on the fast path.
         self._recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
@@ -145,12 +153,16 @@ class ReceiptOutbox:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="receipts-sweep")
-        self._storer = asyncio.create_task(self._store_loop(), name="receipts-store")
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        if supervisor is not None:
+            self.supervisor = supervisor
+        self.supervisor.register("receipts-send")
+        self.supervisor.start("receipts-sweep", self._sweep_loop)
+        self.supervisor.start("receipts-store", self._store_loop)
 
     async def stop(self) -> None:
-        tasks = {t for t in (self._sweeper, self._storer, *self._tasks) if t is not None}
+        await self.supervisor.stop(5, "receipts-sweep", "receipts-store")
+        tasks = set(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -248,8 +260,9 @@ class ReceiptOutbox:
                 count, age = await self.pending()
                 self._metrics.receipts_pending.set(count)
                 self._metrics.receipts_oldest_age.set(age)
-            except Exception:
-                log.exception("receipt sweep failed; retrying")
+                self.supervisor.ok("receipts-sweep")
+            except Exception as exc:
+                self.supervisor.failed("receipts-sweep", exc)
             try:
                 async with asyncio.timeout(self._sweep_interval):
                     await self._wake.wait()
@@ -293,11 +306,19 @@ class ReceiptOutbox:
                 return
             self._to_store.append((rec, reply))  # in flight until stored
             handed_over = True
+            self.supervisor.ok("receipts-send")
             self._store_wake.set()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("receipt relay failed for %s", rec.id)
+        except Exception as exc:  # not the peer, not the connection: this record's own
+            self.supervisor.failed("receipts-send", exc)
+            try:
+                if rec.attempts + 1 >= POISON_TRIES:
+                    await self._give_up(rec, exc)
+                else:
+                    await self._retry_later(rec, exc)
+            except Exception as again:
+                log.warning("could not postpone %s: %s", rec.id, again)
         finally:
             if not handed_over:
                 self._inflight.discard(rec.id)
@@ -322,8 +343,11 @@ class ReceiptOutbox:
 
     async def _store_loop(self) -> None:
         """Store every receipt that arrived since the last commit, in one transaction; never
-        dies (a database outage keeps them queued and retries)."""
+        dies and never blocks: a database outage keeps them queued and retries; a receipt
+        whose hook fails for another reason (or keeps failing while the database answers) is
+        stored without its hook's writes and dead-lettered, and the others go on."""
         backoff = Backoff(0.05, 5.0)
+        tries = 0
         while True:
             await self._store_wake.wait()
             self._store_wake.clear()
@@ -331,37 +355,98 @@ class ReceiptOutbox:
             if not batch:
                 continue
             try:
-                fresh = await self._store_batch(batch)
+                isolate = tries >= POISON_TRIES and await self._store.writable()
+                fresh, dead = await self._store_batch(batch, isolate=isolate)
             except asyncio.CancelledError:
                 self._to_store[:0] = batch
                 raise
             except Exception as exc:
-                log.warning("storing %d receipts failed (%s); retrying", len(batch), exc)
+                self.supervisor.failed("receipts-store", exc)
+                tries = POISON_TRIES if not is_transient(exc) else tries + 1
                 self._to_store[:0] = batch
                 await backoff.sleep()
                 self._store_wake.set()
                 continue
+            tries = 0
             backoff.reset()
-            for rec, _ in batch:
-                self._inflight.discard(rec.id)
-            if fresh and self.on_stored is not None:
-                self.on_stored()
-            for rec, reply in fresh:
-                self._remember(rec.id, reply)
-                if self.after_receipt is not None:
-                    try:
-                        await self.after_receipt(rec, reply)
-                    except Exception:
-                        log.exception("after-receipt hook failed for %s", rec.id)
-                for fut in self._waiters.pop(rec.id, []):
-                    if not fut.done():
-                        fut.set_result(reply)
+            self.supervisor.ok("receipts-store")
+            await self._stored(batch, fresh, dead)
+
+    async def _stored(
+        self,
+        batch: list[tuple[ReceiptRecord, Any]],
+        fresh: list[tuple[ReceiptRecord, Any]],
+        dead: list[tuple[ReceiptRecord, Any, Exception]],
+    ) -> None:
+        for rec, _ in batch:
+            self._inflight.discard(rec.id)
+        if fresh and self.on_stored is not None:
+            self.on_stored()
+        for rec, reply, exc in dead:
+            await self._dead(rec, reply, f"on_receipt failed: {type(exc).__name__}: {exc}")
+        failed = {rec.id for rec, _, _ in dead}
+        for rec, reply in fresh:
+            self._remember(rec.id, reply)
+            if self.after_receipt is not None and rec.id not in failed:
+                try:
+                    await self.after_receipt(rec, reply)
+                except Exception as exc:
+                    await self._dead(
+                        rec, reply, f"after_receipt failed: {type(exc).__name__}: {exc}"
+                    )
+            for fut in self._waiters.pop(rec.id, []):
+                if not fut.done():
+                    fut.set_result(reply)
+
+    async def _give_up(self, rec: ReceiptRecord, exc: Exception) -> None:
+        """A record that cannot even be sent (its stored payload no longer decodes, its key
+        left the contract), try after try: it gets an error reply as its receipt (so nobody
+        waits for it) and is dead-lettered; the others go on."""
+        message = f"not sent after {rec.attempts + 1} tries: {type(exc).__name__}: {exc}"
+        reply = ErrorReply(error=ErrorInfo(code=SEND_FAILED, message=message[:1000]))
+        async with self._store.transaction() as tx:
+            await tx.execute(
+                "UPDATE mesh_receipts SET receipt = ?, receipt_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND receipt_at IS NULL",
+                codec.encode(reply).decode(),
+                dt.datetime.now(dt.UTC).isoformat(),
+                rec.id,
+            )
+        self._remember(rec.id, reply)
+        for fut in self._waiters.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(reply)
+        self.supervisor.ok("receipts-send")  # done with: dead-lettered
+        await self._dead(rec, reply, message, code=SEND_FAILED, counted=True)
+
+    async def _dead(
+        self,
+        rec: ReceiptRecord,
+        reply: Any,
+        message: str,
+        *,
+        code: str = HOOK_FAILED,
+        counted: bool = False,
+    ) -> None:
+        """A receipt hook failed for good: counted, dead-lettered; the receipt stays stored."""
+        if not counted:
+            failure = RuntimeError(f"{rec.id}: {message}")
+            self.supervisor.failed("receipts-store", failure, cycle=False)
+        if self.on_dead is None:
+            return
+        try:
+            await self.on_dead(rec, reply, code, message)
+        except Exception as exc:
+            log.error("could not dead-letter receipt %s: %s", rec.id, exc)
 
     async def _store_batch(
-        self, batch: list[tuple[ReceiptRecord, Any]]
-    ) -> list[tuple[ReceiptRecord, Any]]:
-        """The receipts of `batch` that were not stored before (a resend's second answer is)."""
+        self, batch: list[tuple[ReceiptRecord, Any]], *, isolate: bool = False
+    ) -> tuple[list[tuple[ReceiptRecord, Any]], list[tuple[ReceiptRecord, Any, Exception]]]:
+        """The receipts of `batch` that were not stored before (a resend's second answer is),
+        and those whose `on_receipt` failed (only with `isolate`: each hook in a savepoint,
+        rolled back alone, the receipt stored all the same)."""
         fresh = []
+        dead: list[tuple[ReceiptRecord, Any, Exception]] = []
         now = dt.datetime.now(dt.UTC).isoformat()
         async with self._store.transaction() as tx:
             for rec, reply in batch:
@@ -372,11 +457,20 @@ class ReceiptOutbox:
                     now,
                     rec.id,
                 )
-                if first:
-                    if self.on_receipt is not None:
+                if not first:
+                    continue
+                fresh.append((rec, reply))
+                if self.on_receipt is None:
+                    continue
+                if not isolate:
+                    await self.on_receipt(tx, rec, reply)
+                    continue
+                try:
+                    async with tx.savepoint():
                         await self.on_receipt(tx, rec, reply)
-                    fresh.append((rec, reply))
-        return fresh
+                except Exception as exc:
+                    dead.append((rec, reply, exc))
+        return fresh, dead
 
     def _remember(self, record_id: str, reply: Any, keep: int = 10_000) -> None:
         self._recent[record_id] = reply

@@ -45,6 +45,7 @@ _RULES = (
     ("mesh_receipts", "id", "receipt_at", "receipt_at IS NOT NULL", "delivered_days"),
     ("mesh_dead_letters", "id", "received_at", "1 = 1", "dead_letter_days"),
 )
+TABLES = tuple(rule[0] for rule in _RULES)
 
 
 async def prune(

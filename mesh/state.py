@@ -17,8 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mesh.backoff import Backoff
-from mesh.errors import PacketTooLarge, PublishRefused
+from mesh.outbox import retryable
 from mesh.store import Migration, Store, Tx
+from mesh.supervise import Supervisor
 
 log = logging.getLogger("mesh.state")
 
@@ -112,19 +113,20 @@ class StatePublisher:
         self.on_refused = on_refused
         self._interval = interval_s
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="state-publisher")
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        if supervisor is not None:
+            self.supervisor = supervisor
+        self.supervisor.start("state-publisher", self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
+        if self.supervisor.running("state-publisher"):
             try:
                 await asyncio.wait_for(self.flush(), 5)
             except Exception as exc:
                 log.warning("state not flushed at stop (published after restart): %s", exc)
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=5)
+            await self.supervisor.stop(5, "state-publisher")
 
     def changed(self) -> None:
         self._wake.set()
@@ -176,21 +178,25 @@ class StatePublisher:
             *(self._publish(r[0], r[1], r[2].encode("utf-8"), r[3]) for r in rows),
             return_exceptions=True,
         )
-        # A value the broker refuses for good (reason code, over its packet limit) counts as
-        # published: it is handed to `on_refused` (a dead letter), not retried forever.
+        # A value the broker refuses for good (reason code, over its packet limit), or that
+        # fails for any other reason than the connection (a contract violation, a bug), counts
+        # as published: it is handed to `on_refused` (a dead letter), not retried forever.
         refused = [
             (r, res)
             for r, res in zip(rows, results, strict=True)
-            if isinstance(res, PacketTooLarge | PublishRefused)
+            if isinstance(res, Exception) and _final(res)
         ]
         for r, exc in refused:
             log.error("state %s refused for good: %s", r[0], exc)
             if self.on_refused is not None:
-                await self.on_refused(r[0], r[2].encode("utf-8"), exc)
+                try:
+                    await self.on_refused(r[0], r[2].encode("utf-8"), exc)
+                except Exception as why:  # the dead letter failed: the others go on
+                    self.supervisor.failed("state-publisher", why, cycle=False)
         done = sorted(
             (r[0], int(r[4]))
             for r, res in zip(rows, results, strict=True)
-            if res is None or isinstance(res, PacketTooLarge | PublishRefused)
+            if res is None or _final(res)
         )
         if done:
             async with self._store.transaction() as tx:
@@ -218,13 +224,19 @@ class StatePublisher:
             try:
                 published = await self.flush()
                 backoff.reset()
+                self.supervisor.ok("state-publisher")
                 # Under load, wait longer between flushes: more updates per topic coalesce
                 # into one publish (a busy user's sheet once a second, not four times).
                 pause = self._interval if published < 100 else self._interval * 4
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("state publish failed (%s); retrying", exc)
+                self.supervisor.failed("state-publisher", exc)
                 pause = backoff.next_delay()
                 self._wake.set()
             await asyncio.sleep(pause)
+
+
+def _final(res: BaseException | None) -> bool:
+    """A publish that failed for another reason than the connection (see outbox.retryable)."""
+    return isinstance(res, Exception) and not retryable(res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -158,6 +159,21 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         async with self.read() as tx:
             await tx.fetchone("SELECT 1")
+
+    async def writable(self, timeout: float = 5.0) -> bool:
+        """Whether the database takes a write now: a probe that rewrites one row of
+        schema_migrations (refused when it is away, read-only, full or locked). A message that
+        keeps failing while this answers fails on its own (a poison message)."""
+        try:
+            async with asyncio.timeout(timeout), self.transaction() as tx:
+                await tx.execute(
+                    "UPDATE schema_migrations SET version = version"
+                    " WHERE component = ? AND version = 1",
+                    "mesh_inbox",
+                )
+            return True
+        except Exception:
+            return False
 
     async def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
         """Apply the migrations of `component` not applied yet; returns the schema version."""

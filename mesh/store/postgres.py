@@ -13,6 +13,7 @@ import asyncpg
 
 from mesh.errors import StoreError
 from mesh.store.base import Row, Store, Tx
+from mesh.store.errors import cause_of
 
 _QMARK = re.compile(r"\?")
 
@@ -96,12 +97,14 @@ class PostgresStore(Store):
     async def _tx(self, *, readonly: bool) -> AsyncIterator[Tx]:
         if self._pool is None:
             raise StoreError("store is not open")
+        entered = False
         try:
             async with (
                 self._pool.acquire(timeout=30) as conn,
                 conn.transaction(readonly=readonly),
             ):
                 tx = PostgresTx(conn)
+                entered = True
                 try:
                     yield tx
                     await tx.flush()
@@ -114,6 +117,11 @@ class PostgresStore(Store):
             asyncpg.exceptions.PostgresConnectionError,
             asyncpg.exceptions.InterfaceError,
         ) as exc:
+            # Getting a connection failed: an outage. Inside the block, only what the driver
+            # says about the connection is (a handler's own OSError or a client-side DataError
+            # is the handler's: it passes unchanged).
+            if entered and cause_of(exc) != "outage":
+                raise
             raise StoreError(f"PostgreSQL connection failed: {exc}", "outage") from exc
 
     async def _migration_lock(self, tx: Tx) -> None:
