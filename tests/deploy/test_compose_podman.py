@@ -108,10 +108,14 @@ def test_a_request_is_answered_on_the_moved_port(stack: Stack) -> None:
     assert again.duplicate and again.activity_id == first.activity_id
 
 
-def prometheus_targets(s: Stack) -> list[dict[str, Any]]:
+def prometheus_api(s: Stack, path: str) -> Any:
     port = s.ports["LIFEOPS_PROMETHEUS_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as r:
-        targets: list[dict[str, Any]] = json.load(r)["data"]["activeTargets"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}", timeout=5) as r:
+        return json.load(r)["data"]
+
+
+def prometheus_targets(s: Stack) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = prometheus_api(s, "targets")["activeTargets"]
     return targets
 
 
@@ -131,6 +135,15 @@ def test_every_prometheus_target_is_up(stack: Stack) -> None:
     instance is scraped while it does not run)."""
     targets = wait_targets_up(stack, 3)
     assert sorted(t["labels"]["agent"] for t in targets) == ["ha_bridge", "lifeops", "stats"]
+    # the alert rules are loaded, and the one on `up` sees no agent down (pending or firing)
+    deadline = time.monotonic() + 60
+    while True:  # evaluated at least once (every 15 s)
+        rules = [r for g in prometheus_api(stack, "rules")["groups"] for r in g["rules"]]
+        down = [r for r in rules if r["name"] == "MeshAgentDown"]
+        if not down or down[0]["health"] != "unknown" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert down and down[0]["health"] == "ok" and not down[0]["alerts"], down
 
 
 def test_the_test_profile_runner_passes(stack: Stack) -> None:
