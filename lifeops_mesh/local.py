@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -14,6 +15,7 @@ from mesh import ConfigError
 from mesh.broker.accounts import load_credentials
 from mesh.broker.config import listener
 from mesh.broker.process import local_host
+from mesh.settings import parse_broker_url, password_from_files
 
 
 class Installation(msgspec.Struct, frozen=True):
@@ -41,7 +43,8 @@ def installation(data: str | Path | None) -> Installation:
     if not creds or found is None:
         raise ConfigError(
             f"no broker given and no `lifeops-mesh up` state in {run_dir}: pass --broker "
-            "mqtt://tester:PASSWORD@host:port or set LIFEOPS_TOOL_BROKER_URL"
+            "mqtt://tester:PASSWORD@host:port or set LIFEOPS_TOOL_BROKER_URL (with compose: "
+            "`docker compose --profile cli run --rm cli health`)"
         )
     port, bind = found
     return Installation(
@@ -51,12 +54,26 @@ def installation(data: str | Path | None) -> Installation:
 
 def tool_broker_url(broker: str | None, data: str | None, principal: str = "tester") -> str:
     """The broker a tool talks to: --broker, LIFEOPS_TOOL_BROKER_URL, or the `up` broker in
-    --data with the `principal` account."""
-    if broker:
-        return broker
-    if os.environ.get("LIFEOPS_TOOL_BROKER_URL"):
-        return os.environ["LIFEOPS_TOOL_BROKER_URL"]
+    --data with the `principal` account. A given URL without a user is the `principal` account;
+    one without a password takes it from LIFEOPS_CREDENTIALS_FILE (compose's `cli` service), so
+    no password needs to be on a command line."""
+    url = broker or os.environ.get("LIFEOPS_TOOL_BROKER_URL")
+    if url:
+        return with_credentials(url, principal, os.environ.get("LIFEOPS_CREDENTIALS_FILE"))
     return installation(data).broker_url(principal)
+
+
+def with_credentials(url: str, principal: str, creds_file: str | None) -> str:
+    """`url` with the user (`principal` when it names none) and that user's password from
+    `creds_file` filled in; unchanged when it has a password or there is no file."""
+    parsed = parse_broker_url(url)
+    if parsed.password is not None or not creds_file:
+        return url
+    user = parsed.username or principal
+    password = password_from_files(user, creds_file)
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class DataDirLock:

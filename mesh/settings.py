@@ -125,7 +125,9 @@ def build_settings(
         SHARED_SESSION_EXPIRY_S if group else DURABLE_SESSION_EXPIRY_S
     )
     if parsed_broker.username and parsed_broker.password is None and creds_file:
-        parsed_broker = _with_password(parsed_broker, Path(creds_file))
+        parsed_broker = msgspec.structs.replace(
+            parsed_broker, password=password_from_files(parsed_broker.username, creds_file)
+        )
     return Settings(
         agent=agent,
         broker=parsed_broker,
@@ -146,15 +148,18 @@ def build_settings(
     )
 
 
-def _with_password(url: BrokerURL, path: Path) -> BrokerURL:
-    """Fill in the password of url's user from a credentials.toml ([users] name = "...")."""
-    try:
-        users = tomllib.loads(path.read_text(encoding="utf-8")).get("users", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"LIFEOPS_CREDENTIALS_FILE {path}: {exc}") from exc
-    if url.username not in users:
-        raise ConfigError(f"{path} has no password for broker user {url.username!r}")
-    return msgspec.structs.replace(url, password=str(users[url.username]))
+def password_from_files(user: str, files: str) -> str:
+    """`user`'s password from LIFEOPS_CREDENTIALS_FILE: one credentials.toml ([users] name =
+    "...") or several separated by os.pathsep (a tool container mounts one file per account)."""
+    for name in (f for f in files.split(os.pathsep) if f):
+        path = Path(name)
+        try:
+            users = tomllib.loads(path.read_text(encoding="utf-8")).get("users", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"LIFEOPS_CREDENTIALS_FILE {path}: {exc}") from exc
+        if user in users:
+            return str(users[user])
+    raise ConfigError(f"{files} has no password for broker user {user!r}")
 
 
 def _retention(env: Mapping[str, str]) -> Retention:

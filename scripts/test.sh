@@ -10,6 +10,7 @@ ensure_mosquitto
 ensure_venv test
 ensure_postgres_for_tests
 ensure_test_tools
+ensure_compose_tools
 log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -11,7 +11,7 @@ from lifeops_contract import with_discovery_prefix
 from lifeops_mesh.cli.common import Subparsers, the_contract
 from lifeops_mesh.tools import broker_accounts
 from mesh import ConfigError, Contract
-from mesh.broker.accounts import ensure_accounts
+from mesh.broker.accounts import ensure_accounts, install_private
 from mesh.broker.acl import generate_acl
 
 
@@ -38,6 +38,16 @@ def register(sub: Subparsers) -> None:
         "--passwd-owner",
         metavar="UID:GID",
         help="owner of ACCOUNTS_DIR/mosquitto/passwd (the broker's user, e.g. 1883:1883)",
+    )
+    pw.add_argument(
+        "--accounts-owner",
+        metavar="UID:GID",
+        help="owner of every other ACCOUNTS_DIR/<account> (the services' user, e.g. 10001:10001)",
+    )
+    pw.add_argument(
+        "--acl",
+        metavar="FILE",
+        help="also copy this ACL to ACCOUNTS_DIR/mosquitto/acl, 0600 and owned as the passwd file",
     )
     pw.set_defaults(func=cmd_passwords)
     _register_accounts(broker)
@@ -93,6 +103,15 @@ def _contract(args: argparse.Namespace) -> Contract:
     return with_discovery_prefix(contract, prefix) if prefix else contract
 
 
+def _owner(flag: str, value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    uid, _, gid = value.partition(":")
+    if not (uid.isdigit() and gid.isdigit()):
+        raise ConfigError(f"{flag} {value!r}: use UID:GID, e.g. 1883:1883")
+    return int(uid), int(gid)
+
+
 def cmd_acl(args: argparse.Namespace) -> int:
     sys.stdout.write(generate_acl(_contract(args)))
     return 0
@@ -130,19 +149,19 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 def cmd_passwords(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     accounts = Path(args.accounts_dir) if args.accounts_dir else None
-    owner = None
-    if args.passwd_owner:
-        uid, _, gid = args.passwd_owner.partition(":")
-        if not (uid.isdigit() and gid.isdigit()):
-            raise ConfigError(f"--passwd-owner {args.passwd_owner!r}: use UID:GID, e.g. 1883:1883")
-        owner = (int(uid), int(gid))
+    owner = _owner("--passwd-owner", args.passwd_owner)
+    if args.acl and accounts is None:
+        raise ConfigError("--acl needs --accounts-dir (the ACL goes to ACCOUNTS_DIR/mosquitto)")
     creds = ensure_accounts(
         directory,
         list(the_contract().meta.principals),
         rotate=args.rotate,
         accounts_dir=accounts,
         passwd_owner=owner,
+        accounts_owner=_owner("--accounts-owner", args.accounts_owner),
     )
+    if args.acl and accounts is not None:
+        install_private(Path(args.acl), accounts / "mosquitto" / "acl", owner)
     print(
         f"{directory / 'passwd'}: {len(creds)} accounts ({', '.join(sorted(creds))}); "
         f"passwords in {directory / 'credentials.toml'}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import lifeops_contract
 from lifeops_mesh.broker import acl_file
 from lifeops_mesh.cli.common import Subparsers, duration, the_contract
-from lifeops_mesh.local import installation
+from lifeops_mesh.local import tool_broker_url
 from lifeops_mesh.tools.doctor import build_report, markdown
 from mesh import codec
 
@@ -29,7 +29,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     contract = lifeops_contract.load(args.contract) if args.contract else the_contract()
     broker = None
     if args.watch:
-        broker = args.broker or installation(args.data).broker_url("doctor")
+        # --broker, LIFEOPS_TOOL_BROKER_URL (a URL without a user is the `doctor` account), or
+        # the `up` broker's doctor account
+        broker = tool_broker_url(args.broker, args.data, principal="doctor")
     # A checkout's own files when run inside one, else what the package ships.
     compose = Path(args.compose or "compose.yaml")
     acl = Path(args.acl) if args.acl else Path("broker/acl")

@@ -43,6 +43,29 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _own_privately(directory: Path, owner: tuple[int, int]) -> None:
+    """`directory` (0700) and the files in it (0600) belong to `owner` (uid, gid) alone."""
+    os.chown(directory, *owner)
+    directory.chmod(0o700)
+    for f in directory.iterdir():
+        if f.is_file():
+            os.chown(f, *owner)
+            f.chmod(0o600)
+
+
+def install_private(src: Path, dest: Path, owner: tuple[int, int] | None) -> None:
+    """Copy `src` to `dest` readable by `owner` only (0600): Mosquitto 2.0.19+ refuses a
+    world-readable ACL or password file, or one owned by another user."""
+    try:
+        text = src.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{src}: {exc}") from exc
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(dest, text)
+    if owner is not None:
+        os.chown(dest, *owner)
+
+
 def credentials_text(creds: dict[str, str]) -> str:
     body = "# Broker passwords of this installation (generated; keep private)\n[users]\n"
     return body + "".join(f'{k} = "{v}"\n' for k, v in sorted(creds.items()))
@@ -86,11 +109,13 @@ def ensure_accounts(
     rotate: bool = False,
     accounts_dir: Path | None = None,
     passwd_owner: tuple[int, int] | None = None,
+    accounts_owner: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """Create, complete or (`rotate`) renew credentials.toml and the Mosquitto passwd file in
     `directory`. With `accounts_dir`, also one `<principal>/credentials.toml` per account with
     that account's password only, and `mosquitto/passwd` (hashes only) for the broker: what
-    each service of a deployment mounts (`passwd_owner`: uid, gid of the broker's user)."""
+    each service of a deployment mounts (`passwd_owner`: uid, gid of the broker's user;
+    `accounts_owner`: of the services' user, owner of every other account's directory)."""
     directory.mkdir(parents=True, exist_ok=True)
     creds = {} if rotate else load_credentials(directory)
     changed = rotate
@@ -107,6 +132,8 @@ def ensure_accounts(
             own = accounts_dir / name
             own.mkdir(parents=True, exist_ok=True)
             _write_private(own / CREDENTIALS, credentials_text({name: password}))
+            if accounts_owner is not None:
+                _own_privately(own, accounts_owner)
         broker = accounts_dir / "mosquitto"
         broker.mkdir(parents=True, exist_ok=True)
         _write_private(broker / PASSWD, passwd.read_text(encoding="utf-8"))

@@ -67,6 +67,17 @@ ensure_test_tools() {
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
+# The compose test (tests/deploy/test_compose_podman.py): rootful podman with netavark, aardvark-dns
+# (service names resolve) and runc, iptables for its networks, debootstrap for the local
+# stand-in base images (no registry needed). podman-compose comes with the `test` extra.
+ensure_compose_tools() {
+    local missing=() pkg
+    for pkg in podman iptables netavark aardvark-dns runc debootstrap; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 # The PostgreSQL half of the suite needs a server: the one at LIFEOPS_TEST_PG_URL (default
 # postgresql://postgres@127.0.0.1:5432/postgres) or Debian's binaries to start a private one.
 ensure_postgres_for_tests() {

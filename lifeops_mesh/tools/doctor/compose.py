@@ -134,7 +134,8 @@ def _start_order(
 
 
 def _network(name: str, svc: dict[str, Any], report: Report) -> bool:
-    if svc.get("networks") in (["mesh"], {"mesh": None}, {"mesh": {}}):
+    nets = svc.get("networks")
+    if nets == ["mesh"] or (isinstance(nets, dict) and list(nets) == ["mesh"]):
         return True
     report.add(
         Finding(
@@ -155,6 +156,9 @@ def _scraped(name: str, svc: dict[str, Any], scrape_text: str, report: Report) -
     port = str((svc.get("environment") or {}).get("LIFEOPS_METRICS_PORT", ""))
     if f"{name}:{port}" in scrape_text:
         return True
+    # found by DNS service discovery under a network alias (instances that run only sometimes)
+    if f"port: {port}" in scrape_text and any(f'"{a}"' in scrape_text for a in _aliases(svc)):
+        return True
     report.add(
         Finding(
             service=name,
@@ -165,3 +169,10 @@ def _scraped(name: str, svc: dict[str, Any], scrape_text: str, report: Report) -
         )
     )
     return False
+
+
+def _aliases(svc: dict[str, Any]) -> list[str]:
+    nets = svc.get("networks")
+    if not isinstance(nets, dict):
+        return []
+    return [str(a) for net in nets.values() for a in ((net or {}).get("aliases") or [])]
