@@ -120,6 +120,8 @@ def mqtt_agent(settings: Settings, app: AgentApp, *, metrics: Metrics | None = N
 
 
 class Agent:
+    """Runs one `AgentApp` over the `Transport` and `Store` it is given: `start()`, `stop()`."""
+
     def __init__(
         self,
         settings: Settings,

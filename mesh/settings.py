@@ -31,6 +31,8 @@ SHARED_SESSION_EXPIRY_S = 2
 
 
 class BrokerURL(msgspec.Struct, frozen=True):
+    """A parsed broker URL: host, port, account and TLS (see `parse_broker_url`)."""
+
     host: str
     port: int
     username: str | None = None
@@ -66,6 +68,8 @@ def parse_broker_url(url: str, *, ca_file: str | None = None) -> BrokerURL:
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What the runtime needs to run any agent, decoded once (see `build_settings`)."""
+
     agent: str
     broker: BrokerURL
     db_url: str

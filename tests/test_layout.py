@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from lifeops_contract import contract
 from lifeops_mesh import registry
 
 ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURE = ROOT / "docs" / "architecture.md"  # the whiteboard: layers and runtime modules
 PACKAGES = [
     "mesh",
     "lifeops_contract",
@@ -164,3 +167,60 @@ def test_functions_stay_short() -> None:
                 if size > MAX_LINES and where not in LONG_ALLOWED:
                     long.append(f"{where}: {size} lines")
     assert not long, "\n".join(long)
+
+
+def documented_layers() -> dict[str, set[str]]:
+    """The allowed-import table of docs/architecture.md (between the `layers` markers)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    begin, end = "<!-- layers:begin -->", "<!-- layers:end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1, f"{ARCHITECTURE}: one {begin} ... {end}"
+    table: dict[str, set[str]] = {}
+    for line in text.split(begin)[1].split(end)[0].splitlines():
+        row = re.fullmatch(r"\| `(\w+)` \| (.*) \|", line.strip())
+        if row is None:
+            continue
+        assert row.group(1) not in table, f"{row.group(1)} has two rows"
+        table[row.group(1)] = set(re.findall(r"`(\w+)`", row.group(2)))
+    return table
+
+
+def test_the_architecture_page_is_the_enforced_layering() -> None:
+    """docs/architecture.md's table of who may import whom is exactly `ALLOWED`, for exactly the
+    checked packages: change one, change the other."""
+    documented = documented_layers()
+    assert list(documented) == PACKAGES, (list(documented), PACKAGES)
+    wrong = [
+        f"{pkg}: page says {sorted(documented[pkg])}, test_layout enforces {sorted(ALLOWED[pkg])}"
+        for pkg in PACKAGES
+        if documented[pkg] != ALLOWED[pkg]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_runtime_module_has_its_line_on_the_architecture_page() -> None:
+    """Each module of mesh/ has a `- `mesh/...py`: concern` line in docs/architecture.md, and
+    every such line names a module that exists."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    documented = set(re.findall(r"^- `(mesh/[\w/]+\.py)`: \S", text, re.MULTILINE))
+    actual = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mesh").rglob("*.py")}
+    missing = sorted(actual - documented)
+    stale = sorted(documented - actual)
+    assert not missing, f"add a line to {ARCHITECTURE.name} for: " + ", ".join(missing)
+    assert not stale, f"{ARCHITECTURE.name} names modules that do not exist: " + ", ".join(stale)
+
+
+def test_every_public_class_and_function_has_a_docstring() -> None:
+    """Each class, function and module exported in `mesh.__all__` says what it is: its own
+    docstring (a class does not count its base's, nor the signature a dataclass makes up)."""
+    missing = []
+    for name in mesh.__all__:
+        obj = getattr(mesh, name)
+        if inspect.isclass(obj):
+            doc = obj.__dict__.get("__doc__")
+        elif inspect.isfunction(obj) or inspect.ismodule(obj):
+            doc = obj.__doc__
+        else:
+            continue  # constants and type aliases hold no docstring of their own
+        if not (isinstance(doc, str) and doc.strip()) or doc.startswith(f"{name}("):
+            missing.append(f"{name} ({getattr(obj, '__module__', obj.__name__)})")
+    assert not missing, "no docstring: " + ", ".join(missing)
