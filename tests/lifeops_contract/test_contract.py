@@ -159,12 +159,13 @@ def test_agent_code_publishes_only_by_declared_contract_keys() -> None:
     assert checked >= 3
 
 
-def test_readme_topic_table_is_generated_from_the_contract() -> None:
-    """The README's topic table equals `lifeops-mesh contract docs` (update with --write)."""
+def test_docs_topic_table_is_generated_from_the_contract() -> None:
+    """docs/contract.md's topic table equals `lifeops-mesh contract docs` (update with
+    `--write docs/contract.md`)."""
     from lifeops_mesh.tools.contract_docs import render_into
 
-    readme = (ROOT / "README.md").read_text()
-    assert render_into(readme, default_contract()) == readme
+    page = (ROOT / "docs" / "contract.md").read_text()
+    assert render_into(page, default_contract()) == page
 
 
 def test_discovery_prefix_moves_home_assistant_topics_and_their_acl() -> None:
