@@ -56,7 +56,8 @@ def test_the_check_finds_links_and_catches_broken_ones(tmp_path: Path) -> None:
     """The pages have links with anchors to check, and a missing file or heading is caught."""
     targets = [t for p in PAGES for t in LINK.findall(_prose(p.read_text(encoding="utf-8")))]
     assert sum("#" in t and not t.startswith("http") for t in targets) >= 5, targets
-    (tmp_path / "other.md").write_text("# Other\n\n## Its part: `x/`\n\n```\n# not a heading\n```\n")
+    other = "# Other\n\n## Its part: `x/`\n\n```\n# not a heading\n```\n"
+    (tmp_path / "other.md").write_text(other)
     page = tmp_path / "page.md"
     page.write_text(
         "# Page\n[a](other.md#its-part-x) [b](#page) [c](gone.md) [d](other.md#missing) "
