@@ -168,6 +168,21 @@ def test_docs_topic_table_is_generated_from_the_contract() -> None:
     assert render_into(page, default_contract()) == page
 
 
+def test_contract_docs_write_renews_the_table_of_a_page(tmp_path: Path) -> None:
+    """`lifeops-mesh contract docs --write FILE` replaces a stale table between the markers and
+    leaves the rest of the page as it was."""
+    from lifeops_mesh.cli import parser
+
+    page = (ROOT / "docs" / "contract.md").read_text()
+    stale = page.replace("| `stats/levelup` | event |", "| `stats/gone` | event |")
+    assert stale != page
+    copy = tmp_path / "contract.md"
+    copy.write_text(stale)
+    args = parser().parse_args(["contract", "docs", "--write", str(copy)])
+    assert args.func(args) == 0
+    assert copy.read_text() == page
+
+
 def test_discovery_prefix_moves_home_assistant_topics_and_their_acl() -> None:
     """LIFEOPS_HA_DISCOVERY_PREFIX / --discovery-prefix: the bridge's contract and the ACL use
     the new prefix for discovery configs and HA's birth, nothing else changes."""
