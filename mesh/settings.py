@@ -212,7 +212,7 @@ def _log_level(env: Mapping[str, str]) -> str | None:
 def _retention(env: Mapping[str, str]) -> Retention:
     """LIFEOPS_DEDUP_WINDOW_DAYS, LIFEOPS_KEEP_DELIVERED_DAYS, LIFEOPS_KEEP_DEAD_LETTERS_DAYS,
     LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_MAX_DEAD_LETTER_BYTES (defaults in mesh.retention)."""
-    given = {
+    given: dict[str, Any] = {
         "dedup_days": _number(env, "LIFEOPS_DEDUP_WINDOW_DAYS", "a number of days"),
         "delivered_days": _number(env, "LIFEOPS_KEEP_DELIVERED_DAYS", "a number of days"),
         "dead_letter_days": _number(env, "LIFEOPS_KEEP_DEAD_LETTERS_DAYS", "a number of days"),

@@ -181,14 +181,20 @@ class _Hooks:
 
     def socket(self) -> _Socket:
         sockets: list[_Socket] = []
-        gm.wrap_socket(self.client, lambda raw: sockets.append(_Socket(raw)) or sockets[-1])
+
+        def wrap(raw: Any) -> _Socket:
+            sockets.append(_Socket(raw))
+            return sockets[-1]
+
+        gm.wrap_socket(self.client, wrap)
         assert sockets, _moved("no socket under Client._connection._protocol._transport")
         connection = self.client._connection
         assert connection._protocol._transport is sockets[0], _moved(
             "MQTTProtocol._transport is not what gmqtt writes through"
         )
         assert connection._transport is sockets[0], _moved("MQTTConnection._transport moved")
-        return sockets[0]
+        socket: _Socket = sockets[0]
+        return socket
 
 
 async def test_gmqtt_goes_through_each_hook_on_a_real_connection(broker: MosquittoProcess) -> None:
