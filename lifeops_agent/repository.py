@@ -9,9 +9,11 @@ import msgspec
 
 from lifeops_agent import days, history, streaks
 from lifeops_agent.history import Completion, History
+from lifeops_agent.locks import user_lock
+from lifeops_contract.schemas import OuraScores
 from lifeops_contract.user_registry import UserRegistry
 from lifeops_oura import token_store as oura_tables
-from mesh import Migration, Tx
+from mesh import Migration, Tx, codec
 
 MIGRATIONS = (
     Migration(
@@ -143,6 +145,46 @@ async def store_result(tx: Tx, activity_id: str, result: str) -> tuple[str, str,
 class StoredOuraDay(msgspec.Struct, frozen=True):
     scores: str  # OuraScores as JSON
     revision: int
+
+
+class OuraVersion(msgspec.Struct, frozen=True):
+    """A version of a user's day to store: revision 0 is the day's first."""
+
+    day: dt.date
+    scores: OuraScores
+    revision: int
+
+
+async def load_oura_days(
+    tx: Tx, user_id: str, wanted: list[dt.date], registry: UserRegistry, now: dt.datetime
+) -> dict[dt.date, StoredOuraDay]:
+    """What an Oura import reads, under the user's lock taken first (agents sharing the
+    database take turns per user): the user admitted (or refused: HandlerError
+    `user_id_taken`), then the stored versions of the days."""
+    await tx.lock([user_lock(user_id)])
+    await registry.check(tx, user_id, now)
+    return await oura_days(tx, user_id, wanted)
+
+
+async def write_oura_days(
+    tx: Tx, user_id: str, versions: list[OuraVersion], now: dt.datetime
+) -> list[OuraVersion]:
+    """Store the versions in order; returns those stored. A day another writer stored or
+    revised first is not (nor its later versions in `versions`: they followed the lost one)."""
+    stored, lost = [], set()
+    for v in versions:
+        if v.day in lost:
+            continue
+        scores = codec.encode(v.scores).decode()
+        if v.revision == 0:
+            kept = await insert_oura_day(tx, user_id, v.day, scores, now)
+        else:
+            kept = await revise_oura_day(tx, user_id, v.day, scores, v.revision, now)
+        if kept:
+            stored.append(v)
+        else:
+            lost.add(v.day)
+    return stored
 
 
 async def oura_days(tx: Tx, user_id: str, wanted: list[dt.date]) -> dict[dt.date, StoredOuraDay]:
