@@ -88,7 +88,7 @@ def test_an_earlier_completion_answers_with_its_stored_best() -> None:
 def test_streaks_of_a_scrambled_batch_are_the_rules_streaks(back: list[int]) -> None:
     """Days completed in any order in one batch: every new streak is the run ending at its
     day among the days completed before it; the best is the longest run of all."""
-    histories = {"u": (_everything([]), {})}
+    histories: streaks.Histories = {"u": (_everything([]), {})}
     result = streaks.complete(
         streaks.place([_ask(i, "u", b) for i, b in enumerate(back)], {}, "UTC"), histories, KEY
     )
