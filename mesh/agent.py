@@ -20,6 +20,7 @@ import msgspec
 
 from mesh import codec, dlq, health, inbox, keys, outbox, overload, receipts, retention, state
 from mesh.broker.acl import DROPPED
+from mesh.client import broker_transport
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
 from mesh.errors import ContractError, PacketTooLarge, PublishRefused, TransportError
@@ -38,7 +39,6 @@ from mesh.store import Migration, Store, open_store
 from mesh.supervise import Supervisor
 from mesh.topics import covers, shared
 from mesh.transport import Inbound, MqttTransport, Transport, Will
-from mesh.transport.mqtt import tls_context
 
 log = logging.getLogger("mesh.agent")
 lifecycle = logging.getLogger("mesh.lifecycle")  # start/stop lines, logged at any level
@@ -95,14 +95,9 @@ def availability_will(contract: Contract, agent: str) -> Will:
 
 def mqtt_transport(settings: Settings, *, will: Will | None = None) -> MqttTransport:
     """The durable MQTT v5 session of an agent, as its settings describe it."""
-    b = settings.broker
-    return MqttTransport(
+    return broker_transport(
+        settings.broker,
         client_id=settings.client_id,
-        host=b.host,
-        port=b.port,
-        username=b.username,
-        password=b.password,
-        tls=tls_context(b.ca_file) if b.tls else None,
         session_expiry_s=settings.session_expiry_s,
         will=will,
     )
@@ -120,6 +115,8 @@ def mqtt_agent(settings: Settings, app: AgentApp, *, metrics: Metrics | None = N
 
 
 class Agent:
+    """Runs one `AgentApp` over the `Transport` and `Store` it is given: `start()`, `stop()`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -202,7 +199,7 @@ class Agent:
             failpoint=settings.failpoint,
             receipts=self.receipts,
             on_state_changed=self.states.changed,
-            keyless_window_s=settings.retention.keyless_s,
+            keyless_window_s=settings.keyless_window_s,
         )
         self.dead_letters = dlq.DeadLetterSink(
             self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap

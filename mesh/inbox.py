@@ -54,6 +54,7 @@ MIGRATIONS = (
 
 
 POISON_TRIES = 5  # failures of one message alone, the database taking writes, before its verdict
+CONFLICT_TRIES = 60  # deadlocks and serialization failures: ~5 min at the capped backoff
 
 
 class _HandlerFailed(Exception):
@@ -110,11 +111,11 @@ class GroupCommitter:
         contract: Contract,
         relay: OutboxRelay,
         metrics: Metrics,
-        batch_max: int = 512,
+        batch_max: int,
+        keyless_window_s: float,
         failpoint: str | None = None,
         receipts: ReceiptOutbox | None = None,
         on_state_changed: Callable[[], None] | None = None,
-        keyless_window_s: float = 600.0,
     ) -> None:
         self._agent = agent
         self._keyless_window = dt.timedelta(seconds=keyless_window_s)
@@ -174,8 +175,8 @@ class GroupCommitter:
         """Commit `batch`, whatever it takes: a database outage or exhaustion (disk full,
         read-only, cancelled) holds the messages un-acknowledged and retries until it is over
         (`trouble` says why meanwhile); conflicts retry, then message by message, until they go
-        through; a failure of the machinery itself retries a few times, then answers
-        internal_error (transient)."""
+        through (at most CONFLICT_TRIES times); a failure of the machinery itself retries a few
+        times, then answers internal_error (transient)."""
         backoff = Backoff(0.05, 5.0)
         failures = 0
         held = 0  # failures with the database away or full (or so the error says)
@@ -210,8 +211,9 @@ class GroupCommitter:
                             await self._commit_with_retries([d])
                         return
                     # A conflict (deadlock, serialization failure) is two transactions meeting:
-                    # the other one ends, so retrying goes through; never a dead letter.
-                    if failures >= 5 and cause != "conflict":
+                    # the other one ends, so retrying goes through, up to a generous bound
+                    # (minutes at the capped backoff); anything else gives up after a few.
+                    if failures >= (CONFLICT_TRIES if cause == "conflict" else 5):
                         log.error("commit of %s failed for good: %s", batch[0].entry.key, exc)
                         err = ErrorInfo(
                             code="internal_error", message=f"database error: {exc}", transient=True
