@@ -10,7 +10,6 @@ from ha_bridge.bridge import Bridge
 from ha_bridge.repository import MIGRATIONS
 from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
 from lifeops_contract.ids import distinct_user_ids
-from lifeops_contract.schemas import AchievementUnlocked, LevelUp
 from mesh import AgentApp, ConfigError, Route, Settings
 
 
@@ -42,11 +41,6 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def event_identity(event: LevelUp | AchievementUnlocked) -> str:
-    """Stats' events carry their own id: each is republished to Home Assistant once."""
-    return event.event_id
-
-
 def build(settings: Settings) -> AgentApp:
     config = BridgeConfig.from_env(settings.env)
     bridge_contract = with_discovery_prefix(contract(), config.discovery_prefix)
@@ -59,8 +53,8 @@ def build(settings: Settings) -> AgentApp:
             Route("character_state", bridge.character_state),
             Route("timeline_state", bridge.timeline_state),
             Route("oura_status", bridge.oura_status),
-            Route("levelup", bridge.levelup, dedup=event_identity),
-            Route("achievement", bridge.achievement, dedup=event_identity),
+            Route("levelup", bridge.levelup),
+            Route("achievement", bridge.achievement),
             Route("ha_status", bridge.ha_status),
         ],
         on_open=bridge.open,

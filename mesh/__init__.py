@@ -19,6 +19,7 @@ from mesh.agent import (
 from mesh.backoff import Backoff
 from mesh.client import MeshClient, plain_transport
 from mesh.contract import Contract, TopicEntry, check_level
+from mesh.dedup import KEYLESS, NO_CLAIM, DedupRule, Keyless
 from mesh.errors import (
     ConfigError,
     ContractError,
@@ -58,6 +59,8 @@ from mesh.transport import Inbound, MemoryBroker, MemoryTransport, MqttTransport
 __version__ = "0.1.0"
 
 __all__ = [
+    "KEYLESS",
+    "NO_CLAIM",
     "RUNTIME_MIGRATIONS",
     "TRACE_PROPERTY",
     "Agent",
@@ -74,6 +77,7 @@ __all__ = [
     "ContractError",
     "DeadLetter",
     "DecodeError",
+    "DedupRule",
     "ErrorInfo",
     "ErrorReply",
     "Handler",
@@ -81,6 +85,7 @@ __all__ = [
     "HealthReport",
     "Inbound",
     "Job",
+    "Keyless",
     "MemoryBroker",
     "MemoryTransport",
     "MeshClient",

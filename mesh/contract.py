@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from mesh import codec
+from mesh.dedup import DedupRule, dedup_problems, parse_dedup
 from mesh.errors import ContractError, DecodeError
 from mesh.schemas import RUNTIME_SCHEMAS
 
@@ -46,6 +47,7 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=
     format: codec.PayloadFormat = "json"
     reply_schema: str | None = None
     timeout_s: float | None = None
+    # How a repeat is recognised (mesh/dedup.py; grammar in topics.toml's header).
     dedup: str | None = None
     # For an {agent} topic: each agent reads only its own (e.g. the markers it sends itself).
     own_only: bool = False
@@ -68,6 +70,15 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=
     def reply_type(self) -> Any:
         """The reply payload type, None when the entry is no request/response pair."""
         return self.__dict__["_reply_type"]
+
+    @property
+    def dedup_rule(self) -> DedupRule:
+        """The parsed `dedup` expression: the inbox key of this entry's messages (NO_CLAIM
+        when the entry declares none). Raises ContractError when it does not parse."""
+        rule = self.__dict__.get("_dedup_rule")
+        if rule is None:
+            rule = self.__dict__["_dedup_rule"] = parse_dedup(self.dedup)
+        return rule
 
 
 class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
@@ -151,6 +162,10 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
                 codec.decode(e.example.encode(), schemas[e.schema], e.format)
             except DecodeError as exc:
                 out.append(f"{where}: example does not match {e.schema}: {exc}")
+            try:
+                out += [f"{where}: {p}" for p in dedup_problems(e.dedup_rule, schemas[e.schema])]
+            except ContractError as exc:
+                out.append(f"{where}: {exc}")
         return out
 
     # -- lookups -------------------------------------------------------------------------------

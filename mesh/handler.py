@@ -17,6 +17,7 @@ import msgspec
 
 from mesh import codec, state
 from mesh.contract import Contract
+from mesh.dedup import Keyless
 from mesh.errors import ContractError, HandlerError
 from mesh.outbox import OutboxRecord, OutboxRelay, stage
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
@@ -115,7 +116,9 @@ class Job:
 Handler = Callable[["Context", Any], Awaitable[Reply | None]]
 BatchHandler = Callable[[list[Job]], Awaitable[None]]
 AfterCommit = Callable[[Any, Reply], Awaitable[Reply]]
-DedupKey = Callable[[Any], str | None]
+# A route's own key function, instead of its contract's `dedup` rule: a key, or KEYLESS (an
+# empty key or None counts as KEYLESS too).
+DedupKey = Callable[[Any], str | Keyless | None]
 LockKeys = Callable[[Any], Iterable[str]]
 
 
@@ -124,6 +127,9 @@ class Route(msgspec.Struct, frozen=True):
 
     key: str
     handler: Handler
+    # None: the contract's `dedup` rule builds the inbox key (mesh/dedup.py), the one source of
+    # keys. A function here overrides it (tests, a special case of code outside the contract;
+    # `lifeops-mesh doctor` points such routes out).
     dedup: DedupKey | None = None
     # Runs after the commit, before the reply and the acknowledgement (e.g. to wait briefly for
     # a receipt and put its result into the reply).

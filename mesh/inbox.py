@@ -366,10 +366,18 @@ class GroupCommitter:
         return [out[n] for n in range(len(jobs))]
 
     def _key(self, d: Delivery) -> str | None:
-        if d.route.dedup is None:  # a query: nothing to claim
-            return None
-        # a state-changing route: every message claims a key
-        return d.route.dedup(d.payload) or claims.derived_key(d.entry.key, d.msg, d.payload)
+        """The key the message claims; None when its route claims nothing (NO_CLAIM)."""
+        if d.route.dedup is not None:  # the route's own key function
+            key = d.route.dedup(d.payload)
+        else:
+            rule = d.entry.dedup_rule
+            if not rule.claims:  # a query: nothing to claim
+                return None
+            key = rule.key(d.payload)
+        # a state-changing route: every message claims a key, its own or the derived one
+        if isinstance(key, str) and key:
+            return key
+        return claims.derived_key(d.entry.key, d.msg, d.payload)
 
     async def _execute(self, route: Route, jobs: list[tuple[Context, Delivery]]) -> list[Outcome]:
         if route.batch is None:

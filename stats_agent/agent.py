@@ -10,12 +10,7 @@ import msgspec
 
 from lifeops_contract import contract, user_registry
 from mesh import Agent, AgentApp, Route, Settings, installation_key
-from stats_agent.handlers import (
-    StatsHandlers,
-    activity_identity,
-    character_lock,
-    oura_identity,
-)
+from stats_agent.handlers import StatsHandlers, character_lock
 from stats_agent.repository import EXISTING_USERS, MIGRATIONS
 from stats_agent.rules import load_rules
 
@@ -44,18 +39,14 @@ def build(settings: Settings) -> AgentApp:
             Route.batched(
                 "activities_log",
                 handlers.log_activities,
-                dedup=activity_identity,
                 locks=character_lock,
             ),
             Route.batched(
                 "activity_completed",
                 handlers.activities_completed,
-                dedup=activity_identity,
                 locks=character_lock,
             ),
-            Route.batched(
-                "oura_synced", handlers.oura_days, dedup=oura_identity, locks=character_lock
-            ),
+            Route.batched("oura_synced", handlers.oura_days, locks=character_lock),
             Route("character_get", handlers.character_get),
             Route("events_recent", handlers.events_recent),
         ],

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from lifeops_contract import contract
 from lifeops_contract.schemas import (
     AchievementUnlocked,
     ActivityCompleted,
@@ -18,18 +19,9 @@ from lifeops_contract.schemas import (
     OuraSynced,
 )
 from lifeops_contract.user_registry import UserRegistry, refusal
-from mesh import Context, HandlerError, Job, NotFound
+from mesh import Context, ContractError, HandlerError, Job, NotFound
 from stats_agent import batch, game, ledger, repository
 from stats_agent.rules import Rules
-
-
-def activity_identity(req: ActivityLogRequest) -> str | None:
-    """The dedup key: activity_id when given, else (source, source_ref); None when neither."""
-    if req.activity_id:
-        return f"activity:{req.activity_id}"
-    if req.source_ref:
-        return f"activity:{req.source}:{req.source_ref}"
-    return None
 
 
 def character_lock(payload: ActivityLogRequest | ActivityCompleted | OuraSynced) -> list[str]:
@@ -43,14 +35,14 @@ def character_lock(payload: ActivityLogRequest | ActivityCompleted | OuraSynced)
         return []  # refused by its handler
 
 
-def oura_day_ref(user_id: str, day: dt.date) -> str:
-    return f"oura:{user_id}:{day.isoformat()}"
-
-
 def oura_identity(ev: OuraSynced) -> str:
-    """A day's first version keeps the identity it always had; a revision adds its number."""
-    base = oura_day_ref(ev.user_id, ev.date)
-    return base if ev.revision == 0 else f"{base}:rev{ev.revision}"
+    """An Oura day version's identity: its inbox key as topics.toml's `oura_synced` dedup
+    builds it (`oura:<user>:<date>`, `:rev<n>` from the first revision on), also the
+    `source_ref` its activity is stored under and the seed of its activity id."""
+    key = contract().entry("oura_synced").dedup_rule.key(ev)
+    if not isinstance(key, str):  # user_id and date are required: a checked user has both
+        raise ContractError(f"oura_synced's dedup gives no key for {ev.user_id!r} {ev.date}")
+    return key
 
 
 class StatsHandlers:

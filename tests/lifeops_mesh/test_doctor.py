@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -10,9 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from lifeops_contract import contract
 from lifeops_mesh.broker import local_broker
+from lifeops_mesh.tools.doctor.report import Report
+from lifeops_mesh.tools.doctor.static import dedup_keys, dedup_problem
+from mesh import Context, Route, TopicEntry
 from mesh.testing.brokers import transport_for
 from mesh.transport import Transport
 
@@ -165,3 +171,39 @@ example = '{"user_id": "x"}'
     box = {c["check"]: c["ok"] for c in report["checklist"]}
     assert box["every request topic has a responder"] is False
     assert box["compose: every service has a health check"] is False
+
+
+def test_dedup_row_parses_the_expression_and_finds_routes_keying_alone() -> None:
+    """The dedup row reads each routed entry's expression: a field its payload lacks, a route
+    building its own keys, an event claiming nothing are each a finding; the shipped contract
+    and agents give none."""
+    the_contract = contract()
+    levelup = the_contract.entry("levelup")
+
+    async def handler(ctx: Context, payload: Any) -> None:
+        return None
+
+    def variant(dedup: str) -> TopicEntry:
+        entry = msgspec.structs.replace(levelup, dedup=dedup)
+        entry.__dict__["_schema_type"] = levelup.schema_type
+        return entry
+
+    assert dedup_problem(levelup, Route("levelup", handler)) is None
+    own = dedup_problem(levelup, Route("levelup", handler, dedup=lambda e: e.event_id))
+    assert own is not None and "builds its own dedup keys" in own[0]
+    field = dedup_problem(variant("event_id+when"), Route("levelup", handler))
+    assert field is not None and "LevelUp has no field 'when'" in field[0]
+    syntax = dedup_problem(variant("event_id+"), Route("levelup", handler))
+    assert syntax is not None and "'' is no payload field" in syntax[0]
+    none = dedup_problem(variant("none"), Route("levelup", handler))
+    assert none is not None and "changes state without a dedup key" in none[0]
+
+    report = Report(generated_at=dt.datetime.now(dt.UTC), flow="")
+    dedup_keys(the_contract, report, {"ha_bridge": {"levelup": Route("levelup", handler)}})
+    assert [(c.ok, c.why) for c in report.checklist] == [
+        (True, "inbox keys from topics.toml: levelup event_id")
+    ]
+    report = Report(generated_at=dt.datetime.now(dt.UTC), flow="")
+    own_keys = {"levelup": Route("levelup", handler, dedup=str)}
+    dedup_keys(the_contract, report, {"ha_bridge": own_keys})
+    assert [(c.ok, c.why) for c in report.checklist] == [(False, "levelup")]

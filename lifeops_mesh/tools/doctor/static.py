@@ -7,8 +7,17 @@ from pathlib import Path
 
 from lifeops_mesh import registry
 from lifeops_mesh.tools.doctor.report import Finding, Report
-from mesh import AgentApp, ConfigError, Contract, Route, build_settings
+from mesh import (
+    AgentApp,
+    ConfigError,
+    Contract,
+    ContractError,
+    Route,
+    TopicEntry,
+    build_settings,
+)
 from mesh.broker.acl import generate_acl
+from mesh.dedup import dedup_problems
 
 
 def build_apps(env: dict[str, str]) -> tuple[dict[str, AgentApp], dict[str, ConfigError]]:
@@ -103,28 +112,57 @@ def responders(contract: Contract, report: Report, routes: dict[str, dict[str, R
 
 
 def dedup_keys(contract: Contract, report: Report, routes: dict[str, dict[str, Route]]) -> None:
-    """State-changing events are deduplicated (a redelivery must not count twice)."""
-    undeduped = [
-        key
-        for table in routes.values()
-        for key, route in table.items()
-        if contract.entry(key).kind == "event"
-        and (contract.entry(key).dedup is None or route.dedup is None)
-    ]
-    for k in undeduped:
-        report.add(
-            Finding(
-                service="/".join(contract.entry(k).subscribers),
-                issue=f"event {k} changes state without a dedup key",
-                impact="a redelivered message counts twice",
-                fix="declare `dedup` in topics.toml and pass Route(dedup=...)",
-            )
-        )
+    """Every routed message's inbox key comes from topics.toml: its `dedup` expression parses and
+    names fields of the payload, no route builds keys of its own, and every state-changing event
+    claims a key (a redelivery must not count twice)."""
+    wrong: list[str] = []
+    for table in routes.values():
+        for key, route in table.items():
+            problem = dedup_problem(contract.entry(key), route)
+            if problem is not None:
+                issue, fix = problem
+                wrong.append(key)
+                report.add(
+                    Finding(
+                        service="/".join(contract.entry(key).subscribers),
+                        issue=issue,
+                        impact="a redelivered message counts twice, or a message once too few",
+                        fix=fix,
+                    )
+                )
+    keyed = sorted(
+        {f"{k} {contract.entry(k).dedup}" for t in routes.values() for k in t if k not in wrong}
+        - {f"{k} {e.dedup}" for k, e in contract.topics.items() if e.dedup in (None, "none")}
+    )
     report.check(
         "every state-changing event has a dedup key",
-        not undeduped,
-        "inbox keys declared and used" if not undeduped else ", ".join(undeduped),
+        not wrong,
+        "inbox keys from topics.toml: " + ", ".join(keyed)
+        if not wrong
+        else ", ".join(dict.fromkeys(wrong)),
     )
+
+
+def dedup_problem(entry: TopicEntry, route: Route) -> tuple[str, str] | None:
+    """What is wrong with the inbox key of one route (issue, fix); None when sound."""
+    if entry.kind not in ("event", "request"):
+        return None
+    fix = "declare `dedup` in topics.toml (grammar in its header)"
+    try:
+        rule = entry.dedup_rule
+    except ContractError as exc:
+        return f"{entry.key}: {exc}", fix
+    bad = dedup_problems(rule, entry.schema_type)
+    if bad:
+        return f"{entry.key}: " + "; ".join(bad), "name fields of the payload schema in `dedup`"
+    if route.dedup is not None:
+        return (
+            f"{entry.key}: the route builds its own dedup keys instead of topics.toml's",
+            "drop Route(dedup=...) and say the key in topics.toml's `dedup`",
+        )
+    if entry.kind == "event" and not rule.claims:
+        return f"event {entry.key} changes state without a dedup key", fix
+    return None
 
 
 def acl_matches(contract: Contract, report: Report, acl: Path) -> None:
