@@ -7,8 +7,13 @@ from typing import Literal
 import msgspec
 
 from ha_bridge.bridge import Bridge
-from ha_bridge.repository import MIGRATIONS
-from lifeops_contract import DISCOVERY_PREFIX, contract, with_discovery_prefix
+from ha_bridge.repository import EXISTING_USERS, MIGRATIONS
+from lifeops_contract import (
+    DISCOVERY_PREFIX,
+    contract,
+    user_registry,
+    with_discovery_prefix,
+)
 from lifeops_contract.ids import distinct_user_ids
 from mesh import AgentApp, ConfigError, Route, Settings
 
@@ -49,6 +54,7 @@ def build(settings: Settings) -> AgentApp:
         name="ha_bridge",
         contract=bridge_contract,
         migrations=MIGRATIONS,
+        components={user_registry.COMPONENT: user_registry.migrations(EXISTING_USERS)},
         routes=[
             Route("character_state", bridge.character_state),
             Route("timeline_state", bridge.timeline_state),

@@ -74,6 +74,7 @@ def build(settings: Settings) -> AgentApp:
         name="lifeops",
         contract=the_contract,
         migrations=MIGRATIONS,
+        components={user_registry.COMPONENT: user_registry.migrations(EXISTING_USERS)},
         routes=[
             Route.batched(
                 "timeline_complete",

@@ -67,6 +67,9 @@ class AgentApp(msgspec.Struct, kw_only=True):
     contract: Contract
     routes: list[Route]
     migrations: Sequence[Migration] = ()
+    # Schema components of the app's besides its own (name -> migrations), e.g. a registry
+    # shared by several agents: migrated at start, and copied by `store copy` with the rest.
+    components: dict[str, Sequence[Migration]] = {}
     # After the store is open and migrated, before the broker connects: load what handlers need.
     on_open: Callable[[Agent], Awaitable[None]] | None = None
     # After everything runs (connected, subscribed), before the instance says `online`.
@@ -306,6 +309,8 @@ class Agent:
                 await self.store.migrate(component, migrations)
             if self.app.migrations:
                 await self.store.migrate(self.name, self.app.migrations)
+            for component, steps in self.app.components.items():
+                await self.store.migrate(component, steps)
             if self.app.on_open is not None:
                 await self.app.on_open(self)
             if self.presence is not None:

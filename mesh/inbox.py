@@ -36,7 +36,7 @@ from mesh.outbox import OutboxRecord, OutboxRelay
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import ErrorInfo, Reply
 from mesh.store import Migration, Store, Tx
-from mesh.store.errors import cause_of, is_transient
+from mesh.store.errors import cause_of, is_transient, states_server_condition
 from mesh.transport import Inbound
 
 log = logging.getLogger("mesh.inbox")
@@ -194,7 +194,11 @@ class GroupCommitter:
                     self._hold(cause, exc, len(batch))
                     held += 1
                     alone = len(batch) == 1
-                    if (alone or held >= POISON_TRIES) and await self._store.writable():
+                    if (
+                        (alone or held >= POISON_TRIES)
+                        and not states_server_condition(exc)
+                        and await self._store.writable()
+                    ):
                         # The database takes writes, this batch does not go: find which fails.
                         if not alone:
                             for d in batch:

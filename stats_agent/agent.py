@@ -35,6 +35,7 @@ def build(settings: Settings) -> AgentApp:
         name="stats",
         contract=contract(),
         migrations=MIGRATIONS,
+        components={user_registry.COMPONENT: user_registry.migrations(EXISTING_USERS)},
         routes=[
             Route.batched(
                 "activities_log",

@@ -32,9 +32,11 @@ def register(sub: Subparsers) -> None:
 
 
 def migrations_of(agent: str) -> dict[str, Sequence[Migration]]:
-    """The schema components of `agent`: the runtime's tables and its own."""
+    """The schema components of `agent`: the runtime's tables, its own and the other components
+    its app declares (the user-id registry)."""
     settings = build_settings(agent, broker_url="mqtt://127.0.0.1:1", db_url="sqlite://", env={})
-    return {**RUNTIME_MIGRATIONS, agent: registry.build(settings).migrations}
+    app = registry.build(settings)
+    return {**RUNTIME_MIGRATIONS, agent: app.migrations, **app.components}
 
 
 async def copy(agent: str, source_url: str, target_url: str) -> list[TableReport]:

@@ -94,6 +94,24 @@ def _sqlstate_cause(code: str) -> Cause | None:
     return None
 
 
+def states_server_condition(exc: BaseException) -> bool:
+    """The error itself says the server cannot take this write now: disk full, out of memory or
+    connections, read-only, shutting down, SQLite locked or busy. A probe write that goes through
+    does not disprove it (an UPDATE in place fits where a new row does not), so such a failure is
+    waited out, never blamed on the message (no poison verdict)."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, asyncpg.PostgresError):
+            code = str(getattr(e, "sqlstate", "") or "")
+            if code.startswith(("53", "57P")) or code == "25006":
+                return True
+        elif isinstance(e, sqlite3.OperationalError | sqlite3.DatabaseError):
+            if any(s in str(e).lower() for s in _SQLITE_EXHAUSTED):
+                return True
+        elif isinstance(e, OSError) and e.errno in _OS_EXHAUSTED:
+            return True
+    return False
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """The database is unreachable or cannot take writes: wait for it."""
     return cause_of(exc) in ("outage", "exhausted")

@@ -200,6 +200,36 @@ async def test_a_handler_bug_inside_except_oserror_is_dead_lettered_not_held(
         assert agent.metrics.total("mesh_store_retries_total") == 0
 
 
+async def test_a_full_disk_is_waited_out_even_when_a_probe_write_goes_through(
+    broker: MosquittoProcess, start_app: StartApp, db_url: str
+) -> None:
+    """A disk that is full for new rows can still take an UPDATE in place (the probe): an error
+    that says the server cannot take the write (ENOSPC, SQLSTATE 53100, SQLite's "disk is full")
+    holds the message past POISON_TRIES, never a poison verdict; it commits once space is back.
+    (Seen in the reliability run: a message dead-lettered as poison during the disk-full fault.)"""
+    tries = 0
+    full_for = 3 * POISON_TRIES
+
+    async def handler(ctx: Context, req: ActivityLogRequest) -> ActivityLogReply:
+        nonlocal tries
+        tries += 1
+        if tries <= full_for:
+            raise asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")
+        await ctx.tx.fetchone("SELECT 1")
+        return ActivityLogReply(message="stored")
+
+    uid = user()
+    async with (
+        start_app(_app(handler), broker, db_url) as agent,
+        client_for(broker, contract()) as c,
+    ):
+        req = ActivityLogRequest(user_id=uid, activity_type="big", source_ref=f"{uid}-1")
+        reply = await c.request("activities_log", req, timeout=90)
+        assert reply.success and reply.message == "stored", reply
+        assert tries == full_for + 1
+        assert agent.metrics.total("mesh_dead_letters_total") == 0
+
+
 async def test_a_poison_message_is_dead_lettered_after_bounded_tries_while_others_proceed(
     broker: MosquittoProcess, start_app: StartApp, db_url: str
 ) -> None:
