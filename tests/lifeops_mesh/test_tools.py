@@ -42,9 +42,12 @@ async def cli(
 
 @pytest.fixture
 async def mesh(
-    broker: MosquittoProcess, tmp_path: Path, start_agent: Start
+    own_broker: MosquittoProcess, tmp_path: Path, start_agent: Start
 ) -> AsyncIterator[dict[str, Any]]:
-    """Stats and LifeOps on SQLite, logging JSON into one file, as `up` runs them."""
+    """Stats and LifeOps on SQLite, logging JSON into one file, as `up` runs them, on a broker
+    of their own: `health` reports every agent the broker holds a status of, and the session's
+    broker holds the `offline` of every agent other tests stopped."""
+    broker = own_broker
     import logging
 
     from mesh.logs import JsonFormatter
@@ -62,7 +65,12 @@ async def mesh(
             start_agent("stats", broker, stats_db),
             start_agent("lifeops", broker, f"sqlite:///{tmp_path / 'lifeops.db'}"),
         ):
-            yield {"url": broker.url("tester"), "log": log_file, "stats_db": stats_db}
+            yield {
+                "url": broker.url("tester"),
+                "log": log_file,
+                "stats_db": stats_db,
+                "broker": broker,
+            }
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -181,12 +189,13 @@ async def test_health_lists_agents_and_broker_figures(mesh: dict[str, Any]) -> N
 
 
 async def test_dlq_list_and_replay_a_fixed_message(
-    mesh: dict[str, Any], broker: MosquittoProcess
+    mesh: dict[str, Any],
 ) -> None:
     """A bad message shows up in `dlq list`; `dlq replay --payload` sends a fixed one."""
     from mesh.testing.recorder import Recorder
     from mesh.transport import Transport
 
+    broker: MosquittoProcess = mesh["broker"]
     async with Recorder(broker, []) as rec:
         t: Transport = rec.transport
         await t.publish("stats/activities/log", b'{"user_id": "dl", "activity_type": "juggling"}')
