@@ -22,7 +22,6 @@ from typing import Any
 import msgspec
 
 from mesh import dlq, health, inbox, keys, outbox, overload, receipts, retention, state
-from mesh.broker.acl import DROPPED
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
 from mesh.errors import ContractError, TransportError
@@ -40,7 +39,6 @@ from mesh.schemas import Check, HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.supervise import Supervisor
-from mesh.topics import covers, shared
 from mesh.transport import MqttTransport, Transport, Will
 from mesh.transport.mqtt import tls_context
 
@@ -172,7 +170,6 @@ class Agent:
         # Set when the agent cannot go on (its session was taken over): `failure` says why.
         self.halted = asyncio.Event()
         self.failure: str | None = None
-        self._kicks: list[float] = []
         self.http: HttpEndpoint | None = None
 
     def _assemble_sending(self) -> None:
@@ -306,22 +303,8 @@ class Agent:
         return [f for f in self.subscriptions() if f.startswith("$share/")]
 
     def subscriptions(self) -> list[str]:
-        filters = []
-        for key in self._routes:
-            entry = self.contract.entry(key)
-            f = self.contract.subscription(key)  # {agent} as +: every agent's status
-            if entry.kind in ("event", "request"):
-                f = shared(self.settings.share_group, f)
-            filters.append(f)
-        filters.append(self.requester.reply_filter)
-        if "status" not in self._routes:
-            filters.append(self.contract.subscription("status"))  # every agent's availability
-        if self.presence is not None:
-            filters.append(self.contract.subscription("instance_status"))  # and instance's
-        filters.append(DROPPED)
-        # Overlapping filters would bring a message once per filter (homeassistant/status is also
-        # +/status): keep only the widest.
-        return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
+        """What this instance subscribes to: what its dispatcher handles."""
+        return self.dispatcher.filters(self.settings.share_group)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -459,17 +442,11 @@ class Agent:
     def _connection_lost(self) -> None:
         self._spawn(self._check_kicked())
 
-    async def _check_kicked(self, window_s: float = 30.0) -> None:
-        """Mosquitto 2.0 closes a session taken over without saying so (no DISCONNECT 0x8E).
-        The broker still answering our presence connection while the durable one was closed
-        twice within `window_s` means something else connects with our client id: two
-        processes throwing each other off. Stop being one of them."""
-        await asyncio.sleep(0.5)
-        if self.presence is None or not self.presence.connection.connected:
-            return  # the broker itself went away: reconnecting is right
-        now = asyncio.get_running_loop().time()
-        self._kicks = [t for t in self._kicks if now - t < window_s] + [now]
-        if len(self._kicks) >= 2 and not self.halted.is_set():
+    async def _check_kicked(self) -> None:
+        """Two processes throwing each other off with one client id: stop being one of them
+        (see Presence.thrown_off)."""
+        thrown_off = self.presence is not None and await self.presence.thrown_off()
+        if thrown_off and not self.halted.is_set():
             self._taken_over()
             await self.transport.disconnect()
 

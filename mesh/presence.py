@@ -59,6 +59,7 @@ class Presence:
             will=Will(topic=self.status_topic, payload=b"offline", retain=True),
         )
         self._online = False
+        self._kicks: list[float] = []  # when the durable session was closed lately
 
     async def ensure_alone(self, *, timeout: float = 5.0, fresh_s: float = FRESH_S) -> None:
         """Raise InstanceRunning when another live process runs this instance."""
@@ -87,6 +88,19 @@ class Presence:
                 "with another --instance"
             )
         log.info("instance %s was left online (no fresh health): taking its place", self.instance)
+
+    async def thrown_off(self, window_s: float = 30.0) -> bool:
+        """Called when the durable session was closed: whether another process took it over.
+        Mosquitto 2.0 closes a session taken over without saying so (no DISCONNECT 0x8E). The
+        broker still answering this presence connection while the durable one was closed twice
+        within `window_s` means something else connects with our client id: two processes
+        throwing each other off."""
+        await asyncio.sleep(0.5)
+        if not self.connection.connected:
+            return False  # the broker itself went away: reconnecting is right
+        now = asyncio.get_running_loop().time()
+        self._kicks = [t for t in self._kicks if now - t < window_s] + [now]
+        return len(self._kicks) >= 2
 
     async def connect(self, timeout: float) -> None:
         self.connection.on_connect = self._on_connect
