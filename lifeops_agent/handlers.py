@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from typing import Any
 
 import msgspec
 
-from lifeops_agent import days, repository
-from lifeops_agent.history import History, load_many
-from lifeops_agent.history import load as load_history
+from lifeops_agent import days, repository, streaks
+from lifeops_agent.history import Completion, History
 from lifeops_agent.locks import user_lock
 from lifeops_agent.oura_days import keep_days
-from lifeops_agent.repository import Completion
+from lifeops_agent.streaks import completion_id as completion_id
 from lifeops_agent.timeline import Timeline, TimelineItem
 from lifeops_contract import contract
 from lifeops_contract.ids import check_user_id
@@ -45,29 +43,10 @@ from mesh import (
     Reply,
     Tx,
     codec,
-    keyed_uuid,
     state,
 )
 
 FUTURE_SLACK = dt.timedelta(minutes=5)
-
-
-class _Planned(msgspec.Struct):
-    """A completion request of a batch, checked and placed on the user's local day."""
-
-    job: Job
-    user_id: str
-    item: TimelineItem
-    moment: dt.datetime
-    tzname: str
-    day: dt.date
-    today: dt.date
-
-
-def completion_id(key: bytes, user_id: str, item_code: str, day: dt.date) -> str:
-    """Deterministic: the same user, item and local day is always the same activity; keyed
-    with the installation's key, so no other client can compute (and pre-claim) it."""
-    return keyed_uuid(key, f"completion:{user_id}:{item_code}:{day.isoformat()}")
 
 
 class LifeOpsHandlers:
@@ -109,54 +88,30 @@ class LifeOpsHandlers:
         return moment
 
     async def complete(self, jobs: list[Job]) -> None:
-        """lifeops/timeline/complete for a whole group commit: the users' settings, histories
-        and best streaks read with one query per table, streaks computed in memory (in order,
-        so two completions of one user in a batch see each other), every table written once."""
+        """lifeops/timeline/complete for a whole group commit, as load -> compute -> write:
+        one repository call reads the users' settings, registry entries, histories and best
+        streaks (one query per table), the streaks are computed in memory (streaks.complete:
+        in order, so two completions of one user in a batch see each other), and one call
+        writes every table once; then the events and one retained timeline per user."""
         if self.key is None:
             raise RuntimeError("LifeOps has not started (no installation key)")
-        planned = await self._admitted(self._plan(jobs, await self._zones(jobs)))
-        if not planned:
+        asks = self._asks(jobs)
+        if not asks:
             return
-        wanted: dict[str, tuple[list[dt.date], dt.date]] = {}
-        for p in planned:
-            wanted.setdefault(p.user_id, ([], p.today))[0].append(p.day)
-        histories = await load_many(jobs[0].ctx.tx, wanted, self.codes)
-        done: list[tuple[_Planned, Completion]] = []
-        for p in planned:
-            history, best = histories[p.user_id]
-            prior = history.rows.get((p.item.code, p.day))
-            if prior is not None:
-                p.job.reply = self._already(prior, best.get(p.item.code, 0), p.item, p.day)
-                continue
-            activity_id = completion_id(self.key, p.user_id, p.item.code, p.day)
-            streak = (history.run_back(p.item.code, p.day - dt.timedelta(days=1)) or 0) + 1
-            completion = Completion(p.item.code, p.day, p.moment, activity_id, streak, None, True)
-            history.add(completion)
-            run = streak + (history.run_forward(p.item.code, p.day) or 0)  # a gap filled joins
-            best[p.item.code] = max(best.get(p.item.code, 0), run)
-            done.append((p, completion))
-            p.job.reply = TimelineCompleteReply(
-                item_code=p.item.code,
-                date=p.day,
-                activity_id=activity_id,
-                new_streak=streak,
-                best_streak=best[p.item.code],
-                xp_pending=True,
-                message=f"Completed {p.item.title}",
-            )
-        await self._write(done, histories)
+        tx = jobs[0].ctx.tx
+        batch = await repository.load_batch(tx, asks, self.users, self.default_timezone, self.codes)
+        for p, holder in batch.refused:
+            jobs[p.ask.index].refuse(refusal(p.ask.user_id, holder))
+        result = streaks.complete(batch.placed, batch.histories, self.key)
+        for o in result.outcomes:
+            jobs[o.placed.ask.index].reply = self._answer(o)
+        repository.write_batch(tx, result)
+        await self._publish(jobs, result, batch.histories)
 
-    async def _zones(self, jobs: list[Job]) -> dict[str, str]:
-        users = set()
-        for job in jobs:
-            with contextlib.suppress(HandlerError):
-                users.add(check_user_id(job.payload.user_id))
-        return await repository.user_timezones(jobs[0].ctx.tx, sorted(users)) if users else {}
-
-    def _plan(self, jobs: list[Job], zones: dict[str, str]) -> list[_Planned]:
-        """Each job checked (a refusal is that job's answer) and placed on its local day."""
-        planned = []
-        for job in jobs:
+    def _asks(self, jobs: list[Job]) -> list[streaks.Ask]:
+        """Each job checked (a refusal is that job's answer)."""
+        asks = []
+        for index, job in enumerate(jobs):
             req: TimelineCompleteRequest = job.payload
             try:
                 user_id = check_user_id(req.user_id)
@@ -165,45 +120,38 @@ class LifeOpsHandlers:
             except HandlerError as exc:
                 job.refuse(exc)
                 continue
-            tzname = zones.get(user_id) or self.default_timezone
-            zone = days.zone(tzname)
-            day, today = days.local_day(moment, zone), days.local_day(job.ctx.now, zone)
-            planned.append(_Planned(job, user_id, item, moment, tzname, day, today))
-        return planned
+            asks.append(streaks.Ask(index, user_id, item, moment, job.ctx.now))
+        return asks
 
-    async def _admitted(self, planned: list[_Planned]) -> list[_Planned]:
-        """A user is recorded with their first write; an id that is another stored user's
-        spelled differently (Alice for alice, run_club for run-club) is refused."""
-        if not planned:
-            return planned
-        ctx = planned[0].job.ctx
-        refused = await self.users.admit(ctx.tx, [p.user_id for p in planned], ctx.now)
-        for p in planned:
-            if p.user_id in refused:
-                p.job.refuse(refusal(p.user_id, refused[p.user_id]))
-        return [p for p in planned if p.job.error is None]
+    def _answer(self, o: streaks.Done | streaks.Already) -> TimelineCompleteReply:
+        item, day = o.placed.ask.item, o.placed.day
+        if isinstance(o, streaks.Already):
+            return self._already(o.prior, o.best, item, day)
+        return TimelineCompleteReply(
+            item_code=item.code,
+            date=day,
+            activity_id=o.completion.activity_id,
+            new_streak=o.completion.streak,
+            best_streak=o.best,
+            xp_pending=True,
+            message=f"Completed {item.title}",
+        )
 
-    async def _write(
-        self,
-        done: list[tuple[_Planned, Completion]],
-        histories: dict[str, tuple[History, dict[str, int]]],
+    async def _publish(
+        self, jobs: list[Job], result: streaks.Result, histories: streaks.Histories
     ) -> None:
-        """Each kind of write for the whole batch in turn, so each is one statement."""
-        for p, c in done:
-            repository.defer_completion(p.job.ctx.tx, p.user_id, c)
-        raised = {(p.user_id, p.item.code): p for p, _ in done}
-        for (user_id, code), p in raised.items():
-            repository.defer_raise_best(p.job.ctx.tx, user_id, code, histories[user_id][1][code])
-        for p, c in done:
-            event = completed_event(p.user_id, p.item, c)
-            await p.job.ctx.request_with_receipt(
-                "activity_completed", event, record_id=c.activity_id
+        """Stats is told of each new completion; each user's retained timeline restated once
+        (the latest request's today)."""
+        for d in result.done:
+            ask = d.placed.ask
+            event = completed_event(ask.user_id, ask.item, d.completion)
+            await jobs[ask.index].ctx.request_with_receipt(
+                "activity_completed", event, record_id=d.completion.activity_id
             )
-        last = {p.user_id: p for p, _ in done}  # one retained timeline per user, the latest
-        for user_id, p in last.items():
+        for user_id, p in result.last.items():
             history, best = histories[user_id]
             state = self._day(user_id, p.today, p.today, p.tzname, history, best)
-            await p.job.ctx.emit("timeline_state", state, user_id=user_id)
+            await jobs[p.ask.index].ctx.emit("timeline_state", state, user_id=user_id)
 
     def _already(
         self, prior: Completion, best: int, item: TimelineItem, day: dt.date
@@ -236,11 +184,17 @@ class LifeOpsHandlers:
         return TimelineReply(timeline=await self.day_state(ctx.tx, user_id, req.date))
 
     async def settings(self, ctx: Context, req: UserSettingsRequest) -> UserSettingsReply:
+        """The user's time zone: admitted, the timeline read as it will be in the new zone,
+        the zone written, the timeline restated."""
         user_id = check_user_id(req.user_id)
         days.zone(req.timezone)
         await self.users.check(ctx.tx, user_id, ctx.now)
+        loaded = await repository.load_day(
+            ctx.tx, user_id, self.codes, self.default_timezone, now=ctx.now, timezone=req.timezone
+        )
+        state = self._state(user_id, loaded)
         await repository.set_user_timezone(ctx.tx, user_id, req.timezone, ctx.now)
-        await self._emit_state(ctx, user_id)
+        await ctx.emit("timeline_state", state, user_id=user_id)
         return UserSettingsReply(user_id=user_id, timezone=req.timezone)
 
     async def oura_import(self, ctx: Context, req: OuraImportRequest) -> OuraImportReply:
@@ -293,18 +247,17 @@ class LifeOpsHandlers:
 
     # -- state ----------------------------------------------------------------------------------
 
-    async def _timezone(self, tx: Tx, user_id: str) -> str:
-        return await repository.user_timezone(tx, user_id) or self.default_timezone
-
     async def day_state(
         self, tx: Tx, user_id: str, day: dt.date | None = None, now: dt.datetime | None = None
     ) -> TimelineDay:
         """The user's timeline for `day` (default today), from the history around it."""
-        tzname = await self._timezone(tx, user_id)
-        today = days.local_day(now or dt.datetime.now(dt.UTC), days.zone(tzname))
-        day = day or today
-        history, best = await load_history(tx, user_id, day, today, self.codes)
-        return self._day(user_id, day, today, tzname, history, best)
+        loaded = await repository.load_day(
+            tx, user_id, self.codes, self.default_timezone, day=day, now=now
+        )
+        return self._state(user_id, loaded)
+
+    def _state(self, user_id: str, d: repository.DayState) -> TimelineDay:
+        return self._day(user_id, d.day, d.today, d.tzname, d.history, d.best)
 
     def _day(
         self,
@@ -386,10 +339,6 @@ class LifeOpsHandlers:
         for (user_id, code), done in by_run.items():
             repository.defer_raise_best(tx, user_id, code, days.longest_run(done))
         return len(by_run)
-
-    async def _emit_state(self, ctx: Context, user_id: str) -> None:
-        state = await self.day_state(ctx.tx, user_id, now=ctx.now)
-        await ctx.emit("timeline_state", state, user_id=user_id)
 
     def _reply_from(self, c: Completion, best: int) -> TimelineCompleteReply:
         reply = TimelineCompleteReply(

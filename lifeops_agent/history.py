@@ -1,22 +1,33 @@
-"""The part of a user's history a streak needs, read from the database window by window.
+"""The part of a user's history a streak needs: which window to read, and the runs in it.
 
 A streak is a run of consecutive local days. The current streak needs the days back from
 today until the first gap; a completion needs the run around its day (a past day that fills a
 gap joins two runs); the best streak is kept per user and item (`lifeops_best_streaks`) and
 only ever grows. So no request reads a user's whole history: a window of WINDOW days around
-the days in question, widened (x4) only while a run reaches its edge.
+the days in question, widened (x4) only while a run reaches its edge (`fits`). Pure: the
+repository reads the windows (repository.load_history, repository.load_batch).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from lifeops_agent import repository
-from lifeops_agent.repository import Completion
-from mesh import Tx
+import msgspec
 
 WINDOW = 64
 ONE = dt.timedelta(days=1)
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """A stored completion of an item on a user's local day."""
+
+    item_code: str
+    day: dt.date
+    completed_at: dt.datetime
+    activity_id: str
+    streak: int
+    result: str | None
+    xp_pending: bool
 
 
 class History:
@@ -69,74 +80,19 @@ class History:
         return self.run_back(item, today - ONE)
 
 
-async def load(
-    tx: Tx, user_id: str, around: dt.date, today: dt.date, items: list[str]
-) -> tuple[History, dict[str, int]]:
-    """A window of history around `around` and `today`, wide enough that every item's run at
-    `around`, after `around`, and up to `today` is inside it; with the best streaks."""
-    earliest = await repository.first_day(tx, user_id)
-    width = WINDOW
-    while True:
-        lo = min(around, today) - width * ONE
-        hi = max(around, today) + ONE
-        rows = await repository.completions_between(tx, user_id, lo, hi)
-        history = History(rows, lo, hi, earliest)
-        if all(_fits(history, i, around, today) for i in items):
-            return history, await repository.best_streaks(tx, user_id)
-        width *= 4
+def window(around: list[dt.date], today: dt.date, width: int) -> tuple[dt.date, dt.date]:
+    """The days [lo, hi] to read: `width` days before the earliest day in question."""
+    return min(*around, today) - width * ONE, max(*around, today) + ONE
 
 
-def _fits(h: History, item: str, around: dt.date, today: dt.date) -> bool:
-    return (
-        h.run_back(item, around) is not None
-        and h.run_back(item, around - ONE) is not None  # the run a completion of `around` ends
-        and h.run_forward(item, around) is not None
+def fits(h: History, items: list[str], around: list[dt.date], today: dt.date) -> bool:
+    """Whether every item's runs at, before and after the days `around`, and up to `today`,
+    lie inside what `h` read (else the window widens)."""
+    return all(
+        h.run_back(item, day) is not None
+        and h.run_back(item, day - ONE) is not None  # the run a completion of `day` ends
+        and h.run_forward(item, day) is not None
         and h.current(item, today) is not None
+        for item in items
+        for day in around
     )
-
-
-async def load_many(
-    tx: Tx, wanted: dict[str, tuple[list[dt.date], dt.date]], items: list[str]
-) -> dict[str, tuple[History, dict[str, int]]]:
-    """`load` for the users of a batch, {user: (the days in question, today)}: one query per
-    table for all of them (a window per distinct span, usually one); a user whose runs reach
-    past the window is read again alone, widening as `load` does."""
-    users = sorted(wanted)
-    earliest = await repository.first_days(tx, users)
-    best = await repository.best_streaks_of(tx, users)
-    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
-    for user, (around, today) in wanted.items():
-        lo = min(*around, today) - WINDOW * ONE
-        hi = max(*around, today) + ONE
-        spans.setdefault((lo, hi), []).append(user)
-    out: dict[str, tuple[History, dict[str, int]]] = {}
-    for (lo, hi), group in spans.items():
-        rows = await repository.completions_of(tx, group, lo, hi)
-        for user in group:
-            history = History(rows[user], lo, hi, earliest.get(user))
-            around, today = wanted[user]
-            if all(_fits(history, i, day, today) for i in items for day in around):
-                out[user] = (history, best[user])
-            else:  # a long run: this user's window widens alone
-                out[user] = await _load_spanning(tx, user, around, today, items, earliest.get(user))
-    return out
-
-
-async def _load_spanning(
-    tx: Tx,
-    user_id: str,
-    around: list[dt.date],
-    today: dt.date,
-    items: list[str],
-    earliest: dt.date | None,
-) -> tuple[History, dict[str, int]]:
-    width = WINDOW * 4
-    while True:
-        lo = min(*around, today) - width * ONE
-        hi = max(*around, today) + ONE
-        history = History(
-            await repository.completions_between(tx, user_id, lo, hi), lo, hi, earliest
-        )
-        if all(_fits(history, i, day, today) for i in items for day in around):
-            return history, await repository.best_streaks(tx, user_id)
-        width *= 4

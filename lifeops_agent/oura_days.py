@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from lifeops_agent import repository
-from lifeops_agent.locks import user_lock
+from lifeops_agent.repository import OuraVersion, StoredOuraDay
 from lifeops_contract.schemas import OuraDay, OuraImportReply, OuraScores, OuraSynced
 from lifeops_contract.user_registry import UserRegistry
 from mesh import HandlerError, Tx, codec
@@ -53,41 +53,46 @@ def check(days: list[OuraDay]) -> None:
                 raise HandlerError("invalid_score", f"{d.date}: {name} score {score}")
 
 
-async def keep_days(
-    tx: Tx, user_id: str, days: list[OuraDay], now: dt.datetime, send: Send
-) -> OuraImportReply:
-    """Store what is new or changed in `days` and stage it for Stats, in `tx`, under the
-    user's lock (the scheduled sync and `lifeops/oura/import` on any agent take turns): a day
-    another agent stored a moment ago is read here and becomes its next revision. A user id that
-    is another stored user's spelled differently is refused (lifeops_contract.user_registry)."""
-    check(days)
-    await tx.lock([user_lock(user_id)])
-    await UserRegistry().check(tx, user_id, now)
-    known = await repository.oura_days(tx, user_id, [d.date for d in days])
-    imported = skipped = revised = 0
+def plan(known: dict[dt.date, StoredOuraDay], days: list[OuraDay]) -> list[OuraVersion]:
+    """What to store of `days`, in order, given the stored versions `known`: a new day as
+    revision 0, a changed one as its next revision (its missing scores kept: `merged`); an
+    unchanged day is not stored (skipped). Pure: a day twice in `days` sees its first."""
+    known = dict(known)
+    out = []
     for d in days:
         prior = known.get(d.date)
         if prior is None:
-            scores, revision = d.scores, 0
-            kept = await repository.insert_oura_day(
-                tx, user_id, d.date, codec.encode(scores).decode(), now
-            )
+            version = OuraVersion(d.date, d.scores, 0)
         else:
             before = codec.decode(prior.scores.encode(), OuraScores)
-            scores, revision = merged(before, d.scores), prior.revision + 1
-            kept = scores != before and await repository.revise_oura_day(
-                tx, user_id, d.date, codec.encode(scores).decode(), revision, now
-            )
-        if not kept:
-            skipped += 1
-            continue
-        known[d.date] = repository.StoredOuraDay(codec.encode(scores).decode(), revision)
-        if revision == 0:
-            imported += 1
-        else:
-            revised += 1
+            scores = merged(before, d.scores)
+            if scores == before:
+                continue
+            version = OuraVersion(d.date, scores, prior.revision + 1)
+        known[d.date] = StoredOuraDay(codec.encode(version.scores).decode(), version.revision)
+        out.append(version)
+    return out
+
+
+async def keep_days(
+    tx: Tx, user_id: str, days: list[OuraDay], now: dt.datetime, send: Send
+) -> OuraImportReply:
+    """Store what is new or changed in `days` and stage it for Stats, in `tx`, as load ->
+    compute -> write: the load takes the user's lock (the scheduled sync and
+    `lifeops/oura/import` on any agent take turns: a day another agent stored a moment ago is
+    read here and becomes its next revision) and refuses a user id that is another stored
+    user's spelled differently (lifeops_contract.user_registry) before it reads."""
+    check(days)
+    known = await repository.load_oura_days(
+        tx, user_id, [d.date for d in days], UserRegistry(), now
+    )
+    stored = await repository.write_oura_days(tx, user_id, plan(known, days), now)
+    imported = sum(v.revision == 0 for v in stored)
+    for v in stored:
         await send(
-            OuraSynced(user_id=user_id, date=d.date, scores=scores, revision=revision),
-            record_id(user_id, d.date, revision),
+            OuraSynced(user_id=user_id, date=v.day, scores=v.scores, revision=v.revision),
+            record_id(user_id, v.day, v.revision),
         )
-    return OuraImportReply(imported=imported, skipped=skipped, revised=revised)
+    return OuraImportReply(
+        imported=imported, skipped=len(days) - len(stored), revised=len(stored) - imported
+    )

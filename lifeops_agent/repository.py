@@ -1,4 +1,4 @@
-"""SQL of the LifeOps agent: users, completions, Oura days."""
+"""SQL of the LifeOps agent: users, completions, Oura days; a batch's one load and one write."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ from typing import Any
 
 import msgspec
 
+from lifeops_agent import days, history, streaks
+from lifeops_agent.history import Completion, History
+from lifeops_agent.locks import user_lock
+from lifeops_contract.schemas import OuraScores
+from lifeops_contract.user_registry import UserRegistry
 from lifeops_oura import token_store as oura_tables
-from mesh import Migration, Tx
+from mesh import Migration, Tx, codec
 
 MIGRATIONS = (
     Migration(
@@ -56,16 +61,6 @@ EXISTING_USERS = (
     " UNION ALL SELECT user_id, completed_at FROM lifeops_completions"
     " UNION ALL SELECT user_id, imported_at FROM lifeops_oura_days) stored GROUP BY user_id"
 )
-
-
-class Completion(msgspec.Struct, frozen=True):
-    item_code: str
-    day: dt.date
-    completed_at: dt.datetime
-    activity_id: str
-    streak: int
-    result: str | None
-    xp_pending: bool
 
 
 async def user_timezone(tx: Tx, user_id: str) -> str | None:
@@ -150,6 +145,46 @@ async def store_result(tx: Tx, activity_id: str, result: str) -> tuple[str, str,
 class StoredOuraDay(msgspec.Struct, frozen=True):
     scores: str  # OuraScores as JSON
     revision: int
+
+
+class OuraVersion(msgspec.Struct, frozen=True):
+    """A version of a user's day to store: revision 0 is the day's first."""
+
+    day: dt.date
+    scores: OuraScores
+    revision: int
+
+
+async def load_oura_days(
+    tx: Tx, user_id: str, wanted: list[dt.date], registry: UserRegistry, now: dt.datetime
+) -> dict[dt.date, StoredOuraDay]:
+    """What an Oura import reads, under the user's lock taken first (agents sharing the
+    database take turns per user): the user admitted (or refused: HandlerError
+    `user_id_taken`), then the stored versions of the days."""
+    await tx.lock([user_lock(user_id)])
+    await registry.check(tx, user_id, now)
+    return await oura_days(tx, user_id, wanted)
+
+
+async def write_oura_days(
+    tx: Tx, user_id: str, versions: list[OuraVersion], now: dt.datetime
+) -> list[OuraVersion]:
+    """Store the versions in order; returns those stored. A day another writer stored or
+    revised first is not (nor its later versions in `versions`: they followed the lost one)."""
+    stored, lost = [], set()
+    for v in versions:
+        if v.day in lost:
+            continue
+        scores = codec.encode(v.scores).decode()
+        if v.revision == 0:
+            kept = await insert_oura_day(tx, user_id, v.day, scores, now)
+        else:
+            kept = await revise_oura_day(tx, user_id, v.day, scores, v.revision, now)
+        if kept:
+            stored.append(v)
+        else:
+            lost.add(v.day)
+    return stored
 
 
 async def oura_days(tx: Tx, user_id: str, wanted: list[dt.date]) -> dict[dt.date, StoredOuraDay]:
@@ -295,3 +330,129 @@ def defer_raise_best(tx: Tx, user_id: str, item_code: str, run: int) -> None:
         item_code,
         run,
     )
+
+
+# -- histories: a window around the days in question, widened while a run reaches its edge ----
+
+
+async def load_history(
+    tx: Tx, user_id: str, around: dt.date, today: dt.date, items: list[str]
+) -> tuple[History, dict[str, int]]:
+    """A window of history around `around` and `today`, wide enough that every item's run at
+    `around`, after `around`, and up to `today` is inside it; with the best streaks."""
+    earliest = await first_day(tx, user_id)
+    return await _widening(tx, user_id, [around], today, items, earliest, history.WINDOW)
+
+
+async def _widening(
+    tx: Tx,
+    user_id: str,
+    around: list[dt.date],
+    today: dt.date,
+    items: list[str],
+    earliest: dt.date | None,
+    width: int,
+) -> tuple[History, dict[str, int]]:
+    while True:
+        lo, hi = history.window(around, today, width)
+        found = History(await completions_between(tx, user_id, lo, hi), lo, hi, earliest)
+        if history.fits(found, items, around, today):
+            return found, await best_streaks(tx, user_id)
+        width *= 4
+
+
+async def load_histories(
+    tx: Tx, wanted: dict[str, tuple[list[dt.date], dt.date]], items: list[str]
+) -> streaks.Histories:
+    """`load_history` for the users of a batch, {user: (the days in question, today)}: one
+    query per table for all of them (a window per distinct span, usually one); a user whose
+    runs reach past the window is read again alone, widening as `load_history` does."""
+    users = sorted(wanted)
+    earliest = await first_days(tx, users)
+    best = await best_streaks_of(tx, users)
+    spans: dict[tuple[dt.date, dt.date], list[str]] = {}
+    for user, (around, today) in wanted.items():
+        spans.setdefault(history.window(around, today, history.WINDOW), []).append(user)
+    out: streaks.Histories = {}
+    for (lo, hi), group in spans.items():
+        rows = await completions_of(tx, group, lo, hi)
+        for user in group:
+            found = History(rows[user], lo, hi, earliest.get(user))
+            around, today = wanted[user]
+            if history.fits(found, items, around, today):
+                out[user] = (found, best[user])
+            else:  # a long run: this user's window widens alone
+                out[user] = await _widening(
+                    tx, user, around, today, items, earliest.get(user), history.WINDOW * 4
+                )
+    return out
+
+
+# -- a batch of completions: one load, one write ----------------------------------------------
+
+
+class BatchState(msgspec.Struct):
+    """What a batch of completions needs: its requests placed on their users' local days
+    (admitted users only), the refused (request, the spelling that holds its user id), and
+    the admitted users' histories."""
+
+    placed: list[streaks.Placed]
+    refused: list[tuple[streaks.Placed, str]]
+    histories: streaks.Histories
+
+
+async def load_batch(
+    tx: Tx, asks: list[streaks.Ask], registry: UserRegistry, default_timezone: str, items: list[str]
+) -> BatchState:
+    """Everything a batch of completions reads, in `tx` under the users' locks (Route.locks):
+    the users' time zones (which place each request on a local day), the user-id registry's
+    admission (a new user is recorded with its first write), then the histories around the
+    days in question. One statement per table, whatever the batch's size."""
+    zones = await user_timezones(tx, sorted({a.user_id for a in asks}))
+    placed = streaks.place(asks, zones, default_timezone)
+    taken = await registry.admit(tx, [p.ask.user_id for p in placed], asks[0].now)
+    refused = [(p, taken[p.ask.user_id]) for p in placed if p.ask.user_id in taken]
+    admitted = [p for p in placed if p.ask.user_id not in taken]
+    histories = await load_histories(tx, streaks.wanted(admitted), items) if admitted else {}
+    return BatchState(admitted, refused, histories)
+
+
+def write_batch(tx: Tx, result: streaks.Result) -> None:
+    """Each kind of write for the whole batch in turn, so each is one statement at commit:
+    the new completions, then the raised best streaks."""
+    for d in result.done:
+        defer_completion(tx, d.placed.ask.user_id, d.completion)
+    for (user_id, code), best in result.raised.items():
+        defer_raise_best(tx, user_id, code, best)
+
+
+# -- a user's timeline day -----------------------------------------------------------------
+
+
+class DayState(msgspec.Struct):
+    """What a user's timeline of one day is built from."""
+
+    tzname: str
+    day: dt.date
+    today: dt.date
+    history: History
+    best: dict[str, int]
+
+
+async def load_day(
+    tx: Tx,
+    user_id: str,
+    items: list[str],
+    default_timezone: str,
+    *,
+    day: dt.date | None = None,
+    now: dt.datetime | None = None,
+    timezone: str | None = None,
+) -> DayState:
+    """The user's time zone (unless given: a change about to be written), the local `day`
+    (default today), and the history around it."""
+    tzname = timezone or await user_timezone(tx, user_id) or default_timezone
+    today = days.local_day(now or dt.datetime.now(dt.UTC), days.zone(tzname))
+    day = day or today
+    found, best = await load_history(tx, user_id, day, today, items)
+    return DayState(tzname, day, today, found, best)

@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 BROKER_FILES = ("credentials.toml", "passwd", "acl", "mosquitto.conf")
 PG_RECIPE = (
     "its store is PostgreSQL: back it up with `pg_dump --format=custom` and restore with "
-    "`pg_restore` (README, Backup, restore, move)"
+    "`pg_restore` (docs/operations.md, Backup, restore, move)"
 )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from mesh import dlq, health, inbox, keys, outbox, overload, receipts, retention, state
+from mesh.client import broker_transport
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
 from mesh.errors import ContractError, TransportError
@@ -40,7 +41,6 @@ from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.supervise import Supervisor
 from mesh.transport import MqttTransport, Transport, Will
-from mesh.transport.mqtt import tls_context
 
 log = logging.getLogger("mesh.agent")
 lifecycle = logging.getLogger("mesh.lifecycle")  # start/stop lines, logged at any level
@@ -97,14 +97,9 @@ def availability_will(contract: Contract, agent: str) -> Will:
 
 def mqtt_transport(settings: Settings, *, will: Will | None = None) -> MqttTransport:
     """The durable MQTT v5 session of an agent, as its settings describe it."""
-    b = settings.broker
-    return MqttTransport(
+    return broker_transport(
+        settings.broker,
         client_id=settings.client_id,
-        host=b.host,
-        port=b.port,
-        username=b.username,
-        password=b.password,
-        tls=tls_context(b.ca_file) if b.tls else None,
         session_expiry_s=settings.session_expiry_s,
         will=will,
     )
@@ -122,6 +117,8 @@ def mqtt_agent(settings: Settings, app: AgentApp, *, metrics: Metrics | None = N
 
 
 class Agent:
+    """Runs one `AgentApp` over the `Transport` and `Store` it is given: `start()`, `stop()`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -224,7 +221,7 @@ class Agent:
             failpoint=settings.failpoint,
             receipts=self.receipts,
             on_state_changed=self.states.changed,
-            keyless_window_s=settings.retention.keyless_s,
+            keyless_window_s=settings.keyless_window_s,
         )
         self.dispatcher = Dispatcher(
             name=self.name,

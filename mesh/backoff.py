@@ -15,6 +15,8 @@ import random
 
 
 class Backoff:
+    """Exponential backoff with full jitter and a cap; `reset()` after a success."""
+
     def __init__(self, base: float = 0.05, cap: float = 5.0, *, rng: random.Random | None = None):
         if base <= 0 or cap < base:
             raise ValueError("backoff needs 0 < base <= cap")

@@ -2,39 +2,55 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from mesh.contract import Contract
 from mesh.rpc import Requester
-from mesh.settings import parse_broker_url
-from mesh.transport import Inbound, MqttTransport, Transport
+from mesh.settings import BrokerURL, tool_broker
+from mesh.transport import Inbound, MqttTransport, Transport, Will
 from mesh.transport.mqtt import tls_context
+
+CLIENT_ID_PREFIX = "lifeops-mesh-cli"
+
+
+def broker_transport(
+    broker: BrokerURL, *, client_id: str, session_expiry_s: int = 0, will: Will | None = None
+) -> MqttTransport:
+    """The one way to open a connection to a broker URL (agents, tools and tests): the URL's
+    account, TLS for mqtts:// (the broker's certificate checked against the URL's CA file, else
+    the system's CAs). A session that ends with the connection (`session_expiry_s` 0) starts
+    clean; a durable one resumes what the broker kept."""
+    return MqttTransport(
+        client_id=client_id,
+        host=broker.host,
+        port=broker.port,
+        username=broker.username,
+        password=broker.password,
+        tls=tls_context(broker.ca_file) if broker.tls else None,
+        clean_start=session_expiry_s == 0,
+        session_expiry_s=session_expiry_s,
+        will=will,
+    )
 
 
 def plain_transport(
     broker_url: str,
     *,
     client_id: str | None = None,
-    prefix: str = "lifeops-mesh-cli",
+    prefix: str = CLIENT_ID_PREFIX,
     ca_file: str | None = None,
 ) -> MqttTransport:
     """A connection for tools and tests: the URL's account, a clean session, nothing durable.
     For mqtts:// the broker's certificate is checked against `ca_file`, else
     LIFEOPS_BROKER_CA_FILE, else the system's CAs."""
-    url = parse_broker_url(broker_url, ca_file=ca_file or os.environ.get("LIFEOPS_BROKER_CA_FILE"))
-    return MqttTransport(
-        client_id=client_id or f"{prefix}-{uuid.uuid4().hex[:8]}",
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password=url.password,
-        tls=tls_context(url.ca_file) if url.tls else None,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    url = tool_broker(broker_url, ca_file=ca_file)
+    return broker_transport(url, client_id=client_id or _new_client_id(prefix))
+
+
+def _new_client_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class MeshClient:
@@ -52,8 +68,8 @@ class MeshClient:
         """`reply_topic`: a fixed one under reply/<account>/ (default: one per connection).
         With it and the same correlation data, a request sent again from a new connection is
         the same request (a keyless one counts once)."""
-        url = parse_broker_url(broker_url)
-        transport = plain_transport(broker_url, client_id=client_id)
+        url = tool_broker(broker_url)
+        transport = broker_transport(url, client_id=client_id or _new_client_id(CLIENT_ID_PREFIX))
         self._setup(transport, contract, url.username, reply_topic)
 
     @classmethod

@@ -32,6 +32,8 @@ class Meta(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=True):
+    """One contract key: topic pattern, kind, schemas, QoS, retain, publishers and subscribers."""
+
     topic: str
     kind: Kind
     schema: str
@@ -69,6 +71,8 @@ class TopicEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, dict=
 
 
 class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
+    """A loaded topics.toml: its meta and its entries by key (`Contract.load(path, schemas)`)."""
+
     meta: Meta
     topics: dict[str, TopicEntry]
 

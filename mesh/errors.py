@@ -50,6 +50,8 @@ class HandlerError(MeshError):
 
 
 class NotFound(HandlerError):
+    """A handler's refusal with the code `not_found`."""
+
     def __init__(self, message: str) -> None:
         super().__init__("not_found", message)
 
@@ -63,6 +65,8 @@ class NotAuthorized(TransportError):
 
 
 class PublishRefused(TransportError):
+    """The broker answered a publish with a failure reason code (e.g. 135 Not authorized)."""
+
     def __init__(self, topic: str, reason_code: int) -> None:
         super().__init__(f"broker refused publish to {topic!r} with reason code {reason_code}")
         self.topic = topic
@@ -82,6 +86,8 @@ class PacketTooLarge(TransportError):
 
 
 class RequestTimeout(MeshError):
+    """No reply to a request within its timeout."""
+
     def __init__(self, topic: str, timeout: float) -> None:
         super().__init__(f"no reply on request {topic!r} within {timeout:.1f}s")
         self.topic = topic

@@ -111,11 +111,11 @@ class GroupCommitter:
         contract: Contract,
         relay: OutboxRelay,
         metrics: Metrics,
-        batch_max: int = 512,
+        batch_max: int,
+        keyless_window_s: float,
         failpoint: str | None = None,
         receipts: ReceiptOutbox | None = None,
         on_state_changed: Callable[[], None] | None = None,
-        keyless_window_s: float = 600.0,
     ) -> None:
         self._agent = agent
         self._keyless_window = dt.timedelta(seconds=keyless_window_s)

@@ -31,6 +31,8 @@ def _cached_children(metric: M) -> M:
 
 
 class Metrics:
+    """The Prometheus metrics of one agent, in `registry` (a new one by default)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._extra: dict[str, Gauge] = {}

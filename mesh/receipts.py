@@ -61,6 +61,8 @@ def is_transient_reply(reply: Any) -> bool:
 
 
 class ReceiptRecord(msgspec.Struct, kw_only=True):
+    """One request waiting for its receipt, as a row of `mesh_receipts`."""
+
     id: str
     topic_key: str
     topic: str
@@ -80,6 +82,8 @@ POISON_TRIES = 5  # transient failures of one batch, the database answering, bef
 
 
 class ReceiptOutbox:
+    """Requests kept from the sender's transaction and resent until their receipt is stored."""
+
     def __init__(
         self,
         *,

@@ -31,10 +31,6 @@ CHUNK = 5000
 
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
     dedup_days: float = 15.0
-    # A key derived from a keyless message (mesh.inbox.derived_key) stands for "the same
-    # message" this long; later, an identical keyless message that is not a redelivery (no
-    # DUP flag) is a new one: the same command run again tomorrow counts again.
-    keyless_s: float = 600.0
     delivered_days: float = 2.0
     dead_letter_days: float = 30.0
     max_dead_letters: int = 10_000

@@ -29,6 +29,8 @@ class Payload(msgspec.Struct, kw_only=True, omit_defaults=False):
 
 
 class ErrorInfo(Payload, kw_only=True):
+    """What went wrong: a code, a message, and whether trying again later may succeed."""
+
     code: str
     message: str
     # True when trying again later may succeed (the responder's database was away, or a bug):
@@ -45,6 +47,8 @@ class Reply(Payload, kw_only=True):
 
 
 class ErrorReply(Reply, kw_only=True):
+    """A reply that carries only an error (`success` false)."""
+
     success: bool = False
 
 
@@ -70,11 +74,15 @@ class DeadLetter(Payload, kw_only=True):
 
 
 class Check(Payload, kw_only=True):
+    """One named check of a health report: ok or not, and why."""
+
     ok: bool
     detail: str
 
 
 class HealthReport(Payload, kw_only=True):
+    """An agent's health, as GET /healthz and the retained `<agent>/health` give it."""
+
     agent: str
     instance: str = ""
     status: Literal["healthy", "degraded"]

@@ -8,15 +8,19 @@ variables, so flags and environment mean the same everywhere.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import secrets
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from mesh.dlq import DEFAULT_PAYLOAD_CAP
 from mesh.errors import ConfigError
 from mesh.retention import Retention
 
@@ -28,9 +32,13 @@ DURABLE_SESSION_EXPIRY_S = 7 * 24 * 3600
 # never lands in a dead member's queue. A member that loses the broker for longer resumes with
 # a new session; what was in flight is sent again by its senders (receipts, retries).
 SHARED_SESSION_EXPIRY_S = 2
+CA_FILE_VARIABLE = "LIFEOPS_BROKER_CA_FILE"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class BrokerURL(msgspec.Struct, frozen=True):
+    """A parsed broker URL: host, port, account and TLS (see `parse_broker_url`)."""
+
     host: str
     port: int
     username: str | None = None
@@ -66,13 +74,21 @@ def parse_broker_url(url: str, *, ca_file: str | None = None) -> BrokerURL:
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What the runtime needs to run any agent, decoded once (see `build_settings`)."""
+
     agent: str
     broker: BrokerURL
     db_url: str
     instance: str = "0"
     share_group: str | None = None
     data_dir: Path = Path("data")
+    # Group commit (mesh.inbox): at most this many messages per transaction.
     batch_max: int = 512
+    # A key derived from a keyless message (mesh.inbox.derived_key) stands for "the same
+    # message" this long (LIFEOPS_KEYLESS_WINDOW_S); later, an identical keyless message that
+    # is not a redelivery (no DUP flag) is a new one: the same command run again tomorrow
+    # counts again.
+    keyless_window_s: float = 600.0
     session_expiry_s: int = DURABLE_SESSION_EXPIRY_S
     # Fault injection for crash tests: "exit_after_commit:N" ends the process (exit code 137)
     # right after the N-th group commit, before any acknowledgement or reply goes out.
@@ -82,7 +98,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # How long the runtime's tables keep what they no longer need (mesh.retention).
     retention: Retention = Retention()
     # Dead letters keep at most this many bytes of a payload in the database.
-    dlq_cap: int = 262_144
+    dlq_cap: int = DEFAULT_PAYLOAD_CAP
     metrics_port: int | None = None  # None: no HTTP endpoint; 0: any free port
     metrics_bind: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -107,7 +123,9 @@ def build_settings(
     metrics_port: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """CLI values win over environment variables (LIFEOPS_*), which win over defaults."""
+    """CLI values win over environment variables (LIFEOPS_*), which win over defaults (the
+    defaults are the fields' own: a variable that is not set passes nothing). A variable that
+    does not parse is a ConfigError naming it and what it expects."""
     env = dict(os.environ if env is None else env)
     data = Path(data_dir or env.get("LIFEOPS_DATA_DIR", "data"))
     broker = broker_url or env.get("LIFEOPS_BROKER_URL")
@@ -115,36 +133,27 @@ def build_settings(
         raise ConfigError(
             "no broker: pass --broker mqtt://user:pass@host:port or set LIFEOPS_BROKER_URL"
         )
-    db = db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}"
-    parsed_broker = parse_broker_url(broker, ca_file=env.get("LIFEOPS_BROKER_CA_FILE"))
-    creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
     group = share_group or env.get("LIFEOPS_SHARE_GROUP") or None
-    # A member of a shared subscription keeps a short session: should it crash, the broker
-    # stops queueing its share of the group's messages once the session expires.
-    expiry = _int_or_none(env.get("LIFEOPS_SESSION_EXPIRY")) or (
-        SHARED_SESSION_EXPIRY_S if group else DURABLE_SESSION_EXPIRY_S
-    )
-    if parsed_broker.username and parsed_broker.password is None and creds_file:
-        parsed_broker = msgspec.structs.replace(
-            parsed_broker, password=password_from_files(parsed_broker.username, creds_file)
-        )
+    given: dict[str, Any] = {
+        "session_expiry_s": _session_expiry(env, group),
+        "metrics_port": metrics_port if metrics_port is not None else _port(env),
+        "metrics_bind": env.get("LIFEOPS_METRICS_BIND"),
+        "log_level": _log_level(env),
+        "failpoint": env.get("LIFEOPS_FAILPOINT") or None,
+        # 0 or empty: the default, as ever
+        "dlq_cap": _whole(env, "LIFEOPS_DLQ_PAYLOAD_CAP", "a size in bytes") or None,
+        "keyless_window_s": _number(env, "LIFEOPS_KEYLESS_WINDOW_S", "a number of seconds"),
+    }
     return Settings(
         agent=agent,
-        broker=parsed_broker,
-        db_url=db,
+        broker=_broker(broker, env),
+        db_url=db_url or env.get("LIFEOPS_DB_URL") or f"sqlite:///{data / (agent + '.db')}",
         instance=instance or env.get("LIFEOPS_INSTANCE") or "0",
         share_group=group,
-        session_expiry_s=expiry,
         data_dir=data,
-        log_level=env.get("LIFEOPS_LOG_LEVEL", "INFO"),
-        failpoint=env.get("LIFEOPS_FAILPOINT") or None,
-        metrics_port=metrics_port
-        if metrics_port is not None
-        else _int_or_none(env.get("LIFEOPS_METRICS_PORT")),
-        metrics_bind=env.get("LIFEOPS_METRICS_BIND", "127.0.0.1"),
-        dlq_cap=_int_or_none(env.get("LIFEOPS_DLQ_PAYLOAD_CAP")) or 262_144,
         retention=_retention(env),
         env={k: v for k, v in env.items() if k.startswith("LIFEOPS_")},
+        **{k: v for k, v in given.items() if v is not None},
     )
 
 
@@ -162,35 +171,89 @@ def password_from_files(user: str, files: str) -> str:
     raise ConfigError(f"{files} has no password for broker user {user!r}")
 
 
+def _broker(url: str, env: Mapping[str, str]) -> BrokerURL:
+    """`url` parsed (for mqtts:// with LIFEOPS_BROKER_CA_FILE), and when it names a user
+    without a password, the password from LIFEOPS_CREDENTIALS_FILE."""
+    parsed = parse_broker_url(url, ca_file=env.get(CA_FILE_VARIABLE))
+    creds_file = env.get("LIFEOPS_CREDENTIALS_FILE")
+    if parsed.username and parsed.password is None and creds_file:
+        password = password_from_files(parsed.username, creds_file)
+        return msgspec.structs.replace(parsed, password=password)
+    return parsed
+
+
+def tool_broker(
+    url: str, *, ca_file: str | None = None, env: Mapping[str, str] | None = None
+) -> BrokerURL:
+    """The broker of a tool or script (no Settings): `url` parsed; for mqtts:// the broker's
+    certificate is checked against `ca_file`, else LIFEOPS_BROKER_CA_FILE of `env` (default:
+    the process environment), else the system's CAs."""
+    env = os.environ if env is None else env
+    return parse_broker_url(url, ca_file=ca_file or env.get(CA_FILE_VARIABLE))
+
+
+def _session_expiry(env: Mapping[str, str], group: str | None) -> int:
+    """LIFEOPS_SESSION_EXPIRY, else (empty or 0) 7 days, or 2 s for a member of a shared
+    subscription: should it crash, the broker stops queueing its share of the group's
+    messages once the session expires."""
+    given = _whole(env, "LIFEOPS_SESSION_EXPIRY", "a session expiry in whole seconds")
+    return given or (SHARED_SESSION_EXPIRY_S if group else DURABLE_SESSION_EXPIRY_S)
+
+
+def _port(env: Mapping[str, str]) -> int | None:
+    return _whole(
+        env, "LIFEOPS_METRICS_PORT", "a port number, 0-65535 (0: any free port)", most=65535
+    )
+
+
+def _log_level(env: Mapping[str, str]) -> str | None:
+    level = env.get("LIFEOPS_LOG_LEVEL")
+    if level and level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LIFEOPS_LOG_LEVEL={level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return level or None
+
+
 def _retention(env: Mapping[str, str]) -> Retention:
     """LIFEOPS_DEDUP_WINDOW_DAYS, LIFEOPS_KEEP_DELIVERED_DAYS, LIFEOPS_KEEP_DEAD_LETTERS_DAYS,
-    LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_MAX_DEAD_LETTER_BYTES, LIFEOPS_KEYLESS_WINDOW_S (defaults
-    in mesh.retention)."""
-    base = Retention()
-    values = {
-        "dedup_days": env.get("LIFEOPS_DEDUP_WINDOW_DAYS"),
-        "delivered_days": env.get("LIFEOPS_KEEP_DELIVERED_DAYS"),
-        "dead_letter_days": env.get("LIFEOPS_KEEP_DEAD_LETTERS_DAYS"),
+    LIFEOPS_MAX_DEAD_LETTERS, LIFEOPS_MAX_DEAD_LETTER_BYTES (defaults in mesh.retention)."""
+    given: dict[str, Any] = {
+        "dedup_days": _number(env, "LIFEOPS_DEDUP_WINDOW_DAYS", "a number of days"),
+        "delivered_days": _number(env, "LIFEOPS_KEEP_DELIVERED_DAYS", "a number of days"),
+        "dead_letter_days": _number(env, "LIFEOPS_KEEP_DEAD_LETTERS_DAYS", "a number of days"),
+        "max_dead_letters": _whole(env, "LIFEOPS_MAX_DEAD_LETTERS", "a number of dead letters"),
+        "max_dead_letter_bytes": _whole(env, "LIFEOPS_MAX_DEAD_LETTER_BYTES", "a size in bytes"),
     }
-    try:
-        days = {k: float(v) for k, v in values.items() if v}
-        if env.get("LIFEOPS_KEYLESS_WINDOW_S"):
-            days["keyless_s"] = float(env["LIFEOPS_KEYLESS_WINDOW_S"])
-    except ValueError as exc:
-        raise ConfigError(f"retention windows must be numbers: {exc}") from exc
-    cap = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTERS"))
-    max_bytes = _int_or_none(env.get("LIFEOPS_MAX_DEAD_LETTER_BYTES"))
-    caps = {"max_dead_letters": cap, "max_dead_letter_bytes": max_bytes}
-    return msgspec.structs.replace(base, **days, **{k: v for k, v in caps.items() if v is not None})
+    return Retention(**{k: v for k, v in given.items() if v is not None})
 
 
-def _int_or_none(value: str | None) -> int | None:
-    if not value:
+def _whole(
+    env: Mapping[str, str], name: str, expects: str, *, most: int | None = None
+) -> int | None:
+    """The whole number (0 or more, at most `most`) in variable `name`; None when unset."""
+    raw = env.get(name)
+    if not raw:
         return None
     try:
-        return int(value)
-    except ValueError as exc:
-        raise ConfigError(f"expected a port number, got {value!r}") from exc
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or (most is not None and value > most):
+        raise ConfigError(f"{name}={raw!r}: expected {expects}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, expects: str) -> float | None:
+    """The number (0 or more) in variable `name`; None when unset."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value < math.inf):
+        raise ConfigError(f"{name}={raw!r}: expected {expects}")
+    return value
 
 
 def new_password() -> str:

@@ -33,6 +33,8 @@ Work = Callable[[], Awaitable[None]]
 
 
 class Supervisor:
+    """Runs an agent's background loops: a failing cycle is retried with backoff, health is told."""
+
     def __init__(
         self, metrics: Metrics | None = None, *, base_s: float = 0.1, cap_s: float = 30.0
     ) -> None:

@@ -1,9 +1,9 @@
 """Activities applied to characters, in order: pure, for a whole batch at once.
 
-The batch handler reads each character once (its totals after the batch's increments, from
-which it takes back the batch's own gains to get the start), then replays the activities in
-order here: per activity the level before and after, stat level-ups, the achievements it
-earns and the reply. No I/O; the same code serves a batch of one.
+The batch reads each character once, as it is before the batch (under the user's lock:
+repository.load_batch), then replays the activities in order here (stats_agent.batch): per
+activity the level before and after, stat level-ups, the achievements it earns and the reply.
+No I/O; the same code serves a batch of one.
 """
 
 from __future__ import annotations
@@ -104,17 +104,3 @@ def _levelup(
         stat=stat,
         occurred_at=now,
     )
-
-
-def starts(after: dict[str, Character], grants: list[Grant]) -> dict[str, Character]:
-    """Each user's character before the batch: what the database holds after the batch's
-    increments, less the batch's own gains."""
-    out = {u: msgspec.structs.replace(c, stat_xp=dict(c.stat_xp), achievements=list(c.achievements))
-           for u, c in after.items()}  # fmt: skip
-    for g in grants:
-        c = out[g.user_id]
-        c.total_xp -= sum(g.grants.values())
-        c.activities -= g.counted
-        for stat, xp in g.grants.items():
-            c.stat_xp[stat] = c.stat_xp.get(stat, 0) - xp
-    return out

@@ -1,13 +1,24 @@
-"""SQL of the Stats agent: characters, per-stat XP, activities, achievements."""
+"""SQL of the Stats agent: characters, per-stat XP, activities, achievements; a batch's one
+load and one write."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import msgspec
 
-from lifeops_contract.schemas import AchievementUnlocked, CharacterSheet, LevelUp, StatSheet
+from lifeops_contract.schemas import (
+    AchievementUnlocked,
+    ActivityLogReply,
+    CharacterSheet,
+    LevelUp,
+    StatSheet,
+)
+from lifeops_contract.user_registry import UserRegistry
 from mesh import Migration, Tx, codec
+from stats_agent import batch, ledger
+from stats_agent.batch import OuraVersion
 from stats_agent.game import level_for
 
 MIGRATIONS = (
@@ -314,16 +325,6 @@ async def replies_by_source(tx: Tx, refs: list[tuple[str, str]]) -> dict[tuple[s
     return out
 
 
-class OuraVersion(msgspec.Struct, frozen=True):
-    """A version of a user's Oura day that Stats has: what it granted and its reply."""
-
-    user_id: str
-    day: dt.date
-    revision: int
-    xp: dict[str, int]
-    reply: str
-
-
 async def oura_versions(tx: Tx, days: list[tuple[str, dt.date]]) -> list[OuraVersion]:
     """Every version Stats has of these (user, day)s (one query, on the day's index)."""
     wanted = sorted(set(days))
@@ -360,24 +361,22 @@ async def activities_by_id(tx: Tx, ids: list[str]) -> dict[str, tuple[str, str]]
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def add_xp(
+def add_xp(
     tx: Tx, gains: dict[str, tuple[int, int]], stat_gains: dict[tuple[str, str], int], now: str
-) -> dict[str, tuple[int, int, str]]:
+) -> None:
     """Add each user's XP and activity count, and each stat's XP (users and stats in a fixed
-    order: concurrent agents lock rows alike, no deadlock); returns user -> (total XP,
-    activities, updated_at) after."""
+    order: concurrent agents lock rows alike, no deadlock); written with the batch's others."""
     users = sorted(gains)
     values = ", ".join("(?, ?, ?, ?, ?)" for _ in users)
     args: list[object] = []
     for u in users:
         args += [u, gains[u][0], gains[u][1], now, now]
-    rows = await tx.fetchall(
+    tx.defer(
         "INSERT INTO stats_characters (user_id, total_xp, activities, created_at, updated_at)"
         f" VALUES {values} ON CONFLICT (user_id) DO UPDATE SET"
         " total_xp = stats_characters.total_xp + excluded.total_xp,"
         " activities = stats_characters.activities + excluded.activities,"
-        " updated_at = excluded.updated_at"
-        " RETURNING user_id, total_xp, activities, updated_at",
+        " updated_at = excluded.updated_at",
         *args,
     )
     for (user, stat), xp in sorted(stat_gains.items()):
@@ -388,26 +387,31 @@ async def add_xp(
             stat,
             xp,
         )
-    return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
 
 
-async def stats_and_achievements(
-    tx: Tx, users: list[str]
-) -> dict[str, tuple[dict[str, int], list[str]]]:
-    """user -> (stat -> XP, achievement codes in the order they were awarded)."""
-    out: dict[str, tuple[dict[str, int], list[str]]] = {u: ({}, []) for u in users}
+async def characters(tx: Tx, users: list[str]) -> dict[str, ledger.Character]:
+    """Each user's character as stored (absent: none yet), in one statement: (2, user, NULL,
+    total XP, activities) rows, (0, user, stat, XP) rows, and (1, user, code, 0, awarded_at)
+    rows in the order the achievements were awarded."""
+    out: dict[str, ledger.Character] = {}
     marks = _marks(len(users))
-    for kind, user, name, value, _ in await tx.fetchall(
+    for kind, user, name, value, extra in await tx.fetchall(
         f"SELECT 0, user_id, stat, xp, NULL FROM stats_stat_xp WHERE user_id IN ({marks})"
         " UNION ALL SELECT 1, user_id, code, 0, awarded_at FROM stats_achievements"
-        f" WHERE user_id IN ({marks}) ORDER BY 1, 5, 3",
+        f" WHERE user_id IN ({marks})"
+        " UNION ALL SELECT 2, user_id, NULL, total_xp, CAST(activities AS TEXT)"
+        f" FROM stats_characters WHERE user_id IN ({marks}) ORDER BY 1, 5, 3",
+        *users,
         *users,
         *users,
     ):
+        c = out.setdefault(user, ledger.Character())
         if kind == 0:
-            out[user][0][name] = int(value)
+            c.stat_xp[name] = int(value)
+        elif kind == 1:
+            c.achievements.append(name)
         else:
-            out[user][1].append(name)
+            c.total_xp, c.activities = int(value), int(extra)
     return out
 
 
@@ -429,3 +433,79 @@ async def award_many(
         *args,
     )
     return {(r[0], r[1]) for r in rows}
+
+
+# -- a batch of XP grants: one load, one write --------------------------------------------------
+
+
+class BatchState(msgspec.Struct):
+    """What a batch of XP grants needs: the screen of its messages (`screened.answers`
+    answers the others), the fresh ones refused as another user's spelling (with the
+    spelling that holds it), the fresh ones admitted, the activity ids among them already
+    taken (id -> (user, reply)), and the characters they grant to, as stored."""
+
+    screened: batch.Screened
+    refused: list[tuple[batch.Pending, str]]
+    fresh: list[batch.Pending]
+    taken_ids: dict[str, tuple[str, str]]
+    before: dict[str, ledger.Character]
+
+
+async def load_batch(
+    tx: Tx,
+    refs: list[tuple[str, str]],
+    days: list[tuple[str, dt.date]],
+    screen: Callable[[batch.Earlier], batch.Screened],
+    registry: UserRegistry,
+) -> BatchState:
+    """Everything a batch of XP grants reads, in `tx` under its users' character locks
+    (Route.locks): what Stats has of its messages (replies by (source, `refs`), versions of
+    the Oura `days`), which `screen` (pure) turns into the fresh ones; their users admitted
+    by the user-id registry (a new user is recorded with its first write); the activity ids
+    already taken; the characters as they are before the batch. One statement per table."""
+    replies = await replies_by_source(tx, refs) if refs else {}
+    screened = screen(batch.Earlier(replies, await oura_versions(tx, days)))
+    if not screened.fresh:
+        return BatchState(screened, [], [], {}, {})
+    fresh = screened.fresh
+    held = await registry.admit(tx, [p.grant.user_id for p in fresh], fresh[0].now)
+    refused = [(p, held[p.grant.user_id]) for p in fresh if p.grant.user_id in held]
+    admitted = [p for p in fresh if p.grant.user_id not in held]
+    ids = await activities_by_id(tx, [p.grant.activity_id for p in admitted])
+    users = sorted({p.grant.user_id for p in admitted if p.grant.activity_id not in ids})
+    before = await characters(tx, users) if users else {}
+    return BatchState(screened, refused, admitted, ids, before)
+
+
+async def write_batch(
+    tx: Tx, d: batch.Decision, at: str
+) -> tuple[set[tuple[str, str]], list[tuple[ActivityLogReply, list[str]]]]:
+    """Each kind of write for the whole batch in turn, so each is one statement: characters
+    and stats incremented (concurrent agents add, never overwrite), achievements, level-ups,
+    activities. Returns the (user, code) achievements stored (another agent may have awarded
+    one a moment ago) and each activity's final reply and achievements (`batch.final`)."""
+    if not d.todo:
+        return set(), []
+    add_xp(tx, d.gains, d.stat_gains, at)
+    awarded = await award_many(tx, d.awards, at)
+    for a in d.applied:
+        for event in a.levelups:
+            keep_levelup(tx, event)
+    finals = [batch.final(a, awarded) for a in d.applied]
+    for p, (reply, _) in zip(d.todo, finals, strict=True):
+        g = p.grant
+        insert_activity(
+            tx,
+            activity_id=g.activity_id,
+            user_id=g.user_id,
+            activity_type=p.activity_type,
+            source=p.source,
+            source_ref=p.source_ref,
+            activity_time=p.activity_time,
+            xp=codec.encode(g.grants).decode(),
+            reply=codec.encode(reply).decode(),
+            now=p.now,
+            day=p.day,
+            revision=p.revision,
+        )
+    return awarded, finals

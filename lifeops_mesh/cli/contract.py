@@ -22,8 +22,12 @@ def register(sub: Subparsers) -> None:
     )
     check = contract.add_parser("check", help="load and check topics.toml")
     check.set_defaults(func=cmd_check)
-    docs = contract.add_parser("docs", help="print the README's topic table (or --write it)")
-    docs.add_argument("--write", metavar="README", help="update the table inside this file")
+    docs = contract.add_parser(
+        "docs", help="print the topic table of docs/contract.md (or --write it into a file)"
+    )
+    docs.add_argument(
+        "--write", metavar="FILE", help="update the table inside FILE (docs/contract.md)"
+    )
     docs.set_defaults(func=cmd_docs)
     aapi = contract.add_parser("asyncapi", help="print an AsyncAPI 3.0 document (JSON)")
     aapi.add_argument("--host", default="localhost:1883", help="the server's host:port")

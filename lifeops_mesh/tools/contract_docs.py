@@ -1,4 +1,4 @@
-"""The topic table of the README, generated from topics.toml."""
+"""The topic table of docs/contract.md (between its markers), generated from topics.toml."""
 
 from __future__ import annotations
 

@@ -138,6 +138,8 @@ def lock_ids(keys: Iterable[str]) -> list[int]:
 
 
 class Store(abc.ABC):
+    """A database backend (SQLite or PostgreSQL): open, migrate, transactions."""
+
     dialect: Dialect
     url: str
 

@@ -22,6 +22,7 @@ class DatabaseURL(msgspec.Struct, frozen=True):
 
 
 def parse_db_url(url: str) -> DatabaseURL:
+    """The dialect and target of a database URL; ConfigError naming what is wrong."""
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if rest in ("", "/", "/:memory:"):

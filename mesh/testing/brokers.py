@@ -10,10 +10,10 @@ import uuid
 from typing import Protocol
 
 from mesh.broker.process import MosquittoProcess
-from mesh.client import MeshClient, plain_transport
+from mesh.client import MeshClient, broker_transport, plain_transport
 from mesh.contract import Contract
 from mesh.settings import Settings, parse_broker_url
-from mesh.transport import MemoryBroker, MqttTransport, Transport, Will
+from mesh.transport import MemoryBroker, Transport, Will
 
 
 class BrokerUnderTest(Protocol):
@@ -64,15 +64,8 @@ class MosquittoBroker:
         will: Will | None = None,
     ) -> Transport:
         url = parse_broker_url(self.proc.url(principal))
-        return MqttTransport(
-            client_id=client_id,
-            host=url.host,
-            port=url.port,
-            username=url.username,
-            password=url.password,
-            clean_start=session_expiry_s == 0,
-            session_expiry_s=session_expiry_s,
-            will=will,
+        return broker_transport(
+            url, client_id=client_id, session_expiry_s=session_expiry_s, will=will
         )
 
     def agent_transport(self, settings: Settings, principal: str, will: Will) -> Transport:

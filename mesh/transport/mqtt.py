@@ -1,4 +1,5 @@
-"""MQTT v5 transport on gmqtt: the only module that imports gmqtt.
+"""MQTT v5 transport on gmqtt: with mesh.transport.gmqtt_adapter (where every use of gmqtt's
+private attributes is), the only module that imports gmqtt.
 
 What it adds to gmqtt:
 - `publish()` is awaitable and returns when the broker has answered a QoS 1 PUBLISH with PUBACK;
@@ -33,6 +34,7 @@ from gmqtt.storage import PersistentStorage
 
 from mesh.backoff import Backoff
 from mesh.errors import NotAuthorized, PacketTooLarge, PublishRefused, TransportError
+from mesh.transport import gmqtt_adapter as gm
 from mesh.transport.base import (
     Admission,
     ConnectHandler,
@@ -121,6 +123,10 @@ class _CoalescingWriter:
         return getattr(self._inner, name)
 
 
+def _coalescing(raw: Any) -> Any:
+    return raw if isinstance(raw, _CoalescingWriter) else _CoalescingWriter(raw)
+
+
 class _Window:
     """Bounds in-flight QoS>0 publishes to the broker's receive maximum (no lock on the fast
     path: a free slot is taken synchronously; waiters queue in order)."""
@@ -198,10 +204,8 @@ class MqttTransport:
         self._session_expiry_s = session_expiry_s
         self._storage = _AckTrackingStorage()
         self._client = self._gmqtt_client(clean_start, will, receive_maximum)
-        self._handler = self._client._package_handler
-        self._handler._handle_puback_packet = self._handle_puback
-        self._handle_publish_packet = self._handler._handle_publish_packet
-        self._handler._handle_publish_packet = self._admit
+        gm.on_puback(self._client, self._handle_puback)
+        self._handle_publish_packet = gm.on_publish(self._client, self._admit)
         self.admission = admission or Admission()
         self.on_dropped: DropHandler | None = None
         self._window = _Window(_DEFAULT_WINDOW)
@@ -250,7 +254,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_suback
         client.on_unsubscribe = self._on_unsuback
-        client._create_connection = self._guard_reconnect(client._create_connection)
+        gm.wrap_connect(client, self._guard_reconnect)
         return client
 
     def _guard_reconnect(self, create: Any) -> Any:
@@ -267,12 +271,12 @@ class MqttTransport:
 
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             if closed():
-                self._client._is_active = False  # and the reconnect loop ends here
+                gm.stop_reconnecting(self._client)  # and the reconnect loop ends here
                 raise OSError("transport disconnected")
             if self._ever_connected:
                 await asyncio.sleep(self._reconnect_pacing.next_delay())
                 if closed():
-                    self._client._is_active = False
+                    gm.stop_reconnecting(self._client)
                     raise OSError("transport disconnected")
             connection = await create(*args, **kwargs)
             if closed():  # disconnected while this connection was being made
@@ -344,7 +348,7 @@ class MqttTransport:
         except OSError as exc:
             raise TransportError(f"cannot connect to {self.url}: {exc}") from exc
         except gmqtt.mqtt.handler.MQTTConnectError as exc:
-            if getattr(exc, "_code", None) in (4, 5, 0x86, 0x87):
+            if gm.refusal_code(exc) in (4, 5, 0x86, 0x87):
                 who = self._account[0] or "(no user name)"
                 raise NotAuthorized(
                     f"{self.host}:{self.port} refused user {who!r}: wrong user name or password"
@@ -381,17 +385,11 @@ class MqttTransport:
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: dict[str, Any]) -> None:
         session_present = bool(flags)
-        connection = self._client._connection
-        protocol = getattr(connection, "_protocol", None)
-        raw = getattr(protocol, "_transport", None)
-        if protocol is not None and raw is not None and not isinstance(raw, _CoalescingWriter):
-            writer = _CoalescingWriter(raw)
-            protocol._transport = writer
-            # The connection closes the socket through its own reference: through the writer,
-            # so what is buffered (the DISCONNECT written just before) goes out first.
-            connection._transport = writer
+        # Writes, and the close (so what is buffered, e.g. a DISCONNECT, goes out first),
+        # through one coalescing writer per socket.
+        gm.wrap_socket(self._client, _coalescing)
         self._reconnect_pacing.reset()
-        connack = self._handler._connack_properties
+        connack = gm.connack_properties(self._client)
         values = connack.get("receive_maximum")
         broker_max = values[0] if values else 65535
         limit = max(1, min(self._max_inflight, broker_max - 1))
@@ -448,8 +446,7 @@ class MqttTransport:
     def _handle_puback(self, cmd: int, packet: bytes) -> None:
         (mid,) = struct.unpack("!H", packet[:2])
         reason_code = packet[2] if len(packet) > 2 else 0
-        self._handler.id_generator.free_id(mid)
-        self._client._remove_message_from_queue(mid)
+        gm.release_publish_id(self._client, mid)
         self._storage.acked(mid, reason_code)
 
     async def publish(

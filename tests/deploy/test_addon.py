@@ -1,700 +1,60 @@
 """The Home Assistant app (add-on) in deploy/homeassistant-addon/.
 
-- The run script against a local stand-in for the Supervisor's services API (stdlib HTTP server
-  on 127.0.0.1): the exact `lifeops-mesh up` command and environment it execs, and one-line
-  failures for a wrong token, no MQTT service, an unreachable or slow Supervisor.
+- The run script against a local stand-in for the Supervisor's services API
+  (tests/support/supervisor.py): the exact `lifeops-mesh up` command and environment it execs,
+  and one-line failures for a wrong token, no MQTT service, an unreachable or slow Supervisor.
 - The run script starting the real mesh against a real Mosquitto whose account comes from the
   stand-in, as in Home Assistant with the Mosquitto broker app.
 - config.yaml and translations/en.yaml checked against the app configuration reference
-  (developers.home-assistant.io docs/apps/configuration.md; the Supervisor's
-  supervisor/apps/validate.py and options.py, whose rules are restated here).
-
-PyYAML is not a dependency of the project, so the two YAML files keep to a small subset of YAML
-(block mappings and sequences, quoted or plain one-line scalars, `[]`) that the strict parser
-below reads and that rejects anything outside it, e.g. an unquoted `0.1.0` or `yes`, which
-YAML 1.1 readers such as the Supervisor's turn into other types. Where PyYAML is installed, a
-test also checks that both parsers read the files alike.
+  (tests/support/addon_schema.py restates the Supervisor's rules), read with the strict reader
+  of the YAML subset they keep to (tests/support/yaml_subset.py); where PyYAML is installed, a
+  test also checks that both parsers read the files alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import pytest
 
 from lifeops_mesh import registry
 from mesh import parse_broker_url
+from mesh.broker.process import free_port
+from tests.support.addon_schema import config_errors, schema_errors, translation_errors
+from tests.support.supervisor import MOSQUITTO_SERVICE, PASSWORD, TOKEN, Supervisor, serving
+from tests.support.tools import mosquitto_tool
+from tests.support.yaml_subset import YamlSubsetError, parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "deploy" / "homeassistant-addon"
 RUN_PY = ADDON / "run.py"
 
-TOKEN = "0123456789abcdef0123456789abcdef"
-PASSWORD = "p@ss:w/rd %#?&"
 ENCODED_PASSWORD = "p%40ss%3Aw%2Frd%20%25%23%3F%26"
 METRICS_PORT = 9181
 ERROR_PREFIX = "lifeops-mesh app: error: "
-
-# What the official Mosquitto app publishes (home-assistant/addons
-# mosquitto/rootfs/etc/services.d/mosquitto/discovery), as the v1 route returns it.
-MOSQUITTO_SERVICE: dict[str, object] = {
-    "host": "core-mosquitto",
-    "port": 1883,
-    "ssl": False,
-    "protocol": "3.1.1",
-    "username": "addons",
-    "password": PASSWORD,
-    "addon": "core_mosquitto",
-}
-
-
-# -- a strict reader for the YAML subset of config.yaml and translations/en.yaml ---------------
-
-Yaml: TypeAlias = "bool | int | str | list[Yaml] | dict[str, Yaml] | None"
-
-
-class YamlSubsetError(ValueError):
-    """The text is outside the YAML subset these files keep to."""
-
-
-@dataclass
-class _Line:
-    number: int
-    indent: int
-    text: str  # without the indentation
-
-
-# Plain scalars that a YAML 1.1 reader (PyYAML, the Supervisor's) would not read as the string
-# they look like: numbers and versions, dates, sexagesimals, yes/no/on/off, .inf. Quote them.
-_AMBIGUOUS = re.compile(
-    r"^(?:[-+]?\.?[0-9].*|[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)"
-    r"|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF|y|Y|n|N"
-    r"|True|TRUE|False|FALSE|Null|NULL|=|<<)$"
-)
-_PLAIN_KEY = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_-]*|[0-9]+/(?:tcp|udp))$")
-_INT = re.compile(r"^-?(?:0|[1-9][0-9]*)$")
-_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
-
-
-def parse_yaml(text: str) -> Yaml:
-    lines = _yaml_lines(text)
-    if not lines:
-        return None
-    value, end = _block(lines, 0, lines[0].indent)
-    if end != len(lines):
-        raise YamlSubsetError(f"line {lines[end].number}: unexpected indentation")
-    return value
-
-
-def _yaml_lines(text: str) -> list[_Line]:
-    lines: list[_Line] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        body = raw.lstrip(" ")
-        if body.startswith("\t"):
-            raise YamlSubsetError(f"line {number}: tab in the indentation")
-        if not body.strip() or body.startswith("#"):
-            continue
-        if body.rstrip() == "---" and not lines and body == raw:
-            continue
-        lines.append(_Line(number, len(raw) - len(body), body.rstrip()))
-    return lines
-
-
-def _is_item(line: _Line) -> bool:
-    return line.text == "-" or line.text.startswith("- ")
-
-
-def _block(lines: list[_Line], i: int, indent: int) -> tuple[Yaml, int]:
-    if _is_item(lines[i]):
-        return _sequence(lines, i, indent)
-    return _mapping(lines, i, indent)
-
-
-def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[Yaml, int]:
-    result: dict[str, Yaml] = {}
-    while i < len(lines) and lines[i].indent == indent:
-        line = lines[i]
-        split = _split_key(line)
-        if split is None:
-            raise YamlSubsetError(f"line {line.number}: expected `key: value`")
-        key, rest = split
-        if key in result:
-            raise YamlSubsetError(f"line {line.number}: duplicate key {key!r}")
-        i += 1
-        if rest:
-            result[key] = _scalar(rest, line)
-            continue
-        nested = i < len(lines) and (
-            lines[i].indent > indent or (lines[i].indent == indent and _is_item(lines[i]))
-        )
-        if nested:
-            result[key], i = _block(lines, i, lines[i].indent)
-        else:
-            result[key] = None
-    if i < len(lines) and lines[i].indent > indent:
-        raise YamlSubsetError(f"line {lines[i].number}: unexpected indentation")
-    return result, i
-
-
-def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[Yaml, int]:
-    items: list[Yaml] = []
-    while i < len(lines) and lines[i].indent == indent and _is_item(lines[i]):
-        line = lines[i]
-        rest = line.text[1:].lstrip(" ")
-        if not rest or rest.startswith("#"):
-            i += 1
-            if i < len(lines) and lines[i].indent > indent:
-                item, i = _block(lines, i, lines[i].indent)
-                items.append(item)
-            else:
-                items.append(None)
-        elif _split_key(_Line(line.number, 0, rest)) is not None:  # "- key: value": a mapping
-            lines[i] = _Line(line.number, indent + len(line.text) - len(rest), rest)
-            item, i = _mapping(lines, i, lines[i].indent)
-            items.append(item)
-        else:
-            items.append(_scalar(rest, line))
-            i += 1
-    return items, i
-
-
-def _split_key(line: _Line) -> tuple[str, str] | None:
-    text = line.text
-    if text.startswith(("'", '"')):
-        key, end = _quoted(text, line)
-        after = text[end:]
-        if after == ":" or after.startswith((": ", ":\t")):
-            return key, _drop_comment(after[1:].strip())
-        return None
-    match = re.match(r"^([^\s#'\"][^:]*?):(?:\s+(.*))?$", text)
-    if match is None:
-        return None
-    key = match.group(1)
-    if not _PLAIN_KEY.match(key):
-        raise YamlSubsetError(f"line {line.number}: quote the key {key!r}")
-    return key, _drop_comment((match.group(2) or "").strip())
-
-
-def _drop_comment(rest: str) -> str:
-    if rest.startswith("#"):
-        return ""
-    if rest.startswith(("'", '"')):
-        return rest
-    cut = rest.find(" #")
-    return rest if cut < 0 else rest[:cut].rstrip()
-
-
-def _scalar(text: str, line: _Line) -> Yaml:
-    if text.startswith(("'", '"')):
-        value, end = _quoted(text, line)
-        tail = text[end:].strip()
-        if tail and not tail.startswith("#"):
-            raise YamlSubsetError(f"line {line.number}: text after a quoted string")
-        return value
-    text = _drop_comment(text)
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    if text[0] in "[]{}&*!|>%@`,?:-" or ": " in text or text.endswith(":"):
-        raise YamlSubsetError(f"line {line.number}: {text!r} is outside the subset: quote it")
-    if text in ("null", "~"):
-        return None
-    if text in ("true", "false"):
-        return text == "true"
-    if _INT.match(text):
-        return int(text)
-    if _AMBIGUOUS.match(text):
-        raise YamlSubsetError(f"line {line.number}: {text!r} is ambiguous in YAML 1.1: quote it")
-    return text
-
-
-def _quoted(text: str, line: _Line) -> tuple[str, int]:
-    """The string of the quoted scalar at the start of `text`, and where it ends."""
-    quote, out, i = text[0], [], 1
-    while i < len(text):
-        c = text[i]
-        if quote == "'" and c == "'":
-            if text[i + 1 : i + 2] == "'":
-                out.append("'")
-                i += 2
-                continue
-            return "".join(out), i + 1
-        if quote == '"' and c == "\\":
-            escaped = text[i + 1 : i + 2]
-            if escaped not in _ESCAPES:
-                raise YamlSubsetError(f"line {line.number}: escape \\{escaped} outside the subset")
-            out.append(_ESCAPES[escaped])
-            i += 2
-            continue
-        if quote == '"' and c == '"':
-            return "".join(out), i + 1
-        out.append(c)
-        i += 1
-    raise YamlSubsetError(f"line {line.number}: unterminated string (one line only)")
 
 
 def load(name: str) -> Any:
     return parse_yaml((ADDON / name).read_text(encoding="utf-8"))
 
 
-# -- the app configuration reference --------------------------------------------------------
-# Supervisor (home-assistant/supervisor, 2026-08): supervisor/apps/validate.py
-# (_SCHEMA_APP_CONFIG, RE_SERVICE, SCHEMA_ELEMENT), supervisor/apps/options.py
-# (RE_SCHEMA_ELEMENT), supervisor/const.py and supervisor/apps/const.py (the enums),
-# supervisor/validate.py (docker_ports, network_port).
-
-KNOWN_KEYS = frozenset(
-    "name version slug description arch machine url startup boot init stage ports "
-    "ports_description watchdog webui ingress ingress_port ingress_entry ingress_stream "
-    "panel_icon panel_title panel_admin homeassistant host_network host_pid host_ipc host_uts "
-    "host_dbus devices udev tmpfs map environment privileged apparmor full_access audio video "
-    "gpio usb uart devicetree kernel_modules realtime hassio_api hassio_role homeassistant_api "
-    "stdin legacy docker_api auth_api services discovery backup_exclude backup_pre backup_post "
-    "backup options schema image ulimits timeout journald breaking_versions".split()
-)
-DEPRECATED_KEYS = {"advanced": "ignored since 2026.03", "codenotary": "no longer used"}
-REQUIRED_KEYS = ("name", "version", "slug", "description", "arch")
-BOOL_KEYS = frozenset(
-    "init ingress ingress_stream panel_admin host_network host_pid host_ipc host_uts host_dbus "
-    "udev tmpfs full_access audio video gpio usb uart devicetree kernel_modules realtime "
-    "hassio_api homeassistant_api stdin legacy docker_api auth_api journald".split()
-)
-ARCH = ("aarch64", "amd64")  # ARCH_ALL
-ARCH_DEPRECATED = ("armhf", "armv7", "i386")
-CHOICES = {
-    "startup": ("initialize", "system", "services", "application", "once"),  # AppStartup
-    "boot": ("auto", "manual", "manual_only"),  # AppBootConfig
-    "stage": ("stable", "experimental", "deprecated"),  # AppStage
-    "backup": ("hot", "cold"),  # AppBackupMode
-    "hassio_role": ("default", "homeassistant", "backup", "manager", "admin"),  # ROLE_ALL
-}
-MAP_TYPES = (  # MappingType, without the legacy ones
-    "data config ssl local_apps backup share media homeassistant_config all_app_configs "
-    "app_config".split()
-)
-MAP_TYPES_LEGACY = ("addons", "all_addon_configs", "addon_config")  # deprecated 2026.07
-RE_SLUG = re.compile(r"^[-_.A-Za-z0-9]+$")
-RE_SERVICE = re.compile(r"^(?P<service>mqtt|mysql):(?P<rights>provide|want|need)$")
-RE_PORT_KEY = re.compile(r"^\d+(?:/tcp|/udp)?$")
-RE_WATCHDOG = re.compile(r"^(?:https?|\[PROTO:\w+\]|tcp):\/\/\[HOST\]:(\[PORT:\d+\]|\d+).*$")
-RE_WEBUI = re.compile(r"^(?:https?|\[PROTO:\w+\]):\/\/\[HOST\]:\[PORT:\d+\].*$")
-RE_VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[-+.][0-9A-Za-z.-]+)?$")  # this project's convention
-RE_SCHEMA_ELEMENT = re.compile(
-    r"^(?:"
-    r"|bool"
-    r"|email"
-    r"|url"
-    r"|port"
-    r"|device(?:\((?P<filter>subsystem=[a-z]+)\))?"
-    r"|str(?:\((?P<s_min>\d+)?,(?P<s_max>\d+)?\))?"
-    r"|password(?:\((?P<p_min>\d+)?,(?P<p_max>\d+)?\))?"
-    r"|int(?:\((?P<i_min>-?\d+)?,(?P<i_max>-?\d+)?\))?"
-    r"|float(?:\((?P<f_min>-?\d*\.?\d+)?,(?P<f_max>-?\d*\.?\d+)?\))?"
-    r"|match\((?P<match>.*)\)"
-    r"|list\((?P<list>.+)\)"
-    r")\??$"
-)
-SCHEMA_MAX_DEPTH = 2  # "Nested arrays and dictionaries are supported with a maximum depth of two"
-
-
-def config_errors(cfg: Any) -> list[str]:
-    """What the reference (and the Supervisor) would reject or warn about in `cfg`."""
-    if not isinstance(cfg, dict):
-        return ["config.yaml is not a mapping"]
-    errors = [f"missing required key {k!r}" for k in REQUIRED_KEYS if k not in cfg]
-    for key in cfg:
-        if key in DEPRECATED_KEYS:
-            errors.append(f"{key!r} is deprecated ({DEPRECATED_KEYS[key]})")
-        elif key not in KNOWN_KEYS:
-            errors.append(f"unknown key {key!r} (the Supervisor drops it silently)")
-    for key in ("name", "description"):
-        if key in cfg and not (isinstance(cfg[key], str) and cfg[key].strip()):
-            errors.append(f"{key} must be a non-empty string")
-    if "version" in cfg and not (
-        isinstance(cfg["version"], str) and RE_VERSION.match(cfg["version"])
-    ):
-        errors.append(f"version must be a quoted version string, not {cfg['version']!r}")
-    if "slug" in cfg and not (isinstance(cfg["slug"], str) and RE_SLUG.match(cfg["slug"])):
-        errors.append(f"slug {cfg['slug']!r} does not match {RE_SLUG.pattern}")
-    arch = cfg.get("arch")
-    if "arch" in cfg:
-        if not isinstance(arch, list) or not arch or len(set(map(str, arch))) != len(arch):
-            errors.append("arch must be a non-empty list without duplicates")
-        else:
-            for a in arch:
-                if a in ARCH_DEPRECATED:
-                    errors.append(f"arch {a!r} is deprecated")
-                elif a not in ARCH:
-                    errors.append(f"arch {a!r} is not one of {ARCH}")
-    for key in BOOL_KEYS & cfg.keys():
-        if not isinstance(cfg[key], bool):
-            errors.append(f"{key} must be true or false, not {cfg[key]!r}")
-    for key, allowed in CHOICES.items():
-        if key in cfg and cfg[key] not in allowed:
-            errors.append(f"{key} {cfg[key]!r} is not one of {allowed}")
-    errors += _services_errors(cfg.get("services", []))
-    errors += _map_errors(cfg.get("map", []))
-    errors += _ports_errors(cfg)
-    for key, pattern in (("watchdog", RE_WATCHDOG), ("webui", RE_WEBUI)):
-        if key in cfg and not (isinstance(cfg[key], str) and pattern.match(cfg[key])):
-            errors.append(f"{key} {cfg[key]!r} does not match {pattern.pattern}")
-    if "timeout" in cfg and not (
-        isinstance(cfg["timeout"], int)
-        and not isinstance(cfg["timeout"], bool)
-        and 10 <= cfg["timeout"] <= 300
-    ):
-        errors.append(f"timeout must be an integer from 10 to 300, not {cfg['timeout']!r}")
-    if "url" in cfg and not (
-        isinstance(cfg["url"], str) and re.match(r"^https?://\S+$", cfg["url"])
-    ):
-        errors.append(f"url {cfg['url']!r} is not a URL")
-    for key in ("backup_exclude", "discovery", "devices"):
-        if key in cfg and not (
-            isinstance(cfg[key], list) and all(isinstance(v, str) for v in cfg[key])
-        ):
-            errors.append(f"{key} must be a list of strings")
-    errors += options_errors(cfg.get("options", {}), cfg.get("schema", {}))
-    return errors
-
-
-def _services_errors(services: Any) -> list[str]:
-    if not isinstance(services, list):
-        return ["services must be a list"]
-    errors = [
-        f"service {s!r} does not match {RE_SERVICE.pattern}"
-        for s in services
-        if not (isinstance(s, str) and RE_SERVICE.match(s))
-    ]
-    names = [s.split(":")[0] for s in services if isinstance(s, str)]
-    if len(names) != len(set(names)):
-        errors.append("a service is listed twice")
-    return errors
-
-
-def _map_errors(mapping: Any) -> list[str]:
-    if not isinstance(mapping, list):
-        return ["map must be a list"]
-    errors = []
-    for entry in mapping:
-        if not isinstance(entry, dict) or "type" not in entry:
-            errors.append(f"map entry {entry!r} needs a `type` (the string form is legacy)")
-            continue
-        if entry["type"] in MAP_TYPES_LEGACY:
-            errors.append(f"map type {entry['type']!r} is deprecated")
-        elif entry["type"] not in MAP_TYPES:
-            errors.append(f"map type {entry['type']!r} is not one of {MAP_TYPES}")
-        if not isinstance(entry.get("read_only", True), bool):
-            errors.append("map read_only must be true or false")
-        if "path" in entry and not (
-            isinstance(entry["path"], str)
-            and entry["path"].startswith("/")
-            and entry["path"] != "/"
-        ):
-            errors.append(f"map path {entry['path']!r} must be an absolute path, not /")
-        errors += [
-            f"map entry key {k!r} is unknown"
-            for k in entry
-            if k not in ("type", "read_only", "path")
-        ]
-    return errors
-
-
-def _ports_errors(cfg: dict[str, Any]) -> list[str]:
-    errors = []
-    ports = cfg.get("ports", {})
-    if not isinstance(ports, dict):
-        return ["ports must be a mapping"]
-    for key, host in ports.items():
-        if not RE_PORT_KEY.match(key):
-            errors.append(f"port {key!r} does not match {RE_PORT_KEY.pattern}")
-        if host is not None and not (
-            isinstance(host, int) and not isinstance(host, bool) and 1 <= host <= 65535
-        ):
-            errors.append(f"host port of {key} must be null or 1-65535, not {host!r}")
-    described = cfg.get("ports_description", {})
-    if not isinstance(described, dict):
-        return [*errors, "ports_description must be a mapping"]
-    errors += [
-        f"ports_description {k!r} is not a port in ports" for k in described if k not in ports
-    ]
-    return errors
-
-
-def schema_errors(schema: Any) -> list[str]:
-    """`schema` against the documented syntax: element types, list and dict nesting."""
-    if schema is False:
-        return []
-    if not isinstance(schema, dict):
-        return ["schema must be a mapping or false"]
-    errors: list[str] = []
-    for key, element in schema.items():
-        errors += _element_errors(key, element, 0)
-    return errors
-
-
-def _element_errors(path: str, element: Any, depth: int) -> list[str]:
-    if isinstance(element, str):
-        return _type_errors(path, element)
-    if depth >= SCHEMA_MAX_DEPTH:
-        return [f"{path}: nested deeper than {SCHEMA_MAX_DEPTH}"]
-    if isinstance(element, list):
-        if len(element) != 1:
-            return [f"{path}: a list schema holds exactly one element type"]
-        inner = element[0]
-        if isinstance(inner, list):
-            return [f"{path}: a list may not directly contain a list"]
-        return _element_errors(f"{path}[]", inner, depth + 1)
-    if isinstance(element, dict) and element:
-        return [e for k, v in element.items() for e in _element_errors(f"{path}.{k}", v, depth + 1)]
-    return [f"{path}: {element!r} is not a schema element"]
-
-
-def _type_errors(path: str, typ: str) -> list[str]:
-    m = RE_SCHEMA_ELEMENT.match(typ)
-    if m is None or typ.rstrip("?") == "":
-        return [f"{path}: unknown type {typ!r}"]
-    errors = []
-    for kind in ("s", "p", "i", "f"):
-        low, high = m.group(f"{kind}_min"), m.group(f"{kind}_max")
-        if low is not None and high is not None and float(low) > float(high):
-            errors.append(f"{path}: {typ!r} has min > max")
-    if m.group("match") is not None:
-        try:
-            re.compile(m.group("match"))
-        except re.error as exc:
-            errors.append(f"{path}: {typ!r} is not a valid regular expression: {exc}")
-    if m.group("list") is not None:
-        choices = m.group("list").split("|")
-        if "" in choices or len(set(choices)) != len(choices):
-            errors.append(f"{path}: {typ!r} has an empty or repeated choice")
-    return errors
-
-
-def _optional(element: Any) -> bool:
-    """Optional like the Supervisor's _check_missing_options: a `?` type, or a list of one."""
-    if isinstance(element, list) and element:
-        element = element[0]
-    return isinstance(element, str) and element.endswith("?")
-
-
-def options_errors(options: Any, schema: Any) -> list[str]:
-    """Options and schema agree: each option has a schema entry and a valid default; each
-    required entry has a default (so the app starts without a form to fill in), and each
-    optional (`?`) entry has none ("do not define any default value": the reference)."""
-    if not isinstance(options, dict):
-        return ["options must be a mapping"]
-    errors = schema_errors(schema)
-    if errors or schema is False:
-        return errors
-    for key, value in options.items():
-        if key not in schema:
-            errors.append(f"option {key!r} has no schema entry")
-        else:
-            errors += value_errors(key, schema[key], value)
-    for key, element in schema.items():
-        if _optional(element) and key in options:
-            errors.append(f"optional {key!r} must not have a default in options")
-        if not _optional(element) and key not in options:
-            errors.append(f"required {key!r} has no default in options")
-    return errors
-
-
-def value_errors(path: str, element: Any, value: Any) -> list[str]:
-    """`value` against a (valid) schema element, as the Supervisor validates options."""
-    if isinstance(element, list):
-        if not isinstance(value, list):
-            return [f"{path}: {value!r} is not a list"]
-        return [e for i, v in enumerate(value) for e in value_errors(f"{path}[{i}]", element[0], v)]
-    if isinstance(element, dict):
-        if not isinstance(value, dict):
-            return [f"{path}: {value!r} is not a mapping"]
-        errors = [f"{path}.{k}: not in the schema" for k in value if k not in element]
-        errors += [
-            e
-            for k, v in value.items()
-            if k in element
-            for e in value_errors(f"{path}.{k}", element[k], v)
-        ]
-        return errors + [
-            f"{path}.{k}: missing"
-            for k, t in element.items()
-            if k not in value and not _optional(t)
-        ]
-    m = RE_SCHEMA_ELEMENT.match(element)
-    assert m is not None
-    typ = element.rstrip("?")
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    ok: bool
-    if typ.startswith(("str", "password")):
-        low, high = (m.group("s_min") or m.group("p_min")), (m.group("s_max") or m.group("p_max"))
-        ok = (
-            isinstance(value, str)
-            and (low is None or len(value) >= int(low))
-            and (high is None or len(value) <= int(high))
-        )
-    elif typ.startswith("int"):
-        ok = (
-            is_int
-            and (m.group("i_min") is None or value >= int(m.group("i_min")))
-            and (m.group("i_max") is None or value <= int(m.group("i_max")))
-        )
-    elif typ.startswith("float"):
-        ok = (
-            (is_int or isinstance(value, float))
-            and (m.group("f_min") is None or value >= float(m.group("f_min")))
-            and (m.group("f_max") is None or value <= float(m.group("f_max")))
-        )
-    elif typ == "bool":
-        ok = isinstance(value, bool)
-    elif typ == "port":
-        ok = is_int and 1 <= value <= 65535
-    elif typ == "email":
-        ok = isinstance(value, str) and re.match(r"^[^@\s]+@[^@\s]+$", value) is not None
-    elif typ == "url":
-        ok = isinstance(value, str) and re.match(r"^[a-z][a-z0-9+.-]*://\S+$", value) is not None
-    elif typ.startswith("match("):
-        ok = isinstance(value, str) and re.match(m.group("match"), value) is not None
-    elif typ.startswith("list("):
-        ok = isinstance(value, str) and value in m.group("list").split("|")
-    else:  # device
-        ok = isinstance(value, str)
-    return [] if ok else [f"{path}: {value!r} is not a valid {element}"]
-
-
-def translation_errors(translations: Any, cfg: dict[str, Any]) -> list[str]:
-    """translations/en.yaml (SCHEMA_APP_TRANSLATIONS): a name for every option, none for
-    options that do not exist, a description for every port."""
-    if not isinstance(translations, dict):
-        return ["en.yaml is not a mapping"]
-    errors = [
-        f"unknown top-level key {k!r}"
-        for k in translations
-        if k not in ("configuration", "network")
-    ]
-    configuration = translations.get("configuration") or {}
-    schema = cfg.get("schema") or {}
-    errors += [f"option {k!r} has no translation" for k in schema if k not in configuration]
-    for key, entry in configuration.items():
-        if key not in schema:
-            errors.append(f"translation for {key!r}, which is not an option")
-        if not isinstance(entry, dict) or not (
-            isinstance(entry.get("name"), str) and entry["name"].strip()
-        ):
-            errors.append(f"translation of {key!r} has no name")
-            continue
-        if not isinstance(entry.get("description", ""), str):
-            errors.append(f"description of {key!r} is not a string")
-        errors += [
-            f"translation of {key!r}: unknown key {k!r}"
-            for k in entry
-            if k not in ("name", "description", "fields")
-        ]
-    network = translations.get("network") or {}
-    ports = cfg.get("ports") or {}
-    errors += [f"network {k!r} is not a port of the app" for k in network if k not in ports]
-    described = {**(cfg.get("ports_description") or {}), **network}
-    errors += [f"port {k!r} has no description" for k in ports if k not in described]
-    return errors
-
-
-# -- a stand-in for the Supervisor's services API -------------------------------------------
-
-
-@dataclass
-class Supervisor:
-    """Answers GET /services/mqtt like supervisor/api/services.py get_service_v1 behind the
-    security middleware: no token 401, an unknown token 403 (plain text, as aiohttp's
-    HTTPUnauthorized and HTTPForbidden), no provider 400 "Service not enabled"."""
-
-    token: str = TOKEN
-    service: dict[str, object] | None = field(default_factory=lambda: dict(MOSQUITTO_SERVICE))
-    wrong_token_status: int = 403
-    fail_status: int | None = None  # answer every request with this status
-    fail_message: str = "Unknown error, see Supervisor logs"
-    delay: float = 0.0
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-    url: str = ""
-
-
-def _handler(sup: Supervisor) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            auth = self.headers.get("Authorization")
-            sup.requests.append((self.path, auth))
-            time.sleep(sup.delay)
-            if auth is None:
-                self._send(401, b"401: Unauthorized", "text/plain")
-            elif auth != f"Bearer {sup.token}":
-                status = sup.wrong_token_status
-                reason = "Unauthorized" if status == 401 else "Forbidden"
-                self._send(status, f"{status}: {reason}".encode(), "text/plain")
-            elif sup.fail_status is not None:
-                self._error(sup.fail_status, sup.fail_message)
-            elif self.path != "/services/mqtt":
-                self._error(404, "Service does not exist")
-            elif sup.service is None:
-                self._error(400, "Service not enabled")
-            else:
-                body = json.dumps({"result": "ok", "data": sup.service}).encode()
-                self._send(200, body, "application/json")
-
-        def _error(self, status: int, message: str) -> None:
-            body = json.dumps({"result": "error", "message": message}).encode()
-            self._send(status, body, "application/json")
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout tests)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def supervisor() -> Iterator[Supervisor]:
-    sup = Supervisor()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sup))
-    server.daemon_threads = True
-    server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    sup.url = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with serving(Supervisor()) as sup:
         yield sup
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- running the script ---------------------------------------------------------------------
@@ -1384,25 +744,14 @@ class MeshApp:
         return out.stdout.split()
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if found is None:
-        pytest.fail(
-            f"{name} not found: install the Debian packages mosquitto and mosquitto-clients"
-        )
-    return found
-
-
 @pytest.fixture(scope="module")
 def mesh_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshApp]:
     """Mosquitto with one account, `addons`, as the Mosquitto app has; the stand-in hands it
     out; the run script starts the installed `lifeops-mesh up` with it."""
     tmp = tmp_path_factory.mktemp("addon-e2e")
-    _tool("mosquitto_sub")
+    mosquitto_tool("mosquitto_sub")
     subprocess.run(
-        [_tool("mosquitto_passwd"), "-c", "-b", str(tmp / "pw"), "addons", PASSWORD],
+        [mosquitto_tool("mosquitto_passwd"), "-c", "-b", str(tmp / "pw"), "addons", PASSWORD],
         check=True,
         capture_output=True,
     )
@@ -1413,14 +762,14 @@ def mesh_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshApp]:
         encoding="utf-8",
     )
     broker = subprocess.Popen(
-        [_tool("mosquitto"), "-c", str(tmp / "mosquitto.conf")],
+        [mosquitto_tool("mosquitto"), "-c", str(tmp / "mosquitto.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    sup = Supervisor(service={**MOSQUITTO_SERVICE, "host": "127.0.0.1", "port": port})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sup))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served = contextlib.ExitStack()
+    sup = served.enter_context(
+        serving(Supervisor(service={**MOSQUITTO_SERVICE, "host": "127.0.0.1", "port": port}))
+    )
     mesh = Path(sys.executable).with_name("lifeops-mesh")
     assert mesh.exists(), f"{mesh}: the package is not installed in this environment"
     (tmp / "options.json").write_text(
@@ -1431,7 +780,7 @@ def mesh_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshApp]:
     )
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "SUPERVISOR_API": f"http://127.0.0.1:{server.server_port}",
+        "SUPERVISOR_API": sup.url,
         "SUPERVISOR_TOKEN": TOKEN,
         "LIFEOPS_ADDON_OPTIONS": str(tmp / "options.json"),
         "LIFEOPS_ADDON_DATA": str(tmp / "data"),
@@ -1473,8 +822,7 @@ def mesh_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshApp]:
         reader.join(10)
         assert proc.stdout is not None
         proc.stdout.close()
-        server.shutdown()
-        server.server_close()
+        served.close()
 
 
 def test_the_whole_mesh_runs_on_the_broker_the_supervisor_names(mesh_app: MeshApp) -> None:

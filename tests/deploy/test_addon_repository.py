@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.test_addon import config_errors, parse_yaml, translation_errors
+from tests.support.addon_schema import config_errors, translation_errors
+from tests.support.yaml_subset import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "deploy" / "homeassistant-addon"

@@ -23,6 +23,7 @@ written files included as they are, the mesh on them, Home Assistant's account r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,7 +37,6 @@ import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,14 @@ import pytest
 import yaml
 
 from mesh.broker.process import free_port
-from tests.deploy.test_addon import MOSQUITTO_SERVICE, RUN_PY, TOKEN, Supervisor, _handler, _tool
 from tests.support.homeassistant import HomeAssistantProcess
+from tests.support.supervisor import MOSQUITTO_SERVICE, TOKEN, Supervisor, serving
+from tests.support.tools import mosquitto_tool
 
 pytestmark = pytest.mark.timeout(900)
 
 USER = "alice"
+RUN_PY = Path(__file__).resolve().parents[2] / "deploy" / "homeassistant-addon" / "run.py"
 
 
 def printed_blocks(text: str) -> dict[str, str]:
@@ -94,7 +96,8 @@ def addon_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AddonBrok
     pw = tmp / "pw"
     for n, (user, password) in enumerate([*own.items(), *logins]):
         subprocess.run(
-            [_tool("mosquitto_passwd"), *(["-c"] if n == 0 else []), "-b", str(pw), user, password],
+            [mosquitto_tool("mosquitto_passwd"), *(["-c"] if n == 0 else []), "-b", str(pw),
+             user, password],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
     share = tmp / "share"
@@ -115,7 +118,7 @@ def addon_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AddonBrok
         encoding="utf-8",
     )
     proc = subprocess.Popen(
-        [_tool("mosquitto"), "-c", str(tmp / "mosquitto.conf")],
+        [mosquitto_tool("mosquitto"), "-c", str(tmp / "mosquitto.conf")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -251,15 +254,15 @@ def test_the_lifeops_app_joins_the_same_broker(
     mesh.proc.send_signal(signal.SIGINT)
     assert mesh.proc.wait(30) == 0
     service = {**MOSQUITTO_SERVICE, "host": "127.0.0.1", "port": addon_broker.port}
-    sup = Supervisor(service={**service, "password": addon_broker.passwords["addons"]})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sup))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served = contextlib.ExitStack()
+    sup = served.enter_context(
+        serving(Supervisor(service={**service, "password": addon_broker.passwords["addons"]}))
+    )
     (tmp_path / "options.json").write_text(json.dumps({"users": [USER]}), encoding="utf-8")
     (tmp_path / "data").mkdir()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "SUPERVISOR_API": f"http://127.0.0.1:{server.server_port}",
+        "SUPERVISOR_API": sup.url,
         "SUPERVISOR_TOKEN": TOKEN,
         "LIFEOPS_ADDON_OPTIONS": str(tmp_path / "options.json"),
         "LIFEOPS_ADDON_DATA": str(tmp_path / "data"),
@@ -293,8 +296,7 @@ def test_the_lifeops_app_joins_the_same_broker(
         app.wait(30)
         if app.stdout:
             app.stdout.close()
-        server.shutdown()
-        server.server_close()
+        served.close()
 
 
 def test_any_other_mosquitto_from_the_written_files(tmp_path: Path) -> None:
@@ -313,7 +315,7 @@ def test_any_other_mosquitto_from_the_written_files(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     broker = subprocess.Popen(
-        [_tool("mosquitto"), "-c", str(tmp_path / "mosquitto.conf")],
+        [mosquitto_tool("mosquitto"), "-c", str(tmp_path / "mosquitto.conf")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

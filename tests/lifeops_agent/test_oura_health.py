@@ -22,7 +22,7 @@ from mesh.client import MeshClient
 from mesh.testing.recorder import Recorder
 from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.lifeops_agent.test_oura_sync import Scores, _total_is, day, rules_xp
+from tests.support.oura_days import Scores, day, rules_xp, total_is
 from tests.support.oura_standin import OuraStandIn, oura_standin
 
 Start = Callable[..., Any]
@@ -82,7 +82,7 @@ async def test_one_user_refused_another_syncing(
             start_agent("lifeops", broker, new_db(), env=env, metrics_port=0) as lifeops,
             start_agent("ha_bridge", broker, new_db()),
         ):
-            await eventually(lambda: _total_is(tester, ok, rules_xp(versions)), timeout=20,
+            await eventually(lambda: total_is(tester, ok, rules_xp(versions)), timeout=20,
                              what="the other days of the odd page")  # fmt: skip
             await eventually(lambda: _shows(rec, topics[1], "oura_sync", "membership"),
                              timeout=20, what="the HA state of the lapsed user")  # fmt: skip
@@ -129,7 +129,7 @@ async def test_the_loop_survives_database_errors_and_says_when_it_ends(
             start_agent("stats", broker, new_db()),
             start_agent("lifeops", broker, new_db(), env=env) as lifeops,
         ):
-            await eventually(lambda: _total_is(tester, uid, 24), timeout=20, what="first sync")
+            await eventually(lambda: total_is(tester, uid, 24), timeout=20, what="first sync")
             async with lifeops.store.transaction() as tx:
                 await tx.execute("ALTER TABLE lifeops_oura_days RENAME TO gone_days")
             await eventually(lambda: _detail_has(lifeops, f"{uid}: error"), timeout=20,
@@ -144,7 +144,7 @@ async def test_the_loop_survives_database_errors_and_says_when_it_ends(
                 await tx.execute("ALTER TABLE gone_days RENAME TO lifeops_oura_days")
                 await tx.execute("ALTER TABLE gone_tokens RENAME TO lifeops_oura_tokens")
             api.put("pat", "daily_sleep", day(1), 90)
-            await eventually(lambda: _total_is(tester, uid, 24 + 27), timeout=30,
+            await eventually(lambda: total_is(tester, uid, 24 + 27), timeout=30,
                              what="the sync after the outage")  # fmt: skip
             errors = lifeops.metrics.registry.get_sample_value(
                 "lifeops_oura_sync_failures_total", {"reason": "error", "user": uid}

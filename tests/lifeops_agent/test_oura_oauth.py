@@ -11,9 +11,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,93 +20,16 @@ from typing import Any
 import httpx
 import pytest
 
-from mesh.broker.process import MosquittoProcess
+from mesh.broker.process import MosquittoProcess, free_port
 from mesh.client import MeshClient
 from mesh.testing.processes import AgentProcess
 from mesh.testing.wait import eventually
 from tests.conftest import user
-from tests.lifeops_agent.test_oura_sync import ENDPOINTS, Scores, _total_is, day, rules_xp
+from tests.support.oura_days import Scores, day, put, rules_xp, total_is
+from tests.support.oura_login import login, oauth_env, oura_cli
 from tests.support.oura_standin import OuraStandIn, oura_standin
 
 Start = Callable[..., Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def oauth_env(api: OuraStandIn, port: int) -> dict[str, str]:
-    return {
-        "LIFEOPS_OURA_CLIENT_ID": api.oauth.client_id,
-        "LIFEOPS_OURA_CLIENT_SECRET": api.oauth.client_secret,
-        "LIFEOPS_OURA_AUTHORIZE_URL": f"{api.base_url}/oauth/authorize",
-        "LIFEOPS_OURA_TOKEN_URL": f"{api.base_url}/oauth/token",
-        "LIFEOPS_OURA_REVOKE_URL": f"{api.base_url}/oauth/revoke",
-        "LIFEOPS_OURA_REDIRECT_URI": f"http://127.0.0.1:{port}/callback",
-        "LIFEOPS_OURA_API_URL": api.base_url,
-        "LIFEOPS_OURA_SYNC_INTERVAL_S": "1",
-        "LIFEOPS_OURA_BACKFILL_DAYS": "10",
-        "LIFEOPS_OURA_REFRESH_MARGIN_S": "1",
-    }
-
-
-def put(api: OuraStandIn, account: str, d: dt.date, scores: Scores) -> None:
-    for endpoint, score in zip(ENDPOINTS, scores, strict=True):
-        if score is not None:
-            api.put(account, endpoint, d, score)
-
-
-async def cli(*args: str, env: dict[str, str], stdin: bytes | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lifeops_mesh", "oura", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, **env},
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(stdin or b""), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
-async def login(uid: str, db: str, env: dict[str, str], *, paste: bool = False) -> str:
-    """`lifeops-mesh oura login --user UID`: the browser is an HTTP client that opens the
-    printed URL and follows Oura's redirect to the command's port (or, with `paste`, takes the
-    redirect's address and pastes it on the command's stdin)."""
-    args = ["login", "--user", uid, "--db", db, "--wait", "60"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lifeops_mesh", "oura", *args, *(["--no-listen"] if paste else []),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, **env},
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stdin is not None
-    seen = ""
-    async with asyncio.timeout(30):
-        while "/oauth/authorize?" not in seen:
-            line = (await proc.stdout.readline()).decode()
-            assert line, f"login ended early: {seen}"
-            seen += line
-    url = next(w for w in seen.split() if "/oauth/authorize?" in w)
-    async with httpx.AsyncClient(timeout=10) as browser:
-        if paste:
-            redirect = await browser.get(url)
-            assert redirect.status_code == 302
-            proc.stdin.write(redirect.headers["location"].encode() + b"\n")
-            await proc.stdin.drain()
-        else:
-            page: httpx.Response | None = None
-            for _ in range(200):  # the command listens once it has printed the URL
-                try:
-                    page = await browser.get(url, follow_redirects=True)
-                    break
-                except httpx.ConnectError:
-                    await asyncio.sleep(0.1)
-            assert page is not None and page.status_code == 200 and "login received" in page.text
-    rest, _ = await asyncio.wait_for(proc.communicate(), 60)
-    out = seen + rest.decode()
-    assert proc.returncode == 0, out
-    assert f"{uid} is logged in to Oura" in out
-    return out
 
 
 def xp(days: dict[dt.date, Scores]) -> int:
@@ -147,7 +68,7 @@ async def test_login_then_a_week_of_syncs_across_many_refreshes(
         ):
             out = await login(uid, db, env)
             first = xp(week)
-            await eventually(lambda: _total_is(tester, uid, first), timeout=20, what="first sync")
+            await eventually(lambda: total_is(tester, uid, first), timeout=20, what="first sync")
             for n in range(5, -1, -1):
                 if n == 3:
                     api.oauth.advertised_expires_in = 3600  # the agent believes it: 401s come
@@ -155,11 +76,11 @@ async def test_login_then_a_week_of_syncs_across_many_refreshes(
                 put(api, account, day(n), week[day(n)])
                 expected = xp(week)
                 await eventually(
-                    functools.partial(_total_is, tester, uid, expected), timeout=20, what=f"day {n}"
+                    functools.partial(total_is, tester, uid, expected), timeout=20, what=f"day {n}"
                 )
             report = await lifeops.health()
-            code, status = await cli("status", "--db", db, env=env)
-            gone, said = await cli("logout", "--user", uid, "--db", db, env=env)
+            code, status = await oura_cli("status", "--db", db, env=env)
+            gone, said = await oura_cli("logout", "--user", uid, "--db", db, env=env)
             await eventually(lambda: _detail_has(lifeops, "0 users"), timeout=10,
                              what="the logged-out user no longer synced")  # fmt: skip
             after = len(api.seen)
@@ -204,10 +125,10 @@ async def test_two_instances_refresh_the_same_user_without_invalid_grant(
                 put(api, account, day(n), days[day(n)])
                 expected = xp(days)
                 await eventually(
-                    functools.partial(_total_is, tester, uid, expected), timeout=20, what=f"day {n}"
+                    functools.partial(total_is, tester, uid, expected), timeout=20, what=f"day {n}"
                 )
             await asyncio.sleep(2)  # more racing refreshes
-            assert await _total_is(tester, uid, expected)
+            assert await total_is(tester, uid, expected)
             states = [a.app.checks()["oura"] for a in (one, two) if a.app.checks is not None]
     print(f"two instances: {api.oauth.refreshes} refreshes, {api.oauth.invalid_grants} refused")
     assert api.oauth.refreshes >= 4 and api.oauth.invalid_grants == 0
@@ -243,7 +164,7 @@ async def test_a_crash_right_after_a_refresh_then_a_new_login(
             try:
                 await login(uid, db, env)
                 first = xp(days)
-                await eventually(lambda: _total_is(tester, uid, first), timeout=20, what="first")
+                await eventually(lambda: total_is(tester, uid, first), timeout=20, what="first")
                 victim = proc.proc
                 assert victim is not None
                 rotated = api.oauth.refreshes
@@ -269,7 +190,7 @@ async def test_a_crash_right_after_a_refresh_then_a_new_login(
                 days[day(1)] = (90, 91, 92)
                 put(api, account, day(1), days[day(1)])
                 expected = xp(days)
-                await eventually(lambda: _total_is(tester, uid, expected), timeout=20,
+                await eventually(lambda: total_is(tester, uid, expected), timeout=20,
                                  what="the sync after the new login")  # fmt: skip
             finally:
                 proc.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -15,41 +14,17 @@ from typing import Any
 
 import pytest
 
-from lifeops_contract.schemas import CharacterGetRequest, CharacterReply, UserSettingsRequest
+from lifeops_contract.schemas import UserSettingsRequest
 from mesh import ConfigError, codec
 from mesh.broker.process import MosquittoProcess
 from mesh.client import MeshClient
 from mesh.testing.wait import eventually
 from tests.conftest import user
+from tests.support.oura_days import Scores, character_sheet, day, rules_xp, total_is
 from tests.support.oura_standin import OuraStandIn, oura_standin
 
 Start = Callable[..., Any]
 SECRET = "PAT-never-shown-9f3a1c"
-TODAY = dt.datetime.now(dt.UTC).date()
-
-
-def day(n: int) -> dt.date:
-    return TODAY - dt.timedelta(days=n)
-
-
-Scores = tuple[int | None, int | None, int | None]  # sleep, readiness, activity
-ENDPOINTS = ("daily_sleep", "daily_readiness", "daily_activity")
-
-
-def rules_xp(versions: dict[dt.date, list[Scores]]) -> int:
-    """The default rules (WIS = sleep * 0.3, STA = readiness * 0.5, DEX = activity * 0.3,
-    floored), per day and stat the best version's XP, summed."""
-    total = 0
-    for seen in versions.values():
-        for i, factor in enumerate((0.3, 0.5, 0.3)):
-            total += max(
-                math.floor(score * factor) if (score := v[i]) is not None else 0 for v in seen
-            )
-    return total
-
-
-def _floor(score: int | None, factor: float) -> int:
-    return math.floor(score * factor) if score is not None else 0
 
 
 def serve(
@@ -63,16 +38,6 @@ def serve(
         ):
             if score is not None:
                 api.put(SECRET, endpoint, d, score)
-
-
-async def _sheet(client: MeshClient, uid: str) -> CharacterReply:
-    reply: CharacterReply = await client.request("character_get", CharacterGetRequest(user_id=uid))
-    return reply
-
-
-async def _total_is(client: MeshClient, uid: str, expected: int) -> bool:
-    r = await _sheet(client, uid)
-    return r.success and r.total_xp == expected
 
 
 async def test_scheduled_sync_grants_the_rules_xp_once_through_faults_and_revisions(
@@ -113,7 +78,7 @@ async def test_scheduled_sync_grants_the_rules_xp_once_through_faults_and_revisi
         ):
             versions: dict[dt.date, list[Scores]] = {d: [s] for d, s in first.items()}
             await eventually(
-                lambda: _total_is(tester, uid, rules_xp(versions)), timeout=20, what="first sync"
+                lambda: total_is(tester, uid, rules_xp(versions)), timeout=20, what="first sync"
             )
             sleep_seen = [s for s in api.seen if s.endpoint == "daily_sleep"]
             assert [s.status for s in sleep_seen[:2]] == [429, 200]
@@ -130,11 +95,11 @@ async def test_scheduled_sync_grants_the_rules_xp_once_through_faults_and_revisi
                 versions[d].append(s)
             expected = rules_xp(versions)
             await eventually(
-                lambda: _total_is(tester, uid, expected), timeout=20, what="revised days"
+                lambda: total_is(tester, uid, expected), timeout=20, what="revised days"
             )
             syncs = len(api.seen)
             await eventually(lambda: _more(api, syncs + 6), timeout=10, what="two more syncs")
-            sheet = await _sheet(tester, uid)
+            sheet = await character_sheet(tester, uid)
             assert sheet.character is not None and sheet.character.activities == 5
             assert sheet.total_xp == expected
 
@@ -146,7 +111,7 @@ async def test_scheduled_sync_grants_the_rules_xp_once_through_faults_and_revisi
             assert report.status == "healthy" and report.checks["oura"].ok
             assert f"{uid}: refused" in report.checks["oura"].detail
             assert lifeops.metrics.total("lifeops_oura_sync_failures_total") >= 2
-            assert (await _sheet(tester, uid)).total_xp == expected
+            assert (await character_sheet(tester, uid)).total_xp == expected
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     assert SECRET not in caplog.text and SECRET not in codec.encode(report).decode()
@@ -202,14 +167,14 @@ async def test_cli_sync_once_then_again_then_with_a_refused_token(
             assert code == 0, err
             assert f"3 days for {uid}: 3 new, 0 already imported" in out
             expected = rules_xp({d: [s] for d, s in scores.items()})
-            await eventually(lambda: _total_is(tester, uid, expected), what="XP of the CLI sync")
+            await eventually(lambda: total_is(tester, uid, expected), what="XP of the CLI sync")
             code, out, err = await _cli(*args, env=env)
             assert code == 0 and "0 new, 3 already imported" in out, err
             bad = f"{SECRET}-revoked"
             code, out, err = await _cli(*args, env={f"LIFEOPS_OURA_TOKEN_{uid.upper()}": bad})
             assert code == 2 and "token is refused (401)" in err
             assert bad not in out + err
-            assert await _total_is(tester, uid, expected)
+            assert await total_is(tester, uid, expected)
 
 
 @pytest.mark.parametrize(
@@ -314,5 +279,5 @@ async def test_a_sync_user_spelled_as_another_stored_user_is_refused_and_the_syn
             async with lifeops.store.read() as tx:
                 rows = await tx.fetchall("SELECT user_id FROM lifeops_oura_days")
             assert rows == []
-            reply = await _sheet(tester, synced)
+            reply = await character_sheet(tester, synced)
             assert not reply.success  # no character: nothing granted

@@ -159,12 +159,28 @@ def test_agent_code_publishes_only_by_declared_contract_keys() -> None:
     assert checked >= 3
 
 
-def test_readme_topic_table_is_generated_from_the_contract() -> None:
-    """The README's topic table equals `lifeops-mesh contract docs` (update with --write)."""
+def test_docs_topic_table_is_generated_from_the_contract() -> None:
+    """docs/contract.md's topic table equals `lifeops-mesh contract docs` (update with
+    `--write docs/contract.md`)."""
     from lifeops_mesh.tools.contract_docs import render_into
 
-    readme = (ROOT / "README.md").read_text()
-    assert render_into(readme, default_contract()) == readme
+    page = (ROOT / "docs" / "contract.md").read_text()
+    assert render_into(page, default_contract()) == page
+
+
+def test_contract_docs_write_renews_the_table_of_a_page(tmp_path: Path) -> None:
+    """`lifeops-mesh contract docs --write FILE` replaces a stale table between the markers and
+    leaves the rest of the page as it was."""
+    from lifeops_mesh.cli import parser
+
+    page = (ROOT / "docs" / "contract.md").read_text()
+    stale = page.replace("| `stats/levelup` | event |", "| `stats/gone` | event |")
+    assert stale != page
+    copy = tmp_path / "contract.md"
+    copy.write_text(stale)
+    args = parser().parse_args(["contract", "docs", "--write", str(copy)])
+    assert args.func(args) == 0
+    assert copy.read_text() == page
 
 
 def test_discovery_prefix_moves_home_assistant_topics_and_their_acl() -> None:

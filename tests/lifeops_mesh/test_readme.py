@@ -1,6 +1,7 @@
-"""The README's "Poke it by hand" block, run as written against `lifeops-mesh up`.
+"""The "Poke it by hand" block of docs/contract.md (the README sends readers there), run as
+written against `lifeops-mesh up`.
 
-The block is taken from README.md itself (so a change there is tested), with only the port
+The block is taken from docs/contract.md itself (so a change there is tested), with only the port
 changed to a free one and a bound (-W) added to the one command that runs until Ctrl-C.
 """
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _block() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "contract.md").read_text()
     section = text.split("## Poke it by hand", 1)[1]
     match = re.search(r"```bash\n(.*?)```", section, re.S)
     assert match, "no bash block under 'Poke it by hand'"
@@ -28,7 +29,7 @@ def _block() -> str:
 
 
 def test_the_readme_commands_work_as_written(tmp_path: Path) -> None:
-    """Every mosquitto_rr of the block gets the reply the README shows beside it; the bad
+    """Every mosquitto_rr of the block gets the reply the page shows beside it; the bad
     message ends as a dead letter; the watch command sees the retained sheet."""
     block = _block()
     assert "-p 1884" in block and "data/broker/credentials.toml" in block

@@ -185,8 +185,9 @@ async def changed_text_is_caught(source: Store, target: Store, n: int) -> None:
 
 
 def readme_pg_recipe() -> list[str]:
-    """The commands of the README's PostgreSQL backup recipe (continuation lines joined)."""
-    text = (ROOT / "README.md").read_text()
+    """The commands of docs/operations.md's PostgreSQL backup recipe (continuation lines
+    joined)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
     section = text.split("## Backup, restore, move", 1)[1]
     match = re.search(r"```sh\n(.*?)```", section, re.S)
     assert match, "no sh block under 'Backup, restore, move'"
@@ -197,7 +198,7 @@ async def test_the_readme_pg_dump_recipe_restores_stats(
     broker: MosquittoProcess, pg_url: str, pg_server: PostgresServer, tmp_path: Path,
     start_stats: StartAgent,
 ) -> None:  # fmt: skip
-    """The README's pg_dump / pg_restore commands, run as written (URLs replaced; the test's
+    """docs/operations.md's pg_dump / pg_restore commands, run as written (URLs replaced; the test's
     server creates the empty database): Stats on the restored database has the same totals and
     knows every old request."""
     history = History([user() for _ in range(2)])

@@ -99,8 +99,8 @@ async def test_request_and_trace_show_the_whole_path(mesh: dict[str, Any]) -> No
 
 
 async def test_the_same_request_command_again_is_a_retry(mesh: dict[str, Any]) -> None:
-    """The README's keyless example run twice (as after a timeout) grants its XP once; the
-    second reply is the first, marked duplicate."""
+    """The keyless `request` example of docs/commands.md run twice (as after a timeout, see
+    docs/reliability.md) grants its XP once; the second reply is the first, marked duplicate."""
     from tests.conftest import user
 
     body = json.dumps({"user_id": user(), "activity_type": "reading"})

@@ -385,9 +385,8 @@ async def test_an_identical_keyless_message_counts_again_after_the_keyless_windo
     after it, an activity of its own: running the example again tomorrow grants XP again."""
     uid = user()
     body = codec.encode(ActivityLogRequest(user_id=uid, activity_type="reading"))
-    window = Retention(keyless_s=1.0)
     async with (
-        start_agent("stats", mesh_broker, db_url, retention=window),
+        start_agent("stats", mesh_broker, db_url, keyless_window_s=1.0),
         client_for(mesh_broker, contract()) as c,
     ):
         await c.transport.publish("stats/activities/log", body)

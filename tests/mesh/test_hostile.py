@@ -29,13 +29,12 @@ from mesh import (
     Context,
     Inbound,
     MeshClient,
-    MqttTransport,
     PublishRefused,
     RequestTimeout,
     Route,
     codec,
     open_store,
-    parse_broker_url,
+    plain_transport,
 )
 from mesh.broker.process import MosquittoProcess
 from mesh.testing.brokers import InMemoryBroker, client_for, connect_as
@@ -347,11 +346,7 @@ async def test_a_takeover_stops_the_old_instance_instead_of_a_ping_pong(
     after two takeovers the agent halts with the reason instead of throwing it off forever;
     the broker log shows a few takeovers, then none."""
     async with start_agent("stats", broker, f"sqlite:///{tmp_path / 't.db'}") as agent:
-        url = parse_broker_url(broker.url("stats"))
-        intruder = MqttTransport(
-            client_id=agent.settings.client_id, host=url.host, port=url.port,
-            username=url.username, password=url.password, session_expiry_s=0, clean_start=True,
-        )  # fmt: skip
+        intruder = plain_transport(broker.url("stats"), client_id=agent.settings.client_id)
         await intruder.connect()
         try:
             await asyncio.wait_for(agent.halted.wait(), 15)

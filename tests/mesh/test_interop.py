@@ -16,10 +16,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mesh.agent import Agent
 from mesh.broker.process import MosquittoProcess
+from mesh.client import plain_transport
 from mesh.errors import PublishRefused, TransportError
 from mesh.testing.brokers import connect_as
 from mesh.testing.mqtt_cli import MosquittoCli
-from mesh.transport import MqttTransport
 from tests.conftest import user
 
 
@@ -165,7 +165,7 @@ async def test_connect_to_nothing_fails_clearly() -> None:
     from mesh.broker.process import free_port
 
     port = free_port()
-    t = MqttTransport(client_id="nobody", host="127.0.0.1", port=port, clean_start=True)
+    t = plain_transport(f"mqtt://127.0.0.1:{port}", client_id="nobody")
     with pytest.raises(TransportError, match=f"127.0.0.1:{port}"):
         await t.connect(timeout=3)
     await t.disconnect()

@@ -284,7 +284,7 @@ async def test_oura_revisions_in_any_order_grant_the_best_version_once(
 
 
 async def test_mosquitto_rr_round_trip(stats: Agent, broker: MosquittoProcess) -> None:
-    """The README's mosquitto_rr command works against the agent."""
+    """The mosquitto_rr command of docs/contract.md works against the agent."""
     uid = user()
     body = msgspec.json.encode({"user_id": uid, "activity_type": "gym_session"}).decode()
     rr = await MosquittoCli(broker).rr(

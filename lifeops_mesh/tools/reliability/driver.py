@@ -1,6 +1,6 @@
 """The traffic of a reliability run: completions and activity logs for many users at a steady
-rate, each retried until answered (as the README tells outside clients to), and what the
-accepted ones must add up to.
+rate, each retried until answered (as docs/reliability.md tells outside clients to), and what
+the accepted ones must add up to.
 
 Three kinds: timeline completions (LifeOps, then Stats through receipts), activity logs with a
 source_ref, and keyless activity logs (no activity_id, no source_ref: a retry is recognised by

@@ -10,10 +10,10 @@ import uuid
 
 from lifeops_contract import contract
 from lifeops_contract.schemas import AchievementUnlocked, EventsRecentRequest, LevelUp
-from mesh import MeshClient, codec
-from mesh.settings import parse_broker_url
+from mesh import MeshClient, codec, plain_transport
+from mesh.client import broker_transport
+from mesh.settings import tool_broker
 from mesh.transport import Inbound
-from mesh.transport.mqtt import MqttTransport
 
 EventIds = set[str]
 
@@ -27,14 +27,9 @@ class EventListener:
     broker restarts and its own reconnects), and records every event id received."""
 
     def __init__(self, url: str) -> None:
-        u = parse_broker_url(url)
-        self.transport = MqttTransport(
+        self.transport = broker_transport(
+            tool_broker(url),
             client_id=f"reliability-events-{uuid.uuid4().hex[:8]}",
-            host=u.host,
-            port=u.port,
-            username=u.username,
-            password=u.password,
-            clean_start=False,
             session_expiry_s=3600,
         )
         self.transport.on_message = self._on_message
@@ -95,16 +90,7 @@ async def retained(url: str, topics: list[str], settle_s: float = 2.0) -> dict[s
                 done.set()
         return 0
 
-    u = parse_broker_url(url)
-    t = MqttTransport(
-        client_id=f"reliability-retained-{uuid.uuid4().hex[:8]}",
-        host=u.host,
-        port=u.port,
-        username=u.username,
-        password=u.password,
-        clean_start=True,
-        session_expiry_s=0,
-    )
+    t = plain_transport(url, prefix="reliability-retained")
     t.on_message = on_message
     await t.subscribe(topics)
     await t.connect(timeout=10)
