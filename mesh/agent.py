@@ -1,16 +1,19 @@
-"""Agent lifecycle: store, broker session, availability, publishing.
+"""Agent lifecycle: the runtime's parts, wired, started and stopped.
 
 An agent package provides an `AgentApp` (its name, contract, route table and migrations);
 `Agent` runs it over the `Transport` and `Store` it is given (`mqtt_agent()` builds both from
-the settings). The constructor does nothing; `start()` opens the store, migrates, connects
-(durable session, Last Will), publishes `online`, subscribes, and starts the group committer,
-the outbox relay, the state publisher and the receipts.
+the settings). The constructor only wires the parts (publishing in `mesh.publishing`, who is
+online in `mesh.presence`, health in `mesh.health`, receiving in `mesh.dispatch`); `start()`
+opens the store, migrates, connects (durable session, Last Will), publishes `online`,
+subscribes, and starts the group committer, the outbox relay, the state publisher and the
+receipts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,27 +21,26 @@ from typing import Any
 
 import msgspec
 
-from mesh import codec, dlq, health, inbox, keys, outbox, overload, receipts, retention, state
-from mesh.broker.acl import DROPPED
+from mesh import dlq, health, inbox, keys, outbox, overload, receipts, retention, state
 from mesh.client import broker_transport
 from mesh.contract import Contract
 from mesh.dispatch import Dispatcher
-from mesh.errors import ContractError, PacketTooLarge, PublishRefused, TransportError
+from mesh.errors import ContractError, TransportError
 from mesh.handler import Route
 from mesh.http import HttpEndpoint
 from mesh.inbox import GroupCommitter
 from mesh.logs import agent_var
 from mesh.metrics import Metrics
-from mesh.outbox import OutboxRecord, OutboxRelay
-from mesh.presence import Presence
+from mesh.outbox import OutboxRelay
+from mesh.presence import Presence, Roster
+from mesh.publishing import Publisher
 from mesh.readback import read_retained
-from mesh.rpc import TRACE_PROPERTY, Requester, reply_topic_for
+from mesh.rpc import Requester, reply_topic_for
 from mesh.schemas import Check, HealthReport
 from mesh.settings import Settings
 from mesh.store import Migration, Store, open_store
 from mesh.supervise import Supervisor
-from mesh.topics import covers, shared
-from mesh.transport import Inbound, MqttTransport, Transport, Will
+from mesh.transport import MqttTransport, Transport, Will
 
 log = logging.getLogger("mesh.agent")
 lifecycle = logging.getLogger("mesh.lifecycle")  # start/stop lines, logged at any level
@@ -146,33 +148,47 @@ class Agent:
             if "instance_status" in self.contract.topics
             else None
         )
-        self._routes = {r.key: r for r in app.routes}
+        self._routes = {r.key: r for r in app.routes}  # the route table, built once
         self._check_routes()
+        self._tasks: set[asyncio.Future[Any]] = set()
         # Every background task of the runtime, and the app's own (`agent.supervisor.start`).
         self.supervisor = Supervisor(self.metrics)
+        self.roster = Roster(
+            contract=self.contract,
+            agent=self.name,
+            instance=settings.instance,
+            transport=transport,
+            metrics=self.metrics,
+            depends_on=app.depends_on,
+            on_peer_status=app.on_peer_status,
+            spawn=self._spawn,
+        )
         self._assemble()
         self.drops = overload.Drops(self.name, self.metrics)  # messages dropped unhandled
         self.dispatcher.on_dropped = self.drops
         self._zero_metrics()
-        self._started = False
-        self.peers: dict[str, bool] = {}
-        self.instances: dict[str, dict[str, bool]] = {}  # agent -> instance -> online
-        self.refusals: dict[str, str] = {}  # topic -> why the broker will never take it
         # Set when the agent cannot go on (its session was taken over): `failure` says why.
         self.halted = asyncio.Event()
         self.failure: str | None = None
-        self._kicks: list[float] = []
-        self._tasks: set[asyncio.Future[Any]] = set()
         self.http: HttpEndpoint | None = None
 
-    def _assemble(self) -> None:
-        """The parts: outbox relay, state publisher, requester, receipts, group committer,
-        dead letters, and the dispatcher that feeds them."""
+    def _assemble_sending(self) -> None:
+        """The sending parts: publisher (and its dead letters), outbox relay, state publisher,
+        requester, receipts."""
         settings, app = self.settings, self.app
-        self.relay = OutboxRelay(self.store, self._publish_record, on_refused=self._record_refused)
-        self.states = state.StatePublisher(
-            self.store, self._publish_state, on_refused=self._state_refused
+        self.publisher = Publisher(
+            name=self.name,
+            contract=self.contract,
+            transport=self.transport,
+            metrics=self.metrics,
+            store=self.store,
+            dlq_cap=settings.dlq_cap,
+            dlq_max_bytes=settings.retention.max_dead_letter_bytes,
         )
+        self.dead_letters = self.publisher.dead_letters
+        out = self.publisher
+        self.relay = OutboxRelay(self.store, out.record, on_refused=out.record_refused)
+        self.states = state.StatePublisher(self.store, out.state, on_refused=out.state_refused)
         self.requester = Requester(
             principal=self.principal,
             client_id=settings.client_id,
@@ -191,7 +207,13 @@ class Agent:
         self.receipts.on_receipt = app.on_receipt
         self.receipts.after_receipt = app.after_receipt
         self.receipts.on_stored = self.states.changed
-        self.receipts.on_dead = self._receipt_dead
+        self.receipts.on_dead = out.receipt_dead
+
+    def _assemble(self) -> None:
+        """The parts: the sending ones, the group committer, and the dispatcher that feeds
+        them."""
+        settings = self.settings
+        self._assemble_sending()
         self.committer = GroupCommitter(
             agent=self.name,
             store=self.store,
@@ -204,12 +226,6 @@ class Agent:
             on_state_changed=self.states.changed,
             keyless_window_s=settings.keyless_window_s,
         )
-        self.dead_letters = dlq.DeadLetterSink(
-            self.name, self.store, self._publish_dlq, self.metrics, payload_cap=settings.dlq_cap
-        )
-        self.dead_letters.max_bytes = settings.retention.max_dead_letter_bytes
-        self._routes = {r.key: r for r in app.routes}
-        self._check_routes()
         self.dispatcher = Dispatcher(
             name=self.name,
             contract=self.contract,
@@ -219,9 +235,9 @@ class Agent:
             committer=self.committer,
             dead_letters=self.dead_letters,
             metrics=self.metrics,
-            on_agent_status=self._agent_status,
-            on_instance_status=self._instance_status,
-            on_refused=self.refused,
+            on_agent_status=self.roster.agent_status,
+            on_instance_status=self.roster.instance_status,
+            on_refused=self.publisher.refused,
         )
 
     def _zero_metrics(self) -> None:
@@ -239,7 +255,42 @@ class Agent:
 
     @property
     def status_topic(self) -> str:
-        return self.contract.topic("status", agent=self.name)
+        return self.roster.status_topic
+
+    @property
+    def peers(self) -> dict[str, bool]:
+        """Agent -> online, as this agent has seen their availability."""
+        return self.roster.peers
+
+    @property
+    def instances(self) -> dict[str, dict[str, bool]]:
+        """Agent -> instance -> online."""
+        return self.roster.instances
+
+    @property
+    def vitals(self) -> health.Vitals:
+        """What health reads of this agent (its `publish` as it is now)."""
+        app = self.app
+        return health.Vitals(
+            name=self.name,
+            instance=self.settings.instance,
+            broker=self.settings.broker,
+            transport=self.transport,
+            store=self.store,
+            metrics=self.metrics,
+            supervisor=self.supervisor,
+            outbox=self.relay,
+            receipts=self.receipts,
+            depends_on=app.depends_on,
+            peers=self.roster.peers,
+            refusals=self.publisher.refusals,
+            commit_trouble=lambda: self.committer.trouble,
+            broker_dropped=lambda: self.dispatcher.broker_dropped,
+            app_checks=app.checks,
+            collect=None if app.collect is None else functools.partial(app.collect, self),
+            publish=self.publish,
+            instance_health="instance_health" in self.contract.topics,
+        )
 
     def _check_routes(self) -> None:
         for key in self._routes:
@@ -252,22 +303,8 @@ class Agent:
         return [f for f in self.subscriptions() if f.startswith("$share/")]
 
     def subscriptions(self) -> list[str]:
-        filters = []
-        for key in self._routes:
-            entry = self.contract.entry(key)
-            f = self.contract.subscription(key)  # {agent} as +: every agent's status
-            if entry.kind in ("event", "request"):
-                f = shared(self.settings.share_group, f)
-            filters.append(f)
-        filters.append(self.requester.reply_filter)
-        if "status" not in self._routes:
-            filters.append(self.contract.subscription("status"))  # every agent's availability
-        if self.presence is not None:
-            filters.append(self.contract.subscription("instance_status"))  # and instance's
-        filters.append(DROPPED)
-        # Overlapping filters would bring a message once per filter (homeassistant/status is also
-        # +/status): keep only the widest.
-        return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
+        """What this instance subscribes to: what its dispatcher handles."""
+        return self.dispatcher.filters(self.settings.share_group)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -334,18 +371,19 @@ class Agent:
                 self.supervisor.failed("converge", exc)
                 self.supervisor.job("converge", self._converge)
             await self.receipts.start(self.supervisor)
-            self.supervisor.start("health", lambda: health.publish_loop(self))
+            vitals = self.vitals
+            self.supervisor.start("health", lambda: health.publish_loop(vitals))
             self.supervisor.start("prune", self._prune_loop)
             if self.settings.metrics_port is not None:
                 self.http = HttpEndpoint(
-                    health.pages(self), self.settings.metrics_bind, self.settings.metrics_port
+                    health.pages(vitals), self.settings.metrics_bind, self.settings.metrics_port
                 )
                 await self.http.start()
             if self.app.on_start is not None:
                 await self.app.on_start(self)
             if self.presence is not None:
                 await self.presence.announce()
-        self._started = True
+        self.roster.serving = True
         lifecycle.info(
             "%s started (broker %s, db %s)", self.name, self.settings.broker, self.store.dialect
         )
@@ -356,7 +394,7 @@ class Agent:
         (acknowledged after commit), and ends its session (DISCONNECT with session expiry 0):
         nothing stays queued for it. A lone instance finishes what it handles and keeps its
         durable session, so what arrives meanwhile waits for its restart."""
-        self._started = False  # its own `offline` below must not be restated as `online`
+        self.roster.serving = False  # its own `offline` below must not be restated as `online`
         self.dispatcher.closing = True  # QoS 0 arriving from now on: dropped, not handled
         for task in list(self._tasks):  # health, sweeps: nothing new starts
             task.cancel()
@@ -377,13 +415,8 @@ class Agent:
                 await self.relay.stop(timeout=timeout / 2)
                 if self.presence is not None:
                     await self.presence.close()
-                if self.transport.connected and not self._others_online():
-                    try:
-                        await self.transport.publish(
-                            self.status_topic, b"offline", qos=1, retain=True, timeout=2
-                        )
-                    except TransportError as exc:
-                        log.warning("could not publish offline: %s", exc)
+                if self.transport.connected and not self.roster.others_online():
+                    await self.roster.say(b"offline", timeout=2)
         except TimeoutError:
             log.warning("%s: clean stop timed out", self.name)
         await self.committer.stop()
@@ -411,17 +444,11 @@ class Agent:
     def _connection_lost(self) -> None:
         self._spawn(self._check_kicked())
 
-    async def _check_kicked(self, window_s: float = 30.0) -> None:
-        """Mosquitto 2.0 closes a session taken over without saying so (no DISCONNECT 0x8E).
-        The broker still answering our presence connection while the durable one was closed
-        twice within `window_s` means something else connects with our client id: two
-        processes throwing each other off. Stop being one of them."""
-        await asyncio.sleep(0.5)
-        if self.presence is None or not self.presence.connection.connected:
-            return  # the broker itself went away: reconnecting is right
-        now = asyncio.get_running_loop().time()
-        self._kicks = [t for t in self._kicks if now - t < window_s] + [now]
-        if len(self._kicks) >= 2 and not self.halted.is_set():
+    async def _check_kicked(self) -> None:
+        """Two processes throwing each other off with one client id: stop being one of them
+        (see Presence.thrown_off)."""
+        thrown_off = self.presence is not None and await self.presence.thrown_off()
+        if thrown_off and not self.halted.is_set():
             self._taken_over()
             await self.transport.disconnect()
 
@@ -476,134 +503,21 @@ class Agent:
         self.metrics.connected.set(1)
         if self.transport.reconnects:
             self.metrics.reconnects.inc()
-        try:
-            await self.transport.publish(
-                self.status_topic, b"online", qos=1, retain=True, timeout=5
-            )
-        except TransportError as exc:
-            log.warning("could not publish online: %s", exc)
-        if self._started:
+        await self.roster.say(b"online")
+        if self.roster.serving:
             self.supervisor.job("outbox-resweep", self._resweep)
             self.receipts.reconnected()
             # Whatever the broker restored (an old snapshot still says `session present`),
             # its retained states converge on what is committed (retried until they do).
             self.supervisor.job("converge", self._converge)
 
-    # -- publishing ----------------------------------------------------------------------------
+    # -- publishing ------------------------------------------------------------------------------
 
     async def publish(
         self, key: str, payload: Any, *, trace_id: str | None = None, **params: str
     ) -> None:
         """Publish by contract key right away (not through the outbox)."""
-        entry = self.contract.entry(key)
-        if self.name not in entry.publishers:
-            raise ContractError(f"{self.name} may not publish {key!r} ({entry.topic})")
-        topic = self.contract.topic(key, agent=self.name, **params)
-        if not self.contract.publisher_allowed(self.name, topic):
-            # e.g. a user called "get": stats/character/get is the request topic, not a state
-            raise ContractError(f"{topic!r} is not {key!r}; {self.name} may not publish there")
-        props = {TRACE_PROPERTY: trace_id} if trace_id else None
-        await self.transport.publish(
-            topic,
-            codec.encode_value(payload, entry.format),
-            qos=entry.qos,
-            retain=entry.retain,
-            user_properties=props,
-        )
-        self.metrics.published.labels(key).inc()
-
-    async def _publish_record(self, rec: OutboxRecord) -> None:
-        if not self.contract.publisher_allowed(self.name, rec.topic):
-            raise ContractError(f"{self.name} may not publish to {rec.topic!r}")
-        props = {TRACE_PROPERTY: rec.trace_id} if rec.trace_id else None
-        await self.transport.publish(
-            rec.topic, rec.payload, qos=rec.qos, retain=rec.retain, user_properties=props
-        )
-        self.metrics.published.labels(rec.topic_key).inc()
-
-    async def _publish_state(
-        self, topic: str, key: str, payload: bytes, trace_id: str | None
-    ) -> None:
-        if not self.contract.publisher_allowed(self.name, topic):
-            raise ContractError(f"{self.name} may not publish to {topic!r}")
-        props = {TRACE_PROPERTY: trace_id} if trace_id else None
-        await self.transport.publish(topic, payload, qos=1, retain=True, user_properties=props)
-        self.metrics.published.labels(key).inc()
-
-    def refused(self, key: str, topic: str, exc: Exception) -> str:
-        """Count and remember an own publish the broker will never take; returns the reason.
-        (A reply to a response topic the requester chose counts, but does not make the agent
-        unhealthy: that is the requester's mistake.)"""
-        reason = "too_large" if isinstance(exc, PacketTooLarge) else "refused"
-        if isinstance(exc, PublishRefused):
-            reason = f"refused_{exc.reason_code}"
-        self.metrics.publish_failures.labels(key, reason).inc()
-        if key == "reply":
-            return reason
-        self.refusals[topic] = reason
-        while len(self.refusals) > 20:
-            del self.refusals[next(iter(self.refusals))]
-        return reason
-
-    async def _record_refused(self, rec: OutboxRecord, exc: Exception) -> None:
-        reason = self.refused(rec.topic_key, rec.topic, exc)
-        msg = Inbound(topic=rec.topic, payload=rec.payload, qos=rec.qos)
-        await self.dead_letters.send(msg, f"publish_{reason}", str(exc), rec.trace_id)
-
-    async def _state_refused(self, topic: str, payload: bytes, exc: Exception) -> None:
-        found = self.contract.match(topic)
-        reason = self.refused(found[0].key if found else "state", topic, exc)
-        msg = Inbound(topic=topic, payload=payload, qos=1, retain=True)
-        await self.dead_letters.send(msg, f"publish_{reason}", str(exc), None)
-
-    async def _receipt_dead(
-        self, rec: receipts.ReceiptRecord, reply: Any, code: str, why: str
-    ) -> None:
-        """A receipt whose hook failed for good: dead-lettered (the receipt itself is stored)."""
-        msg = Inbound(topic=rec.topic, payload=codec.encode(reply), qos=1)
-        await self.dead_letters.send(msg, code, why, rec.trace_id)
-
-    async def _publish_dlq(self, body: bytes) -> None:
-        await self.transport.publish(self.contract.topic("dlq", agent=self.name), body, qos=1)
-        self.metrics.published.labels("dlq").inc()
-
-    # -- observing ------------------------------------------------------------------------------
-
-    def _others_online(self) -> bool:
-        """Whether another instance of this agent is online (then it stays `online`)."""
-        mine = self.instances.get(self.name, {})
-        return any(up for inst, up in mine.items() if inst != self.settings.instance)
-
-    async def _instance_status(self, agent: str, instance: str, online: bool) -> None:
-        """An instance came or went: an agent is available while any of its instances is."""
-        self.instances.setdefault(agent, {})[instance] = online
-        await self._peer_status(agent, any(self.instances[agent].values()))
-
-    async def _agent_status(self, agent: str, online: bool) -> None:
-        """`<agent>/status`: when one of our instances dies, its Last Will says `offline` for
-        the whole agent; the instances still running say `online` again at once."""
-        if agent == self.name and not online and self._started and self.transport.connected:
-            self._spawn(self._restate_online())
-        if self.presence is None:
-            await self._peer_status(agent, online)
-
-    async def _restate_online(self) -> None:
-        try:
-            await self.transport.publish(
-                self.status_topic, b"online", qos=1, retain=True, timeout=5
-            )
-        except TransportError as exc:
-            log.warning("could not restate online: %s", exc)
-
-    async def _peer_status(self, agent: str, online: bool) -> None:
-        was = self.peers.get(agent)
-        self.peers[agent] = online
-        if agent in self.app.depends_on:
-            self.metrics.peer_up.labels(agent).set(1 if online else 0)
-        if was != online and agent != self.name:
-            log.info("agent %s is %s", agent, "online" if online else "offline")
-            if self.app.on_peer_status is not None:
-                await self.app.on_peer_status(agent, online)
+        await self.publisher.publish(key, payload, trace_id=trace_id, **params)
 
     async def health(self) -> HealthReport:
-        return await health.report(self)
+        return await health.report(self.vitals)

@@ -253,7 +253,30 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
         found = self.match(topic)
         return found is not None and found[0].kind == "reply"
 
+    def resolve(self, principal: str, key: str, **params: str) -> tuple[TopicEntry, str]:
+        """The entry of `key` and the concrete topic `principal` publishes it on (an `{agent}`
+        level is the principal itself); ContractError when the contract does not let it. The
+        one publish check of the runtime: a publish by key, an emitted event or state, a
+        request, a request with a receipt."""
+        entry = self.entry(key)
+        if principal not in entry.publishers:
+            raise may_not_publish(principal, key, entry.topic)
+        agent = params.pop("agent", principal)  # another agent's {agent} topic: refused below
+        topic = self.topic(key, agent=agent, **params)
+        self.check_publish(principal, key, topic)
+        return entry, topic
+
+    def check_publish(self, principal: str, key: str, topic: str) -> None:
+        """ContractError unless `principal` may publish on the concrete `topic`: what
+        `resolve` checks last, and all that is left to check when a topic resolved earlier
+        (an outbox record, a retained state) goes out. E.g. a user called "get":
+        stats/character/get is the request topic, not a character state."""
+        if not self.publisher_allowed(principal, topic):
+            raise may_not_publish(principal, key, topic)
+
     def publisher_allowed(self, principal: str, topic: str) -> bool:
+        """Whether the entry `topic` belongs to names `principal` a publisher (and an `{agent}`
+        level in it is `principal`)."""
         found = self.match(topic)
         if found is None:
             return False
@@ -281,6 +304,11 @@ class Contract(msgspec.Struct, forbid_unknown_fields=True, dict=True):
         return {
             k: e for k, e in self.topics.items() if agent in e.publishers or agent in e.subscribers
         }
+
+
+def may_not_publish(principal: str, key: str, topic: str) -> ContractError:
+    """The one refusal of a publish the contract does not allow."""
+    return ContractError(f"{principal} may not publish {key!r} on {topic!r}")
 
 
 def check_level(value: str, name: str = "value") -> None:

@@ -30,6 +30,7 @@ from mesh.logs import agent_var, trace_id_var
 from mesh.metrics import Metrics
 from mesh.rpc import EXPIRES_PROPERTY, TRACE_PROPERTY, Requester
 from mesh.schemas import ErrorInfo, ErrorReply, Reply
+from mesh.topics import covers, shared
 from mesh.transport import Inbound, Transport
 
 log = logging.getLogger("mesh.agent")
@@ -91,6 +92,28 @@ class Dispatcher:
         self.on_dropped: Callable[[str, str], None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def filters(self, share_group: str | None) -> list[str]:
+        """What to subscribe to for what this dispatcher handles: its routes (events and
+        requests through the shared group, if any), its replies, every agent's availability
+        (and every instance's, when the contract has instance topics), the broker's count of
+        dropped messages."""
+        filters = []
+        for key in self.routes:
+            entry = self.contract.entry(key)
+            f = self.contract.subscription(key)  # {agent} as +: every agent's status
+            if entry.kind in ("event", "request"):
+                f = shared(share_group, f)
+            filters.append(f)
+        filters.append(self.requester.reply_filter)
+        if "status" not in self.routes:
+            filters.append(self.contract.subscription("status"))  # every agent's availability
+        if "instance_status" in self.contract.topics:
+            filters.append(self.contract.subscription("instance_status"))  # and instance's
+        filters.append(DROPPED)
+        # Overlapping filters would bring a message once per filter (homeassistant/status is also
+        # +/status): keep only the widest.
+        return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
 
     async def drained(self, timeout: float) -> bool:
         """Wait until no message is being handled (bounded); False when some still are."""

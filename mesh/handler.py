@@ -18,7 +18,7 @@ import msgspec
 from mesh import codec, state
 from mesh.contract import Contract
 from mesh.dedup import Keyless
-from mesh.errors import ContractError, HandlerError
+from mesh.errors import HandlerError
 from mesh.outbox import OutboxRecord, OutboxRelay, stage
 from mesh.receipts import ReceiptOutbox, ReceiptRecord
 from mesh.schemas import Reply
@@ -56,12 +56,7 @@ class Context:
 
     async def emit(self, key: str, payload: Any, **params: str) -> None:
         """Stage an event in this transaction; it is published after the commit."""
-        entry = self._contract.entry(key)
-        if self.agent not in entry.publishers:
-            raise ContractError(f"{self.agent} may not publish {key!r} ({entry.topic})")
-        topic = self._contract.topic(key, agent=self.agent, **params)
-        if not self._contract.publisher_allowed(self.agent, topic):
-            raise ContractError(f"{topic!r} is not {key!r}; {self.agent} may not publish there")
+        entry, topic = self._contract.resolve(self.agent, key, **params)
         if entry.kind == "state" and entry.retain:
             # Latest value wins: one row per topic, published coalesced after the commit.
             await state.put(

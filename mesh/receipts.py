@@ -25,7 +25,7 @@ from mesh import codec
 from mesh.backoff import Backoff, delay_for
 from mesh.circuit import CircuitBreaker
 from mesh.contract import Contract
-from mesh.errors import MeshError
+from mesh.errors import ContractError, MeshError
 from mesh.metrics import Metrics
 from mesh.rpc import Requester
 from mesh.schemas import ErrorInfo, ErrorReply
@@ -131,13 +131,12 @@ class ReceiptOutbox:
     ) -> ReceiptRecord:
         entry = self._contract.entry(key)
         if entry.reply_schema is None:
-            raise MeshError(f"{key!r} has no reply schema: it cannot carry a receipt")
-        if self.agent not in entry.publishers:
-            raise MeshError(f"{self.agent} may not publish {key!r}")
+            raise ContractError(f"{key!r} has no reply schema: it cannot carry a receipt")
+        _, topic = self._contract.resolve(self.agent, key, **params)
         rec = ReceiptRecord(
             id=record_id,
             topic_key=key,
-            topic=self._contract.topic(key, **params),
+            topic=topic,
             payload=codec.encode(payload),
             trace_id=trace_id,
             created_at=dt.datetime.now(dt.UTC).isoformat(),

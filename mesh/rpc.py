@@ -78,10 +78,8 @@ class Requester:
         entry = self._contract.entry(key)
         if entry.reply_schema is None:
             raise ContractError(f"{key!r} is not a request/response pair")
-        if self.principal not in entry.publishers:
-            raise ContractError(f"{self.principal} may not publish {key!r}")
+        _, topic = self._contract.resolve(self.principal, key, **(params or {}))
         wait = timeout if timeout is not None else float(entry.timeout_s or 5.0)
-        topic = self._contract.topic(key, **(params or {}))
         correlation = correlation or uuid.uuid4().bytes
         fut: asyncio.Future[Inbound] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = fut

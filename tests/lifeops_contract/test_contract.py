@@ -138,7 +138,7 @@ def test_agent_code_publishes_only_by_declared_contract_keys() -> None:
     """Agent packages publish through emit/publish/request with a literal key their agent may use.
 
     Runtime modules publish only to topics they compute from the contract (checked at runtime by
-    Agent._publish_record and Requester.request); agent code must never pass a topic string.
+    Contract.resolve and Contract.check_publish); agent code must never pass a topic string.
     """
     c = default_contract()
     agents = {"stats_agent": "stats"}

@@ -511,7 +511,9 @@ async def test_the_health_and_prune_loops_survive_failing_cycles(
                 await real_publish(key, payload, **kw)
 
             monkeypatch.setattr(stats, "publish", publish)
-            stats.supervisor.start("health", lambda: health.publish_loop(stats, interval=0.05))
+            stats.supervisor.start(
+                "health", lambda: health.publish_loop(stats.vitals, interval=0.05)
+            )
         else:
             real_prune = retention.prune
 
