@@ -23,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from mesh.backoff import Backoff
 from mesh.errors import StoreError
 from mesh.store.base import Row, Store, Tx
 from mesh.store.errors import cause_of
@@ -80,30 +81,49 @@ class SqliteStore(Store):
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def open(self) -> None:
+    async def open(self, timeout: float = 30.0) -> None:
+        """Connect and set the connection up. Two processes opening one new file at once (two
+        instances on one SQLite file) can meet while one turns on WAL: SQLite answers "database
+        is locked" at once there instead of waiting (no busy handler for that lock upgrade), so
+        the setup is retried with jittered backoff until `timeout`."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = await aiosqlite.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            # Private before the WAL exists: SQLite gives -wal and -shm the main file's mode.
-            await asyncio.to_thread(make_private, self.path)
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            # Acknowledged means durable: FULL syncs the WAL at every commit (group commit pays
-            # one fsync per batch; bench/run.py prints what it costs against NORMAL), so a
-            # power cut cannot take back a commit whose messages were acknowledged.
-            await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
-            # Checkpoint every ~40 MB of WAL instead of ~4 MB: in a grown database (a million
-            # activities and inbox keys) each commit touches many index pages, and a longer
-            # interval copies each page back once instead of over and over (measured: 76% ->
-            # 86% of the empty database's throughput). The WAL file is kept under 64 MB.
-            await self._conn.execute("PRAGMA wal_autocheckpoint=10000")
-            await self._conn.execute("PRAGMA journal_size_limit=67108864")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        backoff = Backoff(0.05, 1.0)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self._connect()
+                return
+            except sqlite3.OperationalError as exc:
+                await self.close()
+                text = str(exc).lower()
+                busy = "locked" in text or "busy" in text
+                if not busy or asyncio.get_running_loop().time() > deadline:
+                    raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+                await backoff.sleep()
+            except sqlite3.Error as exc:
+                await self.close()
+                raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def _connect(self) -> None:
+        self._conn = await aiosqlite.connect(
+            self.path, isolation_level=None, check_same_thread=False
+        )
+        await self._conn.execute("PRAGMA busy_timeout=5000")
+        # Private before the WAL exists: SQLite gives -wal and -shm the main file's mode.
+        await asyncio.to_thread(make_private, self.path)
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        # Acknowledged means durable: FULL syncs the WAL at every commit (group commit pays
+        # one fsync per batch; bench/run.py prints what it costs against NORMAL), so a
+        # power cut cannot take back a commit whose messages were acknowledged.
+        await self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        await self._conn.execute("PRAGMA foreign_keys=ON")
+        # Checkpoint every ~40 MB of WAL instead of ~4 MB: in a grown database (a million
+        # activities and inbox keys) each commit touches many index pages, and a longer
+        # interval copies each page back once instead of over and over (measured: 76% ->
+        # 86% of the empty database's throughput). The WAL file is kept under 64 MB.
+        await self._conn.execute("PRAGMA wal_autocheckpoint=10000")
+        await self._conn.execute("PRAGMA journal_size_limit=67108864")
 
     async def close(self) -> None:
         if self._conn is not None:
