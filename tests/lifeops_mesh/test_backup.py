@@ -72,7 +72,11 @@ class Up:
         )  # fmt: skip
         self.lines: list[str] = []
         self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.errors: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.err_reader = threading.Thread(target=self._read_errors, daemon=True)
+        self.err_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -81,16 +85,27 @@ class Up:
             if "mesh is up" in line:
                 self.ready.set()
 
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        self.errors.extend(self.proc.stderr)
+
     async def started(self) -> str:
         """The tester's broker URL once the mesh is up."""
         up = await asyncio.to_thread(self.ready.wait, 60)
-        assert up, "".join(self.lines) + (self.proc.stderr.read() if self.proc.stderr else "")
+        assert up, "".join(self.lines) + "".join(self.errors)
         return installation(self.data).broker_url("tester")
 
     def stop(self) -> None:
+        """Ctrl-C, then wait for the exit; the pipes stay their reader threads' until their end
+        (`communicate()` would read them too and close them under the threads)."""
         self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, err
+        self.proc.wait(timeout=30)
+        for reader in (self.reader, self.err_reader):
+            reader.join(timeout=10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        assert self.proc.returncode == 0, "".join(self.errors)
 
 
 def modes(root: Path) -> dict[str, str]:
